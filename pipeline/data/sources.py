@@ -1,0 +1,357 @@
+"""Resolve what the user typed after ``--images`` into a fixed, ordered list of files.
+
+Why a separate, eager step: everything downstream (image ids, resume points, sharding, the
+provenance table of the store) needs the *same* list in the *same* order on every run. So the
+list is built once, sorted by the path relative to a root (a plain string sort, independent of
+the file system's directory order), and frozen in an :class:`ImageSource`. The relative path is
+what the store records: a dataset moved to another disk or machine keeps its image paths.
+
+Accepted specs (checked in this order):
+
+* ``caltech/<category>`` (also ``caltech256/``): a Caltech-256 category by name (``dog``,
+  ``baseball_bat``, ``car-side``), number (``56``/``056``), folder name (``056.dog``) or
+  ``all``. The scheme wins over a local folder of the same name; write ``./caltech/dog`` for
+  the latter. The root is the ``256_ObjectCategories`` folder, so stored paths read
+  ``056.dog/056_0001.jpg`` whether one category or all were mined, and runs merge cleanly.
+* an existing folder: searched recursively for ``.jpg .jpeg .png .bmp .webp`` (any case).
+  Hidden files and folders (leading ``.``, e.g. ``.git``, macOS ``._`` files) are skipped;
+  other extensions are ignored; symlinked folders are not followed (no cycles).
+* an existing file ending in ``.txt``, ``.lst`` or ``.list``: a list of paths, one per line;
+  blank lines and lines starting with ``#`` are ignored, relative paths are relative to the
+  list's folder, folders listed are expanded as above. Root = common parent of the entries.
+* any other existing file: that single image.
+* a glob pattern (contains ``*``, ``?`` or ``[``; ``**`` recurses): matching image files.
+  Root = the pattern's leading folders that contain no wildcard.
+
+Files named explicitly (in a list, or as the spec) are kept even when their extension is not
+an image's or when they have gone missing: the user asked for them, so the run records them as
+bad images instead of silently dropping them. Only when *none* of the listed files exists is it
+an error (almost always a list written on another machine).
+
+Every failure raises :class:`SourceError` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+__all__ = [
+    "CALTECH_DIRNAME",
+    "DATA_ROOT_ENV",
+    "IMAGE_EXTENSIONS",
+    "LIST_SUFFIXES",
+    "ImageSource",
+    "SourceError",
+    "caltech_categories",
+    "find_caltech_root",
+    "resolve_images",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+DATA_ROOT_ENV = "MINE_DATA_ROOT"
+CALTECH_DIRNAME = "256_ObjectCategories"
+_CALTECH_PREFIXES = ("caltech/", "caltech256/")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_CATEGORY_DIR = re.compile(r"^(\d+)\.(.+)$")
+_FETCH_HINT = "python scripts/fetch_caltech256.py"
+
+
+class SourceError(Exception):
+    """The image spec cannot be resolved; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """A resolved, ordered image collection.
+
+    ``paths`` are absolute and sorted by :meth:`relpath`; position ``i`` in ``paths`` is the
+    image's index for this run.
+    """
+
+    spec: str
+    root: Path
+    paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def relpath(self, p: str | os.PathLike[str]) -> str:
+        """Path of ``p`` relative to :attr:`root`, with ``/`` separators (stored as "path")."""
+        return _relposix(os.path.abspath(p), str(self.root))
+
+
+def _relposix(abspath: str, root: str) -> str:
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    if abspath.startswith(prefix):
+        rel = abspath[len(prefix) :]
+    else:  # not under root (cannot happen for resolved paths): fall back to the general case
+        rel = os.path.relpath(abspath, root)
+    return rel.replace(os.sep, "/")
+
+
+def resolve_images(spec: str, data_root: str | Path | None = None) -> ImageSource:
+    """Turn ``spec`` into an :class:`ImageSource` (see module docstring for the syntax).
+
+    ``data_root`` locates Caltech-256 for ``caltech/...`` specs; when ``None`` the environment
+    variable ``MINE_DATA_ROOT`` is used.
+    """
+    text = spec.strip()
+    if not text:
+        raise SourceError("empty image spec: give a folder, a list file, a glob or caltech/<category>")
+    if text.lower().startswith(_CALTECH_PREFIXES):
+        return _resolve_caltech(spec, text.split("/", 1)[1], data_root)
+
+    path = Path(os.path.expanduser(text))
+    if path.is_dir():
+        return _resolve_folder(spec, path)
+    if path.is_file():
+        if path.suffix.lower() in LIST_SUFFIXES:
+            return _resolve_list(spec, path)
+        absolute = Path(os.path.abspath(path))
+        return ImageSource(spec=spec, root=absolute.parent, paths=(absolute,))
+    if path.exists():
+        raise SourceError(f"{text} is neither a file nor a folder")
+    if _GLOB_CHARS.search(text):
+        return _resolve_glob(spec, os.path.expanduser(text))
+    raise SourceError(f"no such file or folder: {text}{_caltech_typo_hint(text)}")
+
+
+# --- folders --------------------------------------------------------------------------------
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(folder: str) -> list[str]:
+    """Absolute paths of the image files under ``folder`` (hidden entries skipped)."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        found.extend(
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not _is_hidden(f) and _is_image_name(f)
+        )
+    return found
+
+
+def _make_source(spec: str, root: str, files: Iterable[str]) -> ImageSource:
+    """Deduplicate, sort by relative posix path and freeze."""
+    root = os.path.abspath(root)
+    keyed = {os.path.abspath(f): None for f in files}
+    ordered = sorted(keyed, key=lambda f: _relposix(f, root))
+    return ImageSource(spec=spec, root=Path(root), paths=tuple(Path(f) for f in ordered))
+
+
+def _resolve_folder(spec: str, folder: Path) -> ImageSource:
+    files = _walk_images(str(folder))
+    if not files:
+        raise SourceError(
+            f"no images found in folder {folder} "
+            f"(searched recursively for {_extensions_text()}; hidden files skipped)"
+        )
+    return _make_source(spec, str(folder), files)
+
+
+def _extensions_text() -> str:
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+# --- list files -----------------------------------------------------------------------------
+
+
+def _resolve_list(spec: str, list_file: Path) -> ImageSource:
+    try:
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise SourceError(f"{list_file} is not a UTF-8 text list of image paths") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read list file {list_file}: {exc.strerror or exc}") from None
+
+    base = os.path.abspath(list_file.parent)
+    entries: list[str] = []
+    for line in lines:
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        item = os.path.expanduser(item)
+        entries.append(os.path.abspath(os.path.join(base, item)))
+    if not entries:
+        raise SourceError(f"list file {list_file} names no paths (only blank lines or # comments)")
+
+    files: list[str] = []
+    existing = 0
+    for entry in entries:
+        if os.path.isdir(entry):
+            files.extend(_walk_images(entry))
+            existing += 1
+        else:
+            files.append(entry)  # kept even if missing or not an image: recorded as bad later
+            existing += os.path.exists(entry)
+    if existing == 0:
+        raise SourceError(
+            f"none of the {len(entries)} paths in {list_file} exists "
+            f"(first: {entries[0]}); relative paths are read relative to {base}"
+        )
+    if not files:
+        raise SourceError(f"the folders listed in {list_file} contain no images ({_extensions_text()})")
+    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    return _make_source(spec, root, files)
+
+
+# --- globs ----------------------------------------------------------------------------------
+
+
+def _resolve_glob(spec: str, pattern: str) -> ImageSource:
+    absolute = os.path.abspath(pattern)
+    parts = Path(absolute).parts
+    prefix: list[str] = []
+    for part in parts:
+        if _GLOB_CHARS.search(part):
+            break
+        prefix.append(part)
+    root = os.path.join(*prefix) if prefix else os.path.abspath(os.sep)
+    files = [
+        f
+        for f in glob.glob(absolute, recursive=True)
+        if os.path.isfile(f) and _is_image_name(f) and not _has_hidden_part(f, root)
+    ]
+    if not files:
+        raise SourceError(f"no images match the pattern {pattern} ({_extensions_text()})")
+    return _make_source(spec, root, files)
+
+
+def _has_hidden_part(path: str, root: str) -> bool:
+    return any(_is_hidden(p) for p in _relposix(path, root).split("/"))
+
+
+# --- Caltech-256 ----------------------------------------------------------------------------
+
+
+def find_caltech_root(data_root: str | Path | None = None) -> Path:
+    """Locate the ``256_ObjectCategories`` folder from ``data_root`` or ``$MINE_DATA_ROOT``.
+
+    Accepts the folder itself, its parent, or torchvision's download layout
+    ``<root>/caltech256/256_ObjectCategories``.
+    """
+    given = data_root if data_root not in (None, "") else os.environ.get(DATA_ROOT_ENV, "")
+    if not given:
+        raise SourceError(
+            f"Caltech-256 location not set: pass --data-root DIR or set {DATA_ROOT_ENV}=DIR "
+            f"(the folder that holds {CALTECH_DIRNAME}); to download it once, run "
+            f"{_FETCH_HINT} ~/data"
+        )
+    root = Path(os.path.expanduser(str(given))).absolute()
+    candidates = [root, root / CALTECH_DIRNAME, root / "caltech256" / CALTECH_DIRNAME]
+    for cand in candidates:
+        if cand.is_dir() and (cand.name == CALTECH_DIRNAME or _category_dirs(cand)):
+            return cand
+    source = "--data-root" if data_root not in (None, "") else DATA_ROOT_ENV
+    raise SourceError(
+        f"Caltech-256 not found under {root} ({source}): looked for {root / CALTECH_DIRNAME} "
+        f"and {root / 'caltech256' / CALTECH_DIRNAME}; point --data-root or {DATA_ROOT_ENV} at "
+        f"the folder that holds {CALTECH_DIRNAME}, or download it with {_FETCH_HINT} {root}"
+    )
+
+
+def _category_dirs(folder: Path) -> dict[str, tuple[int, str]]:
+    """``{folder name: (number, name)}`` for the ``NNN.name`` sub-folders of ``folder``."""
+    found: dict[str, tuple[int, str]] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for entry in entries:
+        m = _CATEGORY_DIR.match(entry.name)
+        if m and entry.is_dir():
+            found[entry.name] = (int(m.group(1)), m.group(2))
+    return found
+
+
+def caltech_categories(data_root: str | Path | None = None) -> list[str]:
+    """Folder names (``"001.ak47"``, ...) of the Caltech-256 categories, sorted."""
+    return sorted(_category_dirs(find_caltech_root(data_root)))
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+def _resolve_caltech(spec: str, query: str, data_root: str | Path | None) -> ImageSource:
+    categories_dir = find_caltech_root(data_root)
+    categories = _category_dirs(categories_dir)
+    if not categories:
+        raise SourceError(f"{categories_dir} holds no Caltech-256 category folders (NNN.name)")
+    q = _norm(query.strip("/"))
+    if not q:
+        raise SourceError("caltech/ needs a category: a name (caltech/dog), a number (caltech/56) or all")
+
+    if q == "all":
+        chosen = sorted(categories)
+    else:
+        chosen = _match_category(q, categories)
+        if not chosen:
+            raise SourceError(_unknown_category_message(query, q, categories, categories_dir))
+
+    files: list[str] = []
+    for folder in chosen:
+        files.extend(_walk_images(str(categories_dir / folder)))
+    if not files:
+        raise SourceError(
+            f"no images found in {categories_dir / chosen[0]}"
+            + (f" and {len(chosen) - 1} other categories" if len(chosen) > 1 else "")
+        )
+    return _make_source(spec, str(categories_dir), files)
+
+
+def _match_category(q: str, categories: dict[str, tuple[int, str]]) -> list[str]:
+    if q.isdigit():
+        return [d for d, (num, _) in categories.items() if num == int(q)]
+    by_folder = [d for d in categories if d.lower() == q]
+    if by_folder:
+        return by_folder
+    by_name = [d for d, (_, name) in categories.items() if _norm(name) == q]
+    if by_name:
+        return by_name
+    # Caltech-256 inherited a few classes from Caltech-101 and suffixed them "-101".
+    return [d for d, (_, name) in categories.items() if _norm(name) == q + "-101"]
+
+
+def _unknown_category_message(
+    query: str, q: str, categories: dict[str, tuple[int, str]], categories_dir: Path
+) -> str:
+    if q.isdigit():
+        numbers = sorted(num for num, _ in categories.values())
+        return (
+            f"no Caltech-256 category number {int(q)} in {categories_dir} "
+            f"(numbers run {numbers[0]}..{numbers[-1]})"
+        )
+    names = sorted({_norm(name) for _, name in categories.values()})
+    close = difflib.get_close_matches(q, names, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    sample = ", ".join(names[:6])
+    return (
+        f"unknown Caltech-256 category {query.strip('/')!r}; {hint}"
+        f"categories include {sample}, ... ({len(names)} in {categories_dir}); "
+        f"use a name, a number (caltech/56) or caltech/all"
+    )
+
+
+def _caltech_typo_hint(text: str) -> str:
+    head = text.split("/", 1)[0].lower()
+    if "/" in text and head not in ("caltech", "caltech256"):
+        if difflib.get_close_matches(head, ["caltech", "caltech256"], n=1, cutoff=0.7):
+            return " (for Caltech-256 write caltech/<category>)"
+    return ""

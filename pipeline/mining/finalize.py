@@ -1,0 +1,174 @@
+"""Finalize: re-run the kept images in float32 and collect what render needs.
+
+The streaming pass only remembers (value, image key, position) per slot. Here the
+distinct kept images are run again, in a fixed order (by key) and fixed batch size
+so the result does not depend on how mining was batched. For every entry we check
+that the recorded value is reproduced at the recorded position and is still the
+channel's spatial maximum; a mismatch is an error naming the entry. We keep the
+re-run float32 values (so a bf16 mining pass still yields float32 stores), the
+max-pool switches of every pool below the deepest mined layer, and the uint8 input
+pixels of each kept image (crops are cut from those by geometry).
+
+Tolerance: ``|re-run - recorded| <= rtol * max(|recorded|, |re-run|) + atol`` with
+rtol = 1e-4 and atol = 1e-6 x (largest value of the layer) for float32 mining, and
+rtol = 5e-2 for bf16/fp16 mining. Float32 convolutions differ between batch sizes
+and devices by ~1e-6 relative, far inside 1e-4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import ImageDataset, make_loader, normalize
+from ..data.preprocess import Preprocessing
+from ..models.geometry import step_of
+from ..models.network import Network
+from .switches import pool_offsets
+from .taps import hooked, run_to, spatial_max
+from .topk import EMPTY_KEY, RunningTopK
+
+FINAL_BATCH = 8
+RTOL = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
+
+
+class ReproduceError(Exception):
+    """A recorded activation was not reproduced by the float32 re-run."""
+
+
+@dataclass
+class LayerEntries:
+    """Entries of one layer, (channels, k) each; ``kept`` indexes the kept images (-1 empty)."""
+
+    values: np.ndarray  # float32, NaN where empty
+    keys: np.ndarray  # int64, -1 where empty
+    kept: np.ndarray  # int64 row into the kept-image arrays, -1 where empty
+    y: np.ndarray  # int32, -1 where empty
+    x: np.ndarray  # int32
+
+
+@dataclass
+class Finalized:
+    kept_keys: np.ndarray  # (n_kept,) int64, sorted
+    kept_index: np.ndarray  # (n_kept,) int64 index into the source paths
+    pixels: np.ndarray  # (n_kept, H, W, 3) uint8
+    switches: dict[str, np.ndarray]  # pool name -> (n_kept, C, Ho, Wo) uint8
+    layers: dict[str, LayerEntries]
+
+
+def finalize(
+    net: Network,
+    tops: dict[str, RunningTopK],
+    key_to_index: dict[int, int],
+    dataset_factory,
+    prep: Preprocessing,
+    device: torch.device,
+    precision: str = "fp32",
+    workers: int = 0,
+    describe=lambda layer, c, rank, key: f"{layer} feature {c} rank {rank} image key {key}",
+) -> Finalized:
+    """``dataset_factory(indices)`` builds an ``ImageDataset`` over those source indices."""
+    layers = list(tops)
+    res = {n: tops[n].result() for n in layers}
+    all_keys = torch.cat([r["keys"].flatten() for r in res.values()])
+    kept_keys = torch.unique(all_keys[all_keys != EMPTY_KEY]).numpy()  # sorted
+    kept_index = np.array([key_to_index[int(k)] for k in kept_keys], dtype=np.int64)
+    deepest = max(net.layers[n].end for n in layers)
+    pools = [n for n, li in net.layers.items() if li.kind == "pool" and li.end < deepest]
+    mods = net.modules
+    size = prep.size
+    n = len(kept_keys)
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    switches = {p: np.zeros((n, net.layers[p].channels, net.layers[p].out_size, net.layers[p].out_size), np.uint8)
+                for p in pools}
+
+    # Entry lookup: kept row of every slot, and its (c, y, x).
+    rows, chans, ys, xs, recorded = {}, {}, {}, {}, {}
+    for name in layers:
+        keys = res[name]["keys"].numpy()
+        w = net.layers[name].out_size
+        rows[name] = np.where(keys == EMPTY_KEY, -1, np.searchsorted(kept_keys, keys))
+        pos = res[name]["pos"].numpy()
+        ys[name], xs[name] = pos // w, pos % w
+        chans[name] = np.broadcast_to(np.arange(keys.shape[0])[:, None], keys.shape)
+        recorded[name] = res[name]["values"].numpy()
+    final = {name: np.full(rows[name].shape, np.nan, np.float32) for name in layers}
+    maxima = {name: np.full(rows[name].shape, np.nan, np.float32) for name in layers}
+
+    loader = make_loader(dataset_factory(list(kept_index)), FINAL_BATCH, workers, device.type == "cuda")
+    start = 0
+    for batch in loader:
+        b = len(batch["ok"])
+        if not bool(batch["ok"].all()):
+            bad = int(batch["index"][~batch["ok"]][0])
+            raise ReproduceError(f"kept image {bad} can no longer be read: {batch['reason']}")
+        pixels[start:start + b] = batch["pixels"].numpy()
+        x = normalize(batch["pixels"].to(device, non_blocking=True), prep).float()
+        captured: dict = {}  # layer -> (slots, values, channel maxima)
+        offsets: dict[str, torch.Tensor] = {}  # pool -> switches
+
+        def take(name, out):
+            r = rows[name]
+            sel = np.nonzero((r >= start) & (r < start + b))
+            if sel[0].size:
+                i, c, y, xx = (torch.as_tensor(a[sel], device=out.device)
+                               for a in (r - start, chans[name], ys[name], xs[name]))
+                vmax, _ = spatial_max(out)
+                captured[name] = (sel, out[i, c, y, xx].float().cpu(), vmax[i, c].float().cpu())
+
+        def switch_hook(p):
+            st = step_of(mods[net.layers[p].end])
+            return lambda _m, inp: offsets.__setitem__(p, pool_offsets(inp[0], st))
+
+        pre = [mods[net.layers[p].end].register_forward_pre_hook(switch_hook(p)) for p in pools]
+        try:
+            with torch.inference_mode(), hooked(net, layers, take):
+                run_to(net, x)
+        finally:
+            for h in pre:
+                h.remove()
+        for p in pools:
+            switches[p][start:start + b] = offsets[p].cpu().numpy()
+        for name in layers:
+            if name in captured:
+                sel, v, m = captured[name]
+                final[name][sel] = v.numpy()
+                maxima[name][sel] = m.numpy()
+        start += b
+
+    rtol = RTOL[precision]
+    out_layers = {}
+    for name in layers:
+        filled = rows[name] >= 0
+        rec = recorded[name]
+        scale = float(np.nanmax(np.where(filled, np.abs(final[name]), np.nan))) if filled.any() else 0.0
+        atol = 1e-6 * scale
+        tol = rtol * np.maximum(np.abs(rec), np.abs(final[name])) + atol
+        bad = filled & ~((np.abs(final[name] - rec) <= tol) & (np.abs(maxima[name] - final[name]) <= tol))
+        if bad.any():
+            c, r = map(int, np.argwhere(bad)[0])
+            key = int(res[name]["keys"][c, r])
+            raise ReproduceError(
+                f"{describe(name, c, r, key)}: mined value {rec[c, r]:.6g} at (y={ys[name][c, r]}, "
+                f"x={xs[name][c, r]}) re-ran as {final[name][c, r]:.6g} (channel max {maxima[name][c, r]:.6g}); "
+                f"{int(bad.sum())} entries differ beyond the tolerance"
+            )
+        out_layers[name] = _reorder(final[name], res[name]["keys"].numpy(), rows[name], ys[name], xs[name])
+    return Finalized(kept_keys.astype(np.int64), kept_index, pixels, switches, out_layers)
+
+
+def _reorder(values, keys, rows, ys, xs) -> LayerEntries:
+    """Sort each channel by the float32 re-run (value desc, key asc); empties last."""
+    v = np.where(rows >= 0, values, -np.inf)
+    kk = np.where(rows >= 0, keys, np.iinfo(np.int64).max)
+    order = np.lexsort((kk, -v), axis=-1)
+    take = lambda a: np.take_along_axis(a, order, 1)
+    empty = take(rows) < 0
+    return LayerEntries(
+        values=np.where(empty, np.nan, take(values)).astype(np.float32),
+        keys=np.where(empty, EMPTY_KEY, take(keys)).astype(np.int64),
+        kept=take(rows).astype(np.int64),
+        y=np.where(empty, -1, take(ys)).astype(np.int32),
+        x=np.where(empty, -1, take(xs)).astype(np.int32),
+    )

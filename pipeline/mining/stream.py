@@ -1,0 +1,90 @@
+"""The streaming pass: images -> named-layer maxima -> running top-k per channel.
+
+Everything per batch stays on the model's device; the host only sees the CPU-side
+bookkeeping the loader already has (keys, ok flags), so there is no per-batch
+device sync. Bad files are skipped and recorded; an image whose content was
+already seen (same key) is fed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from ..data import normalize
+from ..data.preprocess import Preprocessing
+from ..models.network import Network
+from .taps import layer_maxima
+from .topk import RunningTopK
+
+
+@dataclass
+class ImageRecord:
+    """What the images table keeps for one file: provenance and whether it was used."""
+
+    index: int
+    key: int
+    sha256: str
+    ok: bool
+    reason: str
+    width: int
+    height: int
+
+
+@dataclass
+class StreamState:
+    """Everything a resumable pass needs: per-layer top-k and the records so far."""
+
+    tops: dict[str, RunningTopK]
+    records: dict[int, ImageRecord] = field(default_factory=dict)
+    seen_keys: set[int] = field(default_factory=set)
+
+
+def new_state(net: Network, layers: list[str], k: int, device: torch.device) -> StreamState:
+    return StreamState({n: RunningTopK(net.layers[n].channels, k, device) for n in layers})
+
+
+def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, dtype: torch.dtype,
+              channels_last: bool) -> torch.Tensor:
+    x = normalize(pixels.to(device, non_blocking=True), prep)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(dtype)
+
+
+def stream(
+    net: Network,
+    state: StreamState,
+    batches: Iterable[dict],
+    prep: Preprocessing,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> StreamState:
+    """Fold every batch into ``state``; ``on_batch(n_images, n_bad)`` drives progress/checkpoints."""
+    layers = list(state.tops)
+    for batch in batches:
+        ok = batch["ok"].clone()
+        keys = batch["key"]
+        for i in range(len(ok)):
+            idx, key = int(batch["index"][i]), int(keys[i])
+            good = bool(ok[i])
+            reason = batch["reason"][i]
+            if good and key in state.seen_keys:
+                good, reason = False, "duplicate"
+                ok[i] = False
+            elif good:
+                state.seen_keys.add(key)
+            state.records[idx] = ImageRecord(idx, key, batch["sha256"][i], good, reason,
+                                             int(batch["width"][i]), int(batch["height"][i]))
+        if ok.any():
+            pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
+            x = _as_input(pixels, prep, device, dtype, channels_last)
+            kd = keys[ok].to(device, non_blocking=True)
+            for name, (values, pos) in layer_maxima(net, layers, x).items():
+                state.tops[name].add(values.float(), kd, pos)
+        if on_batch is not None:
+            on_batch(len(ok), int((~batch["ok"]).sum()))
+    return state

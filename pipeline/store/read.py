@@ -1,0 +1,161 @@
+"""Read a store: metadata, entries, crops and switches, without the source images.
+
+``Store`` is what notebooks, ``mine info``/``mine top`` and ``mine render`` use.
+Opening validates the format and the completion status, so a truncated,
+half-written or foreign file is one clear ``StoreError`` and never a traceback.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .schema import COMPLETE, FORMAT, SCHEMA_VERSION, StoreError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One kept activation."""
+
+    layer: str
+    feature: int
+    rank: int
+    value: float
+    key: int
+    kept: int  # row in /kept
+    path: str
+    y: int
+    x: int
+    box: tuple[int, int, int, int]  # [top, left, bottom, right) clipped, input pixels
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["box"] = list(self.box)
+        return d
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class Store:
+    """A read-only view of a finished store. Use as a context manager or call ``close``."""
+
+    def __init__(self, path: str | Path, require_complete: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"store {self.path} does not exist")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise StoreError(f"{self.path} is not a readable HDF5 store (corrupt or truncated?): {e}") from None
+        try:
+            a = self.f.attrs
+            if _attr(a.get("format")) != FORMAT:
+                raise StoreError(f"{self.path} is not a mine store")
+            if int(a.get("schema_version", -1)) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema {a.get('schema_version')}, this mine reads {SCHEMA_VERSION}")
+            if require_complete and _attr(a.get("status")) != COMPLETE:
+                raise StoreError(f"{self.path} is not complete (status {_attr(a.get('status'))!r}); re-run `mine run` to finish it")
+            self.attrs = {k: _attr(v) for k, v in a.items()}
+            self.layers: list[str] = list(self.attrs["layers"])
+            self.k = int(self.attrs["k"])
+            self.size = int(self.attrs["input_size"])
+            self._paths = [p.decode() if isinstance(p, bytes) else p for p in self.f["images/path"][()]]
+            self._kept_image = self.f["kept/image"][()]
+        except StoreError:
+            self.f.close()
+            raise
+        except (KeyError, OSError, ValueError) as e:
+            self.f.close()
+            raise StoreError(f"{self.path} is damaged: {e}") from None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.f.close()
+
+    # --- layers and entries -------------------------------------------------
+    def layer_info(self, layer: str) -> dict:
+        self._check_layer(layer)
+        return {k: _attr(v) for k, v in self.f["layers"][layer].attrs.items()}
+
+    def channels(self, layer: str) -> int:
+        return int(self.layer_info(layer)["channels"])
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer!r} is not in {self.path}; it has: {', '.join(self.layers)}")
+
+    def arrays(self, layer: str) -> dict[str, np.ndarray]:
+        """All (channels, k) arrays of a layer: value, kept, key, y, x, box."""
+        self._check_layer(layer)
+        g = self.f["layers"][layer]
+        return {n: g[n][()] for n in ("value", "kept", "key", "y", "x", "box")}
+
+    def entries(self, layer: str, feature: int, arrays: dict | None = None) -> list[Entry]:
+        """The filled slots of one channel, best first (fewer than k if fewer images)."""
+        a = arrays or self.arrays(layer)
+        if not 0 <= feature < a["value"].shape[0]:
+            raise ValueError(f"feature {feature} out of range: {layer} has {a['value'].shape[0]} channels")
+        out = []
+        for r in range(a["value"].shape[1]):
+            kept = int(a["kept"][feature, r])
+            if kept < 0:
+                continue
+            out.append(Entry(layer, feature, r, float(a["value"][feature, r]), int(a["key"][feature, r]), kept,
+                             self.kept_path(kept), int(a["y"][feature, r]), int(a["x"][feature, r]),
+                             tuple(int(v) for v in a["box"][feature, r])))
+        return out
+
+    def top_entries(self, layer: str, n: int | None = None) -> list[Entry]:
+        """The top-n entries of a layer across all channels (one per channel), best first."""
+        a = self.arrays(layer)
+        n = n or self.k
+        best = np.where(a["kept"][:, 0] >= 0, a["value"][:, 0], -np.inf)
+        order = np.lexsort((np.arange(len(best)), -best))[:n]
+        return [self.entries(layer, int(c), a)[0] for c in order if best[c] > -np.inf]
+
+    # --- images --------------------------------------------------------------
+    def kept_path(self, kept: int) -> str:
+        return self._paths[int(self._kept_image[kept])]
+
+    def images(self) -> dict[str, np.ndarray]:
+        return {k: self.f["images"][k][()] for k in self.f["images"]}
+
+    def pixels(self, kept) -> np.ndarray:
+        """uint8 (S, S, 3) RGB network input of a kept image (or a batch for a sorted index list)."""
+        return self.f["kept/pixels"][kept]
+
+    def crop(self, entry: Entry) -> np.ndarray:
+        """The entry's receptive field from its image, padded back to R x R (uint8, RGB).
+
+        Padding (black) goes where the box leaves the image, on whichever side.
+        """
+        info = self.layer_info(entry.layer)
+        r, s, p = int(info["rf"]), int(info["stride"]), int(info["padding"])
+        top, left = entry.y * s - p, entry.x * s - p
+        out = np.zeros((r, r, 3), np.uint8)
+        t, l, b, rr = entry.box
+        out[t - top:b - top, l - left:rr - left] = self.pixels(entry.kept)[t:b, l:rr]
+        return out
+
+    def switches(self, pool: str, kept) -> np.ndarray:
+        return self.f["switches"][pool][kept]
+
+    def pools(self) -> list[str]:
+        return list(self.f["switches"])

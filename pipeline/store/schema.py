@@ -1,0 +1,36 @@
+"""The HDF5 store layout, version 1 (README "Store schema" documents it for h5py users).
+
+    /                      attrs: format="mine-store", schema_version, status, model,
+                           weights, weights_hash, preprocessing (JSON), k, input_size,
+                           images_spec, layers (JSON list), versions (JSON),
+                           created, images_seen, images_skipped, seconds
+    /images/path           (N,) str   source path relative to images_root attr
+    /images/sha256         (N,) str   content hash
+    /images/key            (N,) int64 stable image id (from the hash)
+    /images/status         (N,) str   "ok", "duplicate", or "skipped: <reason>"
+    /images/width, height  (N,) int32 original size (0 when unreadable)
+    /kept/image            (M,) int64 row in /images of each kept (distinct) image
+    /kept/key              (M,) int64
+    /kept/pixels           (M, S, S, 3) uint8 network input before normalisation, RGB
+    /switches/<pool>       (M, C, Ho, Wo) uint8 max-pool winner offset dy*kernel+dx
+                           attrs kernel, stride, padding, dilation
+    /layers/<name>         attrs kind, channels, rf, stride, padding, out_size
+    /layers/<name>/value   (C, k) float32, NaN where the slot is empty
+    /layers/<name>/kept    (C, k) int64 row in /kept, -1 where empty
+    /layers/<name>/key     (C, k) int64 image key, -1 where empty
+    /layers/<name>/y, x    (C, k) int32 arg-max position in the layer's map, -1 empty
+    /layers/<name>/box     (C, k, 4) int32 receptive field [top, left, bottom, right)
+                           in input pixels, clipped, bottom/right exclusive; -1 empty
+
+Only /images grows with the number of images mined; everything else is bounded by
+layers x channels x k.
+"""
+
+FORMAT = "mine-store"
+SCHEMA_VERSION = 1
+COMPLETE = "complete"
+IN_PROGRESS = "in-progress"
+
+
+class StoreError(Exception):
+    """A store file is missing, corrupt, incomplete or of another format."""

@@ -1,0 +1,89 @@
+"""Write a finished store atomically: temp file in the same folder, fsync, rename.
+
+A reader therefore sees either the previous file or the complete new one, never a
+half-written store; ``status`` is set to complete only inside the temp file that
+becomes the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..mining.finalize import Finalized
+from ..models.geometry import step_of
+from ..models.network import Network
+from .schema import COMPLETE, FORMAT, SCHEMA_VERSION
+
+STR = h5py.string_dtype()
+
+
+def fsync_rename(tmp: Path, target: Path) -> None:
+    """Make ``tmp`` durable, then atomically replace ``target`` with it."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    dfd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndarray], fin: Finalized) -> Path:
+    """``images``: columns path/sha256/key/status/width/height over every file of the source."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION})
+            for k, v in attrs.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+            g = f.create_group("images")
+            for col, arr in images.items():
+                g.create_dataset(col, data=arr, dtype=STR if arr.dtype == object else arr.dtype)
+            kept = f.create_group("kept")
+            kept.create_dataset("image", data=fin.kept_index)  # source index == /images row
+            kept.create_dataset("key", data=fin.kept_keys)
+            size = fin.pixels.shape[1]
+            kept.create_dataset("pixels", data=fin.pixels, chunks=(1, size, size, 3) if len(fin.pixels) else None,
+                                compression="gzip", compression_opts=4)
+            sw = f.create_group("switches")
+            for pool, arr in fin.switches.items():
+                d = sw.create_dataset(pool, data=arr, chunks=(1, *arr.shape[1:]) if len(arr) else None,
+                                      compression="gzip", compression_opts=4, shuffle=False)
+                st = step_of(net.modules[net.layers[pool].end])
+                d.attrs.update(kernel=st.kernel, stride=st.stride, padding=st.padding, dilation=st.dilation)
+            lg = f.create_group("layers")
+            for name, e in fin.layers.items():
+                li = net.layers[name]
+                g = lg.create_group(name)
+                g.attrs.update(kind=li.kind, channels=li.channels, rf=li.rf, stride=li.stride,
+                               padding=li.padding, out_size=li.out_size)
+                g.create_dataset("value", data=e.values)
+                g.create_dataset("kept", data=e.kept)
+                g.create_dataset("key", data=e.keys)
+                g.create_dataset("y", data=e.y)
+                g.create_dataset("x", data=e.x)
+                g.create_dataset("box", data=boxes(e.y, e.x, li.rf, li.stride, li.padding, size))
+            f.attrs["status"] = COMPLETE
+        fsync_rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def boxes(y: np.ndarray, x: np.ndarray, rf: int, stride: int, padding: int, size: int) -> np.ndarray:
+    """Clipped receptive-field boxes [top, left, bottom, right) for every slot; -1 if empty."""
+    top, left = y.astype(np.int64) * stride - padding, x.astype(np.int64) * stride - padding
+    b = np.stack([np.maximum(top, 0), np.maximum(left, 0),
+                  np.minimum(top + rf, size), np.minimum(left + rf, size)], -1).astype(np.int32)
+    return np.where((y < 0)[..., None], -1, b)

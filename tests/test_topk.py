@@ -1,0 +1,71 @@
+"""Streaming top-k against a brute-force sort of every candidate."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.mining.topk import EMPTY_KEY, RunningTopK
+
+
+def brute(values, keys, pos, k):
+    """values (N, C); order by value desc, key asc; distinct images per channel."""
+    out = []
+    for c in range(values.shape[1]):
+        rows = sorted(range(len(keys)), key=lambda i: (-values[i, c], keys[i]))[:k]
+        out.append([(values[i, c], keys[i], pos[i, c]) for i in rows])
+    return out
+
+
+def as_list(t, c):
+    r = t.result()
+    return [(float(r["values"][c, j]), int(r["keys"][c, j]), int(r["pos"][c, j]))
+            for j in range(t.k) if int(r["keys"][c, j]) != EMPTY_KEY]
+
+
+@pytest.mark.parametrize("k,batch", [(1, 1), (9, 3), (9, 16), (4, 7)])
+def test_matches_brute_force_with_ties(k, batch):
+    g = torch.Generator().manual_seed(k * 100 + batch)
+    n, c = 40, 6
+    values = torch.randint(0, 5, (n, c), generator=g).float()  # many ties
+    keys = torch.randperm(1000, generator=g)[:n]
+    pos = torch.randint(0, 50, (n, c), generator=g)
+    t = RunningTopK(c, k)
+    perm = torch.randperm(n, generator=g)
+    for s in range(0, n, batch):
+        i = perm[s:s + batch]
+        t.add(values[i], keys[i], pos[i])
+    ref = brute(values.numpy(), keys.numpy(), pos.numpy(), k)
+    for ch in range(c):
+        assert as_list(t, ch) == [(float(v), int(kk), int(p)) for v, kk, p in ref[ch]]
+
+
+def test_fewer_images_than_k_leaves_marked_empty_slots():
+    t = RunningTopK(2, 9)
+    t.add(torch.tensor([[0.0, 3.0], [0.0, 1.0]]), torch.tensor([5, 2]), torch.zeros(2, 2, dtype=torch.long))
+    r = t.result()
+    assert (r["keys"][:, 2:] == EMPTY_KEY).all() and torch.isinf(r["values"][:, 2:]).all()
+    assert r["keys"][0, :2].tolist() == [2, 5]  # tie at 0.0 -> smaller key first (zero max is valid)
+    assert r["keys"][1, :2].tolist() == [5, 2]
+
+
+def test_merge_equals_single_pass_and_dedups_overlap():
+    g = torch.Generator().manual_seed(1)
+    n, c, k = 30, 4, 5
+    values = torch.rand(n, c, generator=g)
+    keys = torch.arange(n) * 7
+    pos = torch.randint(0, 9, (n, c), generator=g)
+    whole = RunningTopK(c, k)
+    whole.add(values, keys, pos)
+    a, b = RunningTopK(c, k), RunningTopK(c, k)
+    a.add(values[:20], keys[:20], pos[:20])
+    b.add(values[10:], keys[10:], pos[10:])  # images 10..19 in both shards
+    a.merge(b)
+    for name in ("values", "keys", "pos"):
+        assert torch.equal(a.result()[name], whole.result()[name])
+
+
+def test_state_dict_roundtrip():
+    t = RunningTopK(3, 2)
+    t.add(torch.rand(4, 3), torch.arange(4), torch.zeros(4, 3, dtype=torch.long))
+    u = RunningTopK(3, 2)
+    u.load_state_dict(t.state_dict())
+    assert all(torch.equal(t.result()[n], u.result()[n]) for n in ("values", "keys", "pos"))
