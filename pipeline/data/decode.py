@@ -151,8 +151,8 @@ def _decode_opened(
         raise BadImage(
             "decompression bomb", f"{width}x{height} exceeds {MAX_IMAGE_PIXELS} pixels"
         )
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
+    # Multi-frame files: Image.open leaves the image on frame 0, which is what we decode.
+    # (Asking for n_frames would scan every frame of a long GIF for nothing.)
     if (
         target_size
         and img.format in ("JPEG", "MPO")
