@@ -114,3 +114,32 @@ def test_shipped_configs_parse():
     for f in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
         cfg = load_config(f, {"images": "x"})
         assert cfg.k >= 1, f
+
+
+def test_imagenet_weights_offline_error_names_the_file(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    r = runner.invoke(app, ["run", "--images", str(photos), "--weights", "imagenet", "--quiet"])
+    assert r.exit_code == exitcodes.MISSING_INPUT
+    want = tmp_path / "torch" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    assert str(want) in r.output and "https://" in r.output
+
+
+def test_local_checkpoint_loads_with_its_own_hash(photos, tmp_path):
+    import torch
+
+    from pipeline.models.vgg import seeded_features
+    from pipeline.models.weights import load_network
+
+    feats = seeded_features("vgg16", seed=5)
+    full = {f"features.{k}": v for k, v in feats.state_dict().items()}
+    full["classifier.0.weight"] = torch.zeros(2, 2)  # a full-model checkpoint: head ignored
+    path = tmp_path / "ckpt.pth"
+    torch.save(full, path)
+    net = load_network("vgg16", str(path), 32)
+    for k, v in feats.state_dict().items():
+        assert torch.equal(net.features.state_dict()[k], v)
+    assert net.weights_hash != load_network("vgg16", "random", 32).weights_hash
+    assert net.preprocessing_mode == "torchvision"
+    r = runner.invoke(app, ["run", "--images", str(photos), "--model", "vgg19", "--weights", str(path),
+                            "--layer", "conv1_1", "--quiet"])
+    assert r.exit_code == exitcodes.MISSING_INPUT and "do not fit vgg19" in r.output
