@@ -27,9 +27,19 @@ def fail(msg: str, code: int) -> None:
 def classify(e: BaseException) -> int:
     """Exit code for a known failure, None for a bug (which should show its traceback)."""
     from .data import SourceError
+    from .jobs.errors import (CheckpointError, CheckpointMismatch, IncompatibleError, Interrupted, LockedError,
+                              StoreExistsError, WriteError)
     from .mining.finalize import ReproduceError
     from .models.errors import WeightsError
 
+    if isinstance(e, LockedError):
+        return exitcodes.LOCKED
+    if isinstance(e, Interrupted):
+        return exitcodes.INTERRUPTED
+    if isinstance(e, (StoreExistsError, IncompatibleError, CheckpointMismatch)):
+        return exitcodes.BAD_ARGS
+    if isinstance(e, (CheckpointError, WriteError)):
+        return exitcodes.STORE_ERROR
     if isinstance(e, (SourceError, WeightsError, FileNotFoundError)):
         return exitcodes.MISSING_INPUT
     if isinstance(e, StoreError):
@@ -74,18 +84,86 @@ def run(
     out: Optional[str] = typer.Option(None, help="Store path (default mine-<model>-<layers>-<images>.h5)."),
     precision: Optional[str] = typer.Option(None, help="fp32 (default) | bf16 | fp16 for the streaming pass; finalize is float32."),
     config: Optional[Path] = typer.Option(None, help="TOML file with any of these options; flags override it."),
+    update: Optional[str] = typer.Option(None, metavar="STORE", help="Extend STORE: mine only images whose content it does not hold, merge exactly, rewrite it atomically (created if missing). Output is STORE unless --out is given."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing complete store (without it, an existing store is refused)."),
+    checkpoint_every: Optional[str] = typer.Option(None, help="Checkpoint the streaming pass every N batches (50) or every period (90s, 5m, 1h); default 5m. Always on SIGINT/SIGTERM and before finalize."),
+    discard_checkpoint: bool = typer.Option(False, "--discard-checkpoint", help="Delete STORE.ckpt instead of resuming from it."),
+    log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to the store)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Stream images through the model and store each channel's top-k activations."""
+    """Stream images through the model and store each channel's top-k activations.
+
+    Safe to schedule: re-running the same command after a crash or kill resumes from
+    STORE.ckpt; STORE.lock keeps two jobs off one store; exit codes: 0 ok, 2 bad
+    arguments, 3 missing images/weights, 4 locked, 5 interrupted (resumable),
+    6 store unwritable/corrupt/disk full, 7 a check failed.
+    """
     from .config import load_config
+    from .jobs.record import JobStats
     from .run import run as run_job
 
     overrides = dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
-                     data_root=data_root, out=out, precision=precision)
-    cfg = guarded(load_config, config, overrides)
-    cfg.progress = not quiet
-    result = guarded(run_job, cfg)
+                     data_root=data_root, out=out, precision=precision, update=update, force=force or None,
+                     checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log)
+    stats = JobStats(command="run", store=out or update)
+    loaded = {}
+
+    def job(stats):
+        cfg = load_config(config, overrides)
+        cfg.progress = not quiet
+        loaded["cfg"] = cfg
+        stats.store = stats.store or cfg.out or cfg.update
+        return run_job(cfg, stats=stats)
+
+    result = _recorded(job, stats, lambda: log or getattr(loaded.get("cfg"), "log", None))
+    typer.echo(result.summary())
+
+
+def _recorded(job, stats, log_path):
+    """Run ``job(stats)`` and append its run record (one JSON line) whatever the outcome:
+    success, a mapped failure (one line on stderr + its exit code) or a bug (traceback)."""
+    import time
+
+    from .jobs.record import append_record, default_log, make_record
+
+    t0 = time.perf_counter()
+    code, msg = exitcodes.OK, None
+    try:
+        return job(stats)
+    except KeyboardInterrupt as e:
+        code, msg = exitcodes.INTERRUPTED, str(e) or "interrupted"
+    except Exception as e:  # noqa: BLE001 - mapped to one line + exit code below
+        code = classify(e)
+        if code is None:
+            code, msg = 1, f"{type(e).__name__}: {e}"
+            raise
+        msg = str(e).strip("'\"")
+    finally:
+        # Next to the store; a run that failed before it knew its store (no --out, e.g. images
+        # not found) has nowhere sensible to log unless --log was given.
+        target = log_path() or (default_log(stats.store) if stats.store else None)
+        if target:
+            append_record(target, make_record(stats, code, msg, time.perf_counter() - t0))
+    fail(msg, code)
+
+
+@app.command()
+def merge(
+    stores: list[Path] = typer.Argument(..., help="Two or more stores of the same model, weights, preprocessing, k and layers."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged store (may be one of the inputs)."),
+    weights: Optional[str] = typer.Option(None, help="Weights file if it moved since mining (its hash must match)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (finalize re-runs the kept images)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing store at --out."),
+    log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to --out)."),
+) -> None:
+    """Merge stores of disjoint or overlapping image sets into one, equal to one run over the union."""
+    from .jobs.merge import merge_stores
+    from .jobs.record import JobStats
+
+    stats = JobStats(command="merge", store=str(out))
+    result = _recorded(lambda st: merge_stores(stores, out, weights=weights, device=device, force=force, stats=st),
+                       stats, lambda: log)
     typer.echo(result.summary())
 
 
@@ -144,6 +222,42 @@ def top(
             return
         for e in entries:
             typer.echo(f"{e.rank:>3} {e.value:>12.5g}  y={e.y:<3} x={e.x:<3} box={list(e.box)}  {e.path}")
+
+
+@app.command()
+def render(
+    store_arg: Optional[Path] = typer.Argument(None, metavar="[STORE]", help="A store written by `mine run`."),
+    store: Optional[Path] = typer.Option(None, "--store", help="The store (instead of the argument)."),
+    layer: Optional[str] = typer.Option(None, help="Layer(s): conv4_3 | conv4_3,conv5_1 | 'conv5_*'. Default: every layer in the store."),
+    feature: Optional[int] = typer.Option(None, help="One channel, e.g. 171."),
+    features: Optional[str] = typer.Option(None, help="Channels, e.g. 0-63,171. Default: every channel."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render next to the store)."),
+    weights: Optional[str] = typer.Option(None, help="Weights (default: the store's; must match its weights hash)."),
+    shared_scale: bool = typer.Option(False, "--shared-scale", help="One display scale per montage instead of per tile."),
+    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget)."),
+    overview: int = typer.Option(16, help="Feature maps in each layer's overview grid."),
+    force: bool = typer.Option(False, help="Re-render even what is up to date."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Render deconvnet projections and receptive-field patches of a store's top activations."""
+    from .render import render_store
+
+    path = store or store_arg
+    if path is None:
+        fail("give a store: mine render STORE (or --store STORE)", exitcodes.BAD_ARGS)
+    if store is not None and store_arg is not None and Path(store) != Path(store_arg):
+        fail(f"two different stores given: {store_arg} and --store {store}", exitcodes.BAD_ARGS)
+    if feature is not None and features is not None:
+        fail("give --feature or --features, not both", exitcodes.BAD_ARGS)
+    if batch_size is not None and batch_size < 1:
+        fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
+    sel = [feature] if feature is not None else features
+    result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
+                     shared_scale=shared_scale, save_arrays=save_arrays, device=device, batch_size=batch_size,
+                     overview_features=overview, progress=not quiet, force=force)
+    typer.echo(result.summary())
 
 
 def main() -> None:  # pragma: no cover

@@ -2,13 +2,22 @@
 
 ``RunConfig`` holds every option of the command; ``run(cfg)`` returns a
 ``RunResult``. A notebook user calls exactly what the CLI calls.
+
+A run is a job that survives crashes (``pipeline/jobs`` has one module per
+guarantee): it holds ``STORE.lock`` while it works, checkpoints the streaming
+pass to ``STORE.ckpt`` (every ``checkpoint_every`` and on SIGINT/SIGTERM), and
+re-running the same command resumes from the checkpoint to the same store an
+uninterrupted run writes. An existing complete store is only replaced with
+``force`` or extended with ``update`` (only new image contents are mined, then
+merged exactly). The store is written atomically, then the checkpoint removed.
 """
 from __future__ import annotations
 
 import platform
 import re
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,10 +28,21 @@ from tqdm import tqdm
 
 from . import __version__
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
-from .mining.finalize import finalize
-from .mining.stream import ImageRecord, new_state, stream
+from .jobs.checkpoint import (Checkpoint, checkpoint_path, differences, fingerprint_id, image_list_id,
+                              load_checkpoint, save_checkpoint)
+from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
+from .jobs.errors import CheckpointMismatch, Interrupted, StoreExistsError, WriteError
+from .jobs.faults import pause_point
+from .jobs.lock import StoreLock
+from .jobs.output import remove_stale_temps, write_isolated
+from .jobs.record import JobStats
+from .jobs.signals import InterruptGuard
+from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
+from .mining.stream import ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
+from .store.read import Store
+from .store.schema import COMPLETE
 from .store.write import write_store
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,6 +66,11 @@ class RunConfig:
     precision: str = "fp32"
     channels_last: bool = False
     progress: bool = True
+    update: str | None = None  # extend this store: mine only image contents it does not hold
+    force: bool = False  # replace an existing complete store
+    checkpoint_every: str = "5m"  # N batches, or a time: 90s, 5m, 1h; 0 = only at the end / on signals
+    discard_checkpoint: bool = False  # delete a checkpoint instead of resuming from it
+    log: str | None = None  # run record log (the CLI appends it; default mine-runs.jsonl by the store)
 
 
 @dataclass
@@ -55,11 +80,17 @@ class RunResult:
     images_skipped: int
     seconds: float
     layers: list[str] = field(default_factory=list)
+    images_new: int = 0  # decoded and mined by this invocation
+    images_known: int = 0  # skipped by --update: the store already held their content
+    images_resumed: int = 0  # restored from a checkpoint
+    mode: str = "fresh"  # fresh | resume | update | update-resume | already-complete
 
     def summary(self) -> str:
-        rate = self.images_seen / self.seconds if self.seconds else 0.0
-        return (f"{self.images_seen} images seen, {self.images_skipped} skipped, {self.seconds:.1f} s "
-                f"({rate:.1f} img/s) -> {self.store}")
+        rate = self.images_new / self.seconds if self.seconds else 0.0
+        extra = "".join(f", {n} {what}" for n, what in ((self.images_known, "already in the store"),
+                                                        (self.images_resumed, "resumed from checkpoint")) if n)
+        return (f"{self.images_seen} images seen, {self.images_skipped} skipped, {self.images_new} mined{extra}, "
+                f"{self.seconds:.1f} s ({rate:.1f} img/s) -> {self.store}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +101,20 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
+
+
+def parse_every(text: str | int) -> tuple[int | None, float | None]:
+    """``"50"`` -> every 50 batches; ``"90s"``, ``"5m"``, ``"1h"`` -> by time; ``"0"`` -> never."""
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", t)
+    if not m:
+        raise ValueError(f"--checkpoint-every {text!r}: give a number of batches (50) or a time (90s, 5m, 1h)")
+    n, unit = float(m.group(1)), m.group(2)
+    if not unit:
+        if n != int(n):
+            raise ValueError(f"--checkpoint-every {text!r}: a number of batches must be whole")
+        return (int(n) or None), None
+    return None, (n * {"s": 1, "m": 60, "h": 3600}[unit]) or None
 
 
 def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
@@ -109,13 +154,62 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def run(cfg: RunConfig, net: Network | None = None) -> RunResult:
-    """Mine ``cfg.layer`` over ``cfg.images`` and write the store; returns where and how much."""
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _store_inputs_id(path: Path) -> str | None:
+    """The ``inputs_id`` of a complete store at ``path``, None if absent/unreadable/incomplete."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("status") != COMPLETE:
+                return None
+            rid = f.attrs.get("inputs_id")
+            return rid.decode() if isinstance(rid, bytes) else rid
+    except Exception:  # noqa: BLE001 - any unreadable file simply is not "our" store
+        return None
+
+
+def _store_state(path: Path) -> str:
+    """"complete", or why the file at ``path`` is not a usable store."""
+    try:
+        with Store(path):
+            return "complete"
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+
+
+class _Schedule:
+    """When to write a periodic checkpoint (every N batches or every T seconds)."""
+
+    def __init__(self, every: tuple[int | None, float | None]) -> None:
+        self.batches, self.seconds = every
+        self.reset()
+
+    def reset(self) -> None:
+        self.since, self.t = 0, time.monotonic()
+
+    def due(self) -> bool:
+        self.since += 1
+        return bool((self.batches and self.since >= self.batches)
+                    or (self.seconds and time.monotonic() - self.t >= self.seconds))
+
+
+def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = None) -> RunResult:
+    """Mine ``cfg.layer`` over ``cfg.images`` and write the store; returns where and how much.
+
+    ``stats`` (optional) is filled in as the job goes, so a caller can report a failed
+    job's progress (the CLI's run record does).
+    """
     t0 = time.perf_counter()
+    stats = stats if stats is not None else JobStats()
     if cfg.k < 1:
         raise ValueError("--k must be at least 1")
     if cfg.precision not in DTYPES:
         raise ValueError(f"unknown precision {cfg.precision!r}; use {', '.join(DTYPES)}")
+    if cfg.update and cfg.force:
+        raise ValueError("--update and --force exclude each other: --update extends a store, --force replaces it")
+    every = parse_every(cfg.checkpoint_every)
     device = resolve_device(cfg.device)
     source = resolve_images(cfg.images, cfg.data_root)
     net = net or load_network(cfg.model, cfg.weights, cfg.size)
@@ -124,37 +218,181 @@ def run(cfg: RunConfig, net: Network | None = None) -> RunResult:
     indices = list(range(len(source.paths)))[: cfg.limit] if cfg.limit else list(range(len(source.paths)))
     if cfg.limit:
         source = type(source)(source.spec, source.root, tuple(source.paths[i] for i in indices))
-    net.to(device)
-    if cfg.channels_last:
-        net.features.to(memory_format=torch.channels_last)
+    path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else default_store_path(cfg, layers)
+    stats.store, stats.images_seen = str(path), len(source.paths)
+    with StoreLock(path):
+        remove_stale_temps(path)
+        return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0)
 
-    state = new_state(net, layers, cfg.k, device)
-    loader = make_loader(ImageDataset(source, prep), cfg.batch_size, cfg.workers, device.type == "cuda")
-    bar = tqdm(total=len(source.paths), unit="img", desc="mining", disable=not cfg.progress, smoothing=0.1)
-    with bar:
-        stream(net, state, loader, prep, device, DTYPES[cfg.precision], cfg.channels_last,
-               on_batch=lambda n, bad: bar.update(n))
-    table = images_table(source, state.records)
-    key_to_index = {}
+
+def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0) -> RunResult:
+    ck_path = checkpoint_path(path)
+    ck = None
+    if ck_path.exists():
+        if cfg.discard_checkpoint:
+            _warn(f"deleting the checkpoint {ck_path} (--discard-checkpoint)")
+            ck_path.unlink()
+        else:
+            ck = load_checkpoint(ck_path)
+    base_path = Path(cfg.update) if cfg.update else None
+    run_config = config_of_run(net, prep, cfg.k, layers, cfg.precision)
+    fingerprint = {**run_config, "images": image_list_id(str(source.root), [source.relpath(p) for p in source.paths]),
+                   "base": None}
+    if (ck is not None and not cfg.force and path.exists() and _store_inputs_id(path) == fingerprint_id(ck.fingerprint)
+            and set(differences(ck.fingerprint, fingerprint)) <= {"base"}):
+        # Killed after the store was written but before the checkpoint was removed. (For an
+        # in-place --update the base is that new store now, hence "base" may differ.)
+        ck_path.unlink()
+        stats.mode = "already-complete"
+        with Store(path) as s:
+            return RunResult(path, len(source.paths), int(s.attrs["images_skipped"]),
+                             time.perf_counter() - t0, layers, mode=stats.mode)
+
+    if base_path is not None and not base_path.exists():
+        _warn(f"--update {base_path}: no such store yet; mining every image into a new one")
+        base_path = None
+    base, base_part, known = None, None, set()
+    try:
+        if base_path is not None:
+            base = Store(base_path)
+            check_compatible(config_of_store(base.attrs), str(base_path), run_config, "this run")
+            base_part = part_from_store(base, layers)
+            known = known_keys(base_part.table)
+            fingerprint["base"] = {"path": str(base_path.resolve()),
+                                   "id": base.attrs.get("inputs_id") or base.attrs.get("created")}
+
+        state = new_state(net, layers, cfg.k, device)
+        complete = False
+        if ck is not None:
+            diff = differences(ck.fingerprint, fingerprint)
+            if diff == ["images"]:
+                was, now = ck.fingerprint["images"]["count"], fingerprint["images"]["count"]
+                _warn(f"the image list changed since {ck_path} was written ({was} files then, {now} now); "
+                      f"its progress cannot be reused, starting over")
+                ck = None
+            elif diff:
+                raise CheckpointMismatch(
+                    f"{ck_path} belongs to a run with a different {', '.join(diff)}; re-run that command to "
+                    f"finish it, or pass --discard-checkpoint to delete it and start over")
+            else:
+                state.restore(ck.records, ck.tops)
+                state.batches = ck.batches
+                complete = ck.complete
+        if ck is None and path.exists() and not cfg.force and not (base_path and base_path.resolve() == path.resolve()):
+            why = _store_state(path)
+            if why == "complete":
+                raise StoreExistsError(f"{path} already exists and is complete; pass --update {path} to add new "
+                                       f"images to it, or --force to replace it")
+            raise StoreExistsError(f"{path} exists but is not a usable store ({why}); pass --force to replace it")
+        stats.mode = ("update" if base_part else "fresh") if ck is None else ("update-resume" if base_part else "resume")
+        stats.images_resumed = len(state.records)
+
+        with InterruptGuard() as guard:
+            _stream_with_checkpoints(cfg, net, state, prep, source, device, known, ck_path, fingerprint,
+                                     every, complete, stats, guard)
+            # The checkpoint is complete from here on: a signal stops at once (guard.graceful is off).
+            guard.hint = f"the streaming pass is saved in {ck_path}; re-run the same command to finish"
+            table = images_table(source, state.records)
+            stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
+            stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
+            if base_part is not None:
+                table = resolve_known_rows(table, base_part.table)
+            parts = ([base_part] if base_part else []) + [fresh_part(cfg.images, source, prep, state, table)]
+            combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision)
+            if base is not None:
+                base.close()  # the output may replace it
+                base = None
+            attrs = {
+                "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
+                "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
+                "k": cfg.k, "input_size": cfg.size, "images_spec": combined.spec, "images_root": combined.root,
+                "layers": layers, "versions": versions(), "precision": cfg.precision,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
+                "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
+            }
+            write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
+                           f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
+            pause_point("store-written")
+            ck_path.unlink(missing_ok=True)
+    finally:
+        if base is not None:
+            base.close()
+    return RunResult(path, len(source.paths), stats.images_skipped, time.perf_counter() - t0, layers,
+                     stats.images_new, stats.images_known, stats.images_resumed, stats.mode)
+
+
+def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table: dict) -> Part:
+    """This pass as a ``Part``: its kept images are re-read from the source files."""
+    first: dict[int, int] = {}
     for i in sorted(state.records):
-        if table["status"][i] == "ok":
-            key_to_index.setdefault(state.records[i].key, i)
+        if state.records[i].ok:
+            first.setdefault(state.records[i].key, i)
+    dataset = ImageDataset(source, prep)
+    return Part("this run", spec, str(source.root), table, state.tops, lambda key: dataset[first[key]], set(first))
 
-    def describe(layer, c, rank, key):
-        return f"{layer} feature {c} rank {rank} ({source.relpath(source.paths[key_to_index[key]])})"
 
-    fin = finalize(net, state.tops, key_to_index, lambda idx: ImageDataset(source, prep, idx), prep, device,
-                   cfg.precision, workers=0, describe=describe)
-    skipped = int(sum(not s.startswith(("ok", "duplicate")) for s in table["status"]))
-    seconds = time.perf_counter() - t0
-    attrs = {
-        "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
-        "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
-        "k": cfg.k, "input_size": cfg.size, "images_spec": cfg.images, "images_root": str(source.root),
-        "layers": layers, "versions": versions(), "precision": cfg.precision,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "images_seen": len(source.paths), "images_skipped": skipped, "seconds": seconds,
-    }
-    path = Path(cfg.out) if cfg.out else default_store_path(cfg, layers)
-    write_store(path, net, attrs, table, fin)
-    return RunResult(path, len(source.paths), skipped, time.perf_counter() - t0, layers)
+def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
+                             fingerprint: dict, every, complete: bool, stats: JobStats,
+                             guard: InterruptGuard) -> None:
+    """The streaming pass over the images without a record, checkpointed; on return the
+    checkpoint is complete and later signals interrupt at once (see ``jobs.signals``)."""
+    total = len(source.paths)
+    todo = [i for i in range(total) if i not in state.records]
+
+    def save(done: bool) -> None:
+        save_checkpoint(ck_path, Checkpoint(fingerprint, done, state.batches, state.records,
+                                            {n: t.state_dict() for n, t in state.tops.items()}))
+
+    def stopped(sig: str) -> Interrupted:
+        return Interrupted(f"interrupted by {sig}: progress saved to {ck_path} ({len(state.records)} of {total} "
+                           f"images); re-run the same command to resume")
+
+    net.to(device)  # also for finalize, when resuming from a complete checkpoint
+    if not complete:
+        if cfg.channels_last:
+            net.features.to(memory_format=torch.channels_last)
+        dataset = (SkipKnown(source, prep, todo, known) if known else ImageDataset(source, prep, todo))
+        loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
+        schedule = _Schedule(every)
+        saved_at = state.batches
+        bar = tqdm(total=total, initial=total - len(todo), unit="img", desc="mining",
+                   disable=not cfg.progress, smoothing=0.1)
+
+        def on_batch(n: int, bad: int) -> None:
+            nonlocal saved_at
+            bar.update(n)
+            stats.images_new = state.fed
+            pause_point("stream", until=lambda: guard.requested is not None)
+            if guard.requested:
+                save(False)
+                raise stopped(guard.requested)
+            if schedule.due():
+                save(False)
+                saved_at = state.batches
+                schedule.reset()
+
+        try:
+            with bar:
+                stream(net, state, loader, prep, device, DTYPES[cfg.precision], cfg.channels_last,
+                       on_batch=on_batch)
+        except (Interrupted, WriteError):  # a failed checkpoint write is not retried
+            raise
+        except BaseException as e:
+            # Out of memory, a dead loader worker (Ctrl-C reaches them too), a bug: keep
+            # what was folded so far, if anything, then report the original error.
+            saved = False
+            if not state.dirty and state.batches > saved_at:
+                try:
+                    save(False)
+                    saved = True
+                except BaseException as e2:  # noqa: BLE001 - the first error is the one to report
+                    _warn(f"could not save a checkpoint after the failure: {e2}")
+            if guard.requested and saved:
+                raise stopped(guard.requested) from None
+            raise e
+        stats.images_new = state.fed
+        save(True)
+    guard.graceful = False
+    if guard.requested:  # a signal arrived after the last batch
+        raise stopped(guard.requested)

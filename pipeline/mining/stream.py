@@ -34,11 +34,28 @@ class ImageRecord:
 
 @dataclass
 class StreamState:
-    """Everything a resumable pass needs: per-layer top-k and the records so far."""
+    """Everything a resumable pass needs: per-layer top-k and the records so far.
+
+    ``dirty`` is True only while a batch is being committed (top-k updated, records
+    not yet): a checkpoint must never be taken then. ``batches`` counts folded
+    batches, for checkpoint scheduling and reports.
+    """
 
     tops: dict[str, RunningTopK]
     records: dict[int, ImageRecord] = field(default_factory=dict)
     seen_keys: set[int] = field(default_factory=set)
+    dirty: bool = False
+    batches: int = 0
+    fed: int = 0  # images run through the network by this process (not restored)
+
+    def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict]) -> None:
+        """Load a checkpoint: records and top-k states; seen keys follow from the records."""
+        if set(tops) != set(self.tops):
+            raise ValueError(f"checkpoint layers {sorted(tops)} differ from {sorted(self.tops)}")
+        for name, sd in tops.items():
+            self.tops[name].load_state_dict(sd)
+        self.records = dict(records)
+        self.seen_keys = {r.key for r in records.values() if r.ok}
 
 
 def new_state(net: Network, layers: list[str], k: int, device: torch.device) -> StreamState:
@@ -63,28 +80,44 @@ def stream(
     channels_last: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> StreamState:
-    """Fold every batch into ``state``; ``on_batch(n_images, n_bad)`` drives progress/checkpoints."""
+    """Fold every batch into ``state``; ``on_batch(n_images, n_bad)`` drives progress/checkpoints.
+
+    Each batch is computed first and committed to ``state`` last (top-k, then records
+    and seen keys), so an exception in decoding or in the forward pass (out of
+    memory, a signal) leaves ``state`` as it was after the previous batch: it can
+    still be checkpointed. Only the commit itself runs with ``state.dirty`` set.
+    """
     layers = list(state.tops)
     for batch in batches:
         ok = batch["ok"].clone()
         keys = batch["key"]
+        records, new_keys = [], set()
         for i in range(len(ok)):
             idx, key = int(batch["index"][i]), int(keys[i])
             good = bool(ok[i])
             reason = batch["reason"][i]
-            if good and key in state.seen_keys:
+            if good and (key in state.seen_keys or key in new_keys):
                 good, reason = False, "duplicate"
                 ok[i] = False
             elif good:
-                state.seen_keys.add(key)
-            state.records[idx] = ImageRecord(idx, key, batch["sha256"][i], good, reason,
-                                             int(batch["width"][i]), int(batch["height"][i]))
+                new_keys.add(key)
+            records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
+                                       int(batch["width"][i]), int(batch["height"][i])))
+        maxima, kd = {}, None
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             x = _as_input(pixels, prep, device, dtype, channels_last)
             kd = keys[ok].to(device, non_blocking=True)
-            for name, (values, pos) in layer_maxima(net, layers, x).items():
-                state.tops[name].add(values.float(), kd, pos)
+            maxima = layer_maxima(net, layers, x)
+        state.dirty = True
+        for name, (values, pos) in maxima.items():
+            state.tops[name].add(values.float(), kd, pos)
+        for r in records:
+            state.records[r.index] = r
+        state.seen_keys |= new_keys
+        state.batches += 1
+        state.fed += len(new_keys)
+        state.dirty = False
         if on_batch is not None:
             on_batch(len(ok), int((~batch["ok"]).sum()))
     return state

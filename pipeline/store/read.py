@@ -122,6 +122,21 @@ class Store:
                              tuple(int(v) for v in a["box"][feature, r])))
         return out
 
+    def topk_state(self, layer: str) -> dict[str, np.ndarray]:
+        """The layer's entries as a ``RunningTopK`` state (for ``--update`` and ``mine merge``):
+        values float32 (-inf where empty), keys int64 (-1 empty), flat positions
+        ``y * out_size + x`` (-1 empty), each (channels, k), best first."""
+        a = self.arrays(layer)
+        w = int(self.layer_info(layer)["out_size"])
+        empty = a["kept"] < 0
+        return {"values": np.where(empty, -np.inf, a["value"]).astype(np.float32),
+                "keys": np.where(empty, -1, a["key"]).astype(np.int64),
+                "pos": np.where(empty, -1, a["y"].astype(np.int64) * w + a["x"]).astype(np.int64)}
+
+    def kept_keys(self) -> np.ndarray:
+        """(M,) int64 image key of each row of /kept (sorted ascending)."""
+        return self.f["kept/key"][()]
+
     def top_entries(self, layer: str, n: int | None = None) -> list[Entry]:
         """The top-n entries of a layer across all channels (one per channel), best first."""
         a = self.arrays(layer)

@@ -3,7 +3,11 @@
     /                      attrs: format="mine-store", schema_version, status, model,
                            weights, weights_hash, preprocessing (JSON), k, input_size,
                            images_spec, layers (JSON list), versions (JSON),
-                           created, images_seen, images_skipped, seconds
+                           created, images_seen, images_skipped, seconds,
+                           inputs_id (sha256 of the configuration, the image
+                           list and, for --update/merge, the input stores: equal
+                           ids mean equal results; lets a resumed job see that
+                           its store was already written)
     /images/path           (N,) str   source path relative to images_root attr
     /images/sha256         (N,) str   content hash
     /images/key            (N,) int64 stable image id (from the hash)

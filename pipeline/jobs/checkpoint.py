@@ -1,0 +1,150 @@
+"""Checkpoints of the streaming pass: ``STORE.ckpt``, replaced atomically.
+
+What is saved is exactly what the pass has learnt so far, ``StreamState``: the
+per-layer top-k state (values, keys, positions), one record per image already
+streamed (key, sha256, ok, reason, size), plus a *fingerprint* of everything that
+decides the result. Resuming restores the state and streams only the images
+without a record; because checkpoints are taken between whole batches and the
+remaining images are batched the same way, the resumed store equals an
+uninterrupted run bit for bit (same entries, switches and pixels). The batch size,
+worker count and device are not in the fingerprint: a job that died of an
+out-of-memory error may resume with a smaller batch.
+
+Fingerprint: model, weights hash, preprocessing, k, layers, streaming precision,
+the image list (root, count and a hash of the relative paths) and, for
+``--update``, the identity of the base store. ``run.py`` refuses a checkpoint whose
+configuration differs (someone changed the command) and starts over, with a
+warning, when only the image list changed (new files arrived after a crash; the
+top-k cannot forget images, so the old state is unusable but nothing is wrong).
+
+Format: an uncompressed ``.npz`` (numpy arrays only, loaded with
+``allow_pickle=False``, so a checkpoint can never execute code), written to
+``.STORE.ckpt.tmp-PID``, fsynced, renamed over the previous one, folder fsynced.
+A crash at any moment leaves the previous checkpoint or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..mining.stream import ImageRecord
+from .errors import CheckpointError
+from .faults import pause_point
+from .output import write_error
+
+FORMAT = "mine-checkpoint"
+VERSION = 1
+
+
+def checkpoint_path(store: Path) -> Path:
+    return store.with_name(store.name + ".ckpt")
+
+
+@dataclass
+class Checkpoint:
+    fingerprint: dict
+    complete: bool  # the streaming pass had finished (a crash came in finalize or later)
+    batches: int
+    records: dict[int, ImageRecord]
+    tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state_dict()
+
+
+def image_list_id(root: str, relpaths: list[str]) -> dict:
+    h = hashlib.sha256(root.encode())
+    for p in relpaths:
+        h.update(b"\0" + p.encode())
+    return {"root": root, "count": len(relpaths), "sha256": h.hexdigest()}
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    """sha256 of the canonical JSON: the ``inputs_id`` a store written from it carries."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def differences(saved: dict, now: dict) -> list[str]:
+    """Names of the fingerprint fields that differ ("images" for the image list)."""
+    return [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def _records_to_arrays(records: dict[int, ImageRecord]) -> dict[str, np.ndarray]:
+    rs = [records[i] for i in sorted(records)]
+    sha = np.zeros((len(rs), 32), np.uint8)
+    for j, r in enumerate(rs):
+        if r.sha256:
+            sha[j] = np.frombuffer(bytes.fromhex(r.sha256), np.uint8)
+    reasons = [(j, r.reason) for j, r in enumerate(rs) if r.reason]
+    return {
+        "rec_index": np.array([r.index for r in rs], np.int64),
+        "rec_key": np.array([r.key for r in rs], np.int64),
+        "rec_ok": np.array([r.ok for r in rs], bool),
+        "rec_width": np.array([r.width for r in rs], np.int64),
+        "rec_height": np.array([r.height for r in rs], np.int64),
+        "rec_has_sha": np.array([bool(r.sha256) for r in rs], bool),
+        "rec_sha": sha,
+        "reason_row": np.array([j for j, _ in reasons], np.int64),
+        "reason_text": np.array([t for _, t in reasons], dtype=str) if reasons else np.zeros(0, "U1"),
+    }
+
+
+def _records_from_arrays(z) -> dict[int, ImageRecord]:
+    reasons = dict(zip(z["reason_row"].tolist(), z["reason_text"].tolist()))
+    out = {}
+    for j, (idx, key, ok, w, h, has) in enumerate(zip(
+            z["rec_index"].tolist(), z["rec_key"].tolist(), z["rec_ok"].tolist(), z["rec_width"].tolist(),
+            z["rec_height"].tolist(), z["rec_has_sha"].tolist())):
+        sha = z["rec_sha"][j].tobytes().hex() if has else ""
+        out[idx] = ImageRecord(idx, key, sha, ok, reasons.get(j, ""), w, h)
+    return out
+
+
+def save_checkpoint(path: Path, ck: Checkpoint) -> None:
+    """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
+    meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
+            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops)}
+    arrays = {"meta": np.array(json.dumps(meta)), **_records_to_arrays(ck.records)}
+    for j, (layer, sd) in enumerate(ck.tops.items()):
+        for n in ("values", "keys", "pos"):
+            arrays[f"top{j}_{n}"] = sd[n].cpu().numpy()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            pause_point("checkpoint-write")
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e, "the previous checkpoint (if any) and store are unchanged") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    hint = f"pass --discard-checkpoint to delete {path} and start over"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise CheckpointError(f"{path} is not a mine checkpoint of version {VERSION}; {hint}")
+            records = _records_from_arrays(z)
+            tops = {layer: {n: torch.from_numpy(z[f"top{j}_{n}"].copy()) for n in ("values", "keys", "pos")}
+                    for j, layer in enumerate(meta["layers"])}
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any damage is one clear line
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); {hint}") from None
+    return Checkpoint(meta["fingerprint"], bool(meta["complete"]), int(meta["batches"]),
+                      records, tops)

@@ -1,0 +1,219 @@
+"""Union of mined parts: the one code path behind ``mine run``, ``--update`` and ``mine merge``.
+
+A *part* is what one pass over some images knows: its images table, its per-layer
+top-k state, and a way to get the uint8 network input of any image in that top-k
+(a store has them in ``/kept/pixels``; a fresh pass re-reads its source files).
+
+Why the result equals one run over the union of the images:
+
+* top-k: per channel the k best of a union are among the k best of each part, so
+  merging the parts' top-k states (``RunningTopK.merge``, which keeps an image
+  seen by two parts once) gives exactly the union's top-k.
+* images table: rows are (path, content key) pairs; the union drops repeated
+  pairs, is sorted by path as a run sorts its files, and "ok"/"duplicate" is
+  decided again by path order (the first path of each content is "ok").
+* values, switches, pixels: ``finalize`` runs once over the union's kept images,
+  in key order and fixed batches, from the same uint8 pixels a single run would
+  read, so float32 values and switches are those of a single run bit for bit.
+  (Copying values out of the parts would not be: a float32 convolution can round
+  differently depending on which images share its batch.)
+
+Paths of parts with different roots are re-rooted at their common folder: shards
+``photos/a`` and ``photos/b`` merge into paths ``a/...`` and ``b/...`` under
+``photos``, as a run over ``photos`` would name them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data.preprocess import Preprocessing
+from ..mining.finalize import Finalized, finalize
+from ..mining.topk import RunningTopK
+from ..models.network import Network
+from .errors import IncompatibleError
+from .faults import pause_point
+
+CONTENT_OK = ("ok", "duplicate")
+COLUMNS = ("path", "sha256", "key", "status", "width", "height")
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class Part:
+    """One mined part (see module docstring). ``record_of(key)`` returns a dataset record."""
+
+    name: str
+    spec: str
+    root: str
+    table: dict[str, np.ndarray]
+    tops: dict[str, RunningTopK]
+    record_of: Callable[[int], dict]
+    pixel_keys: set[int] = field(default_factory=set)  # keys ``record_of`` can serve
+
+
+# --- configuration identity --------------------------------------------------------------
+
+def config_of_store(attrs: dict) -> dict:
+    return {"model": attrs.get("model"), "weights_hash": attrs.get("weights_hash"),
+            "preprocessing": attrs.get("preprocessing"), "k": int(attrs.get("k", -1)),
+            "layers": sorted(attrs.get("layers") or []), "precision": attrs.get("precision", "fp32")}
+
+
+def config_of_run(net: Network, prep: Preprocessing, k: int, layers: list[str], precision: str) -> dict:
+    return {"model": net.arch, "weights_hash": net.weights_hash,
+            "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
+            "k": int(k), "layers": sorted(layers), "precision": precision}
+
+
+def check_compatible(ref: dict, ref_name: str, other: dict, other_name: str) -> None:
+    """Refuse to combine results of different configurations, naming every difference."""
+    diffs = []
+    for f in ("model", "weights_hash", "preprocessing", "k", "layers", "precision"):
+        if ref.get(f) != other.get(f):
+            a, b = ref.get(f), other.get(f)
+            if f == "weights_hash":
+                a, b = str(a)[:12], str(b)[:12]
+            diffs.append(f"{f.replace('_hash', '')} ({ref_name}: {a}; {other_name}: {b})")
+    if diffs:
+        raise IncompatibleError(
+            f"cannot combine {other_name} with {ref_name}: {'; '.join(diffs)}. A store holds one "
+            f"model/weights/preprocessing/k/layers/precision; write a new store (--out) instead")
+
+
+# --- parts --------------------------------------------------------------------------------
+
+def tops_from_store(store, layers: list[str]) -> dict[str, RunningTopK]:
+    out = {}
+    for name in layers:
+        st = store.topk_state(name)
+        t = RunningTopK(st["values"].shape[0], st["values"].shape[1])
+        t.load_state_dict({n: torch.from_numpy(v) for n, v in st.items()})
+        out[name] = t
+    return out
+
+
+def part_from_store(store, layers: list[str]) -> Part:
+    """A finished store as a part; its kept pixels serve finalize (no source files needed)."""
+    images = store.images()
+    table = {c: (np.array([_s(v) for v in images[c]], dtype=object) if images[c].dtype.kind in "OSU"
+                 else images[c]) for c in COLUMNS}
+    kept_row = {int(k): i for i, k in enumerate(store.kept_keys())}
+
+    def record_of(key: int) -> dict:
+        return {"ok": True, "reason": "", "pixels": torch.from_numpy(np.ascontiguousarray(store.pixels(kept_row[key])))}
+
+    return Part(str(store.path), str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")),
+                table, tops_from_store(store, layers), record_of, set(kept_row))
+
+
+# --- union --------------------------------------------------------------------------------
+
+def _reroot(path: str, root: str, common: str) -> str:
+    if root == common:
+        return path
+    prefix = Path(root).relative_to(common).as_posix()
+    return f"{prefix}/{path}" if prefix != "." else path
+
+
+def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
+    """(common root, images table of the union) -- see the module docstring."""
+    common = os.path.commonpath([p.root for p in parts])
+    rows: dict[tuple[str, int], tuple] = {}
+    for part in parts:
+        t = part.table
+        for j in range(len(t["path"])):
+            ident = (_reroot(_s(t["path"][j]), part.root, common), int(t["key"][j]))
+            if ident not in rows:
+                rows[ident] = (_s(t["sha256"][j]), _s(t["status"][j]), int(t["width"][j]), int(t["height"][j]))
+    order = sorted(rows)
+    first: dict[int, int] = {}
+    status = []
+    for i, ident in enumerate(order):
+        st = rows[ident][1]
+        if st in CONTENT_OK:
+            st = "ok" if first.setdefault(ident[1], i) == i else "duplicate"
+        status.append(st)
+    table = {
+        "path": np.array([p for p, _ in order], dtype=object),
+        "sha256": np.array([rows[i][0] for i in order], dtype=object),
+        "key": np.array([k for _, k in order], dtype=np.int64),
+        "status": np.array(status, dtype=object),
+        "width": np.array([rows[i][2] for i in order], dtype=np.int32),
+        "height": np.array([rows[i][3] for i in order], dtype=np.int32),
+    }
+    return common, table
+
+
+class _KeptImages(Dataset):
+    """Finalize's view of the union: item = the record of one kept table row."""
+
+    def __init__(self, rows: list[int], table: dict, providers: dict[int, Part], size: int) -> None:
+        self.rows, self.table, self.providers, self.size = list(rows), table, providers, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        pause_point("finalize")
+        r = self.rows[i]
+        key = int(self.table["key"][r])
+        rec = self.providers[key].record_of(key)
+        return {"index": r, "key": key, "sha256": self.table["sha256"][r], "ok": bool(rec["ok"]),
+                "reason": rec["reason"], "pixels": rec["pixels"], "width": int(self.table["width"][r]),
+                "height": int(self.table["height"][r])}
+
+
+@dataclass
+class Combined:
+    root: str
+    spec: str
+    table: dict[str, np.ndarray]
+    fin: Finalized
+
+    @property
+    def images_seen(self) -> int:
+        return len(self.table["path"])
+
+    @property
+    def images_skipped(self) -> int:
+        return int(sum(not s.startswith(CONTENT_OK) for s in self.table["status"]))
+
+
+def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Preprocessing,
+            device: torch.device, precision: str) -> Combined:
+    """Union of ``parts`` finalized into what ``write_store`` writes."""
+    root, table = union_table(parts)
+    tops = {n: RunningTopK(net.layers[n].channels, k) for n in layers}
+    for part in parts:
+        for n in layers:
+            tops[n].merge(part.tops[n])
+    key_to_index: dict[int, int] = {}
+    for i, st in enumerate(table["status"]):
+        if st == "ok":
+            key_to_index.setdefault(int(table["key"][i]), i)
+    providers: dict[int, Part] = {}
+    for n in layers:
+        for key in tops[n].keys.flatten().tolist():
+            if key >= 0 and key not in providers:
+                owner = next((p for p in parts if key in p.pixel_keys), None)
+                if owner is None:  # cannot happen: every kept key comes from some part's top-k
+                    raise RuntimeError(f"no part holds the pixels of kept image key {key}")
+                providers[key] = owner
+
+    def describe(layer, c, rank, key):
+        return f"{layer} feature {c} rank {rank} ({table['path'][key_to_index[key]]})"
+
+    fin = finalize(net, tops, key_to_index, lambda rows: _KeptImages(rows, table, providers, prep.size), prep,
+                   device, precision, workers=0, describe=describe)
+    specs = list(dict.fromkeys(p.spec for p in parts))
+    return Combined(root, " + ".join(specs), table, fin)
