@@ -64,7 +64,7 @@ class RunConfig:
     data_root: str | None = None
     out: str | None = None
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = False  # always on for CUDA; settable to prove on CPU it changes nothing
     progress: bool = True
     update: str | None = None  # extend this store: mine only image contents it does not hold
     force: bool = False  # replace an existing complete store
@@ -349,8 +349,9 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
                            f"images); re-run the same command to resume")
 
     net.to(device)  # also for finalize, when resuming from a complete checkpoint
+    channels_last = cfg.channels_last or device.type == "cuda"  # faster convs on tensor cores
     if not complete:
-        if cfg.channels_last:
+        if channels_last:
             net.features.to(memory_format=torch.channels_last)
         dataset = (SkipKnown(source, prep, todo, known) if known else ImageDataset(source, prep, todo))
         loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
@@ -374,7 +375,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
 
         try:
             with bar:
-                stream(net, state, loader, prep, device, DTYPES[cfg.precision], cfg.channels_last,
+                stream(net, state, loader, prep, device, DTYPES[cfg.precision], channels_last,
                        on_batch=on_batch)
         except (Interrupted, WriteError):  # a failed checkpoint write is not retried
             raise

@@ -62,12 +62,10 @@ def new_state(net: Network, layers: list[str], k: int, device: torch.device) -> 
     return StreamState({n: RunningTopK(net.layers[n].channels, k, device) for n in layers})
 
 
-def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, dtype: torch.dtype,
-              channels_last: bool) -> torch.Tensor:
+def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 pixels -> normalised float32 on the device (the copy is async from pinned memory)."""
     x = normalize(pixels.to(device, non_blocking=True), prep)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def stream(
@@ -81,6 +79,10 @@ def stream(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> StreamState:
     """Fold every batch into ``state``; ``on_batch(n_images, n_bad)`` drives progress/checkpoints.
+
+    ``dtype`` bfloat16/float16 runs the forward under autocast (the ranking error this
+    causes is measured by tests/test_speed_options.py); ``channels_last`` is the
+    memory format the caller put the network in.
 
     Each batch is computed first and committed to ``state`` last (top-k, then records
     and seen keys), so an exception in decoding or in the forward pass (out of
@@ -106,9 +108,11 @@ def stream(
         maxima, kd = {}, None
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
-            x = _as_input(pixels, prep, device, dtype, channels_last)
+            x = _as_input(pixels, prep, device, channels_last)
             kd = keys[ok].to(device, non_blocking=True)
-            maxima = layer_maxima(net, layers, x)
+            # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                maxima = layer_maxima(net, layers, x)
         state.dirty = True
         for name, (values, pos) in maxima.items():
             state.tops[name].add(values.float(), kd, pos)
