@@ -1,0 +1,333 @@
+"""Deconvnet projection (Zeiler & Fergus 2014) of kept activations down to pixel space.
+
+For one entry (channel c, position (y, x), value v of some layer) the deconvnet puts v at
+(c, y, x), zeros everywhere else in the layer, and walks the module list backwards:
+
+* ``ReLU``    -> ReLU of the signal,
+* ``Conv2d``  -> ``F.conv_transpose2d`` with the forward weight exactly as it is (no bias, no
+  flipped or permuted kernel: the transposed-convolution operator *is* the transpose),
+* ``MaxPool2d`` -> unpooling: each pooled value goes back to the position its window's maximum
+  came from (the stored switches); overlapping windows (3x3/2) add up (scatter-add),
+* ``Dropout``/``Identity`` -> unchanged.
+
+This is exactly the gradient of the unit with respect to the input in which every ReLU's
+backward is replaced by ReLU of the incoming gradient, times v (tests check that against
+autograd and Captum's ``Deconvolution``).
+
+Windowed computation. The projection is zero outside the unit's receptive field, so each level
+is only computed on the window that can still reach the unit: 1 x 1 at the top, and below a
+module with kernel span K, stride s and padding p an output window of n positions starting at
+``a`` needs the input window of ``(n - 1) * s + K`` positions starting at ``a * s - p``. At the
+pixels this is the R x R tile whose origin is the unclipped box corner ``(y*S - P, x*S - P)``.
+Window positions outside the real map (past the border, in the padding) are zeroed at every
+level, so the tile equals the full-image projection cropped to the box (zeros where the box
+leaves the image). Every entry of one layer has windows of the same size, so a batch of entries
+(each with its own image's switches) is one tensor per level and one kernel launch per module:
+no per-entry work and no host synchronisation inside :meth:`Deconvnet.project`.
+
+The module list is walked generically (any stack of Conv2d / ReLU / MaxPool2d, any stride,
+kernel, padding, dilation, groups): nothing here knows VGG's indices.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.geometry import Step, step_of
+
+__all__ = ["Deconvnet", "Level", "switches_by_module"]
+
+PASS_THROUGH = (nn.Dropout, nn.Identity)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One module on the way down: its index, kind and sizes.
+
+    ``in_size``/``out_size`` are the full map sizes of the module's input/output;
+    ``win_in``/``win_out`` the window sizes the projection of a unit of the top layer needs.
+    """
+
+    index: int
+    kind: str  # "conv", "pool", "relu", "pass"
+    step: Step | None
+    in_size: int
+    out_size: int
+    win_in: int
+    win_out: int
+
+
+class Deconvnet:
+    """Projects entries of any layer of a Conv2d/ReLU/MaxPool2d stack down to the input.
+
+    ``modules`` is the forward module list (e.g. ``Network.modules``), ``input_size`` the square
+    input the entries were mined at. Work happens on the device of the weights.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], input_size: int, channels_last: bool = True) -> None:
+        self.modules = list(modules)
+        self.channels_last = bool(channels_last)
+        self.input_size = int(input_size)
+        self.sizes = [self.input_size]  # sizes[i] = input size of module i; sizes[i+1] its output
+        for i, m in enumerate(self.modules):
+            st = self._step(i, m)
+            self.sizes.append(st.out_size(self.sizes[-1]) if st is not None else self.sizes[-1])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are: projections run there."""
+        for m in self.modules:
+            for p in m.parameters():
+                return p.device
+        return torch.device("cpu")
+
+    @classmethod
+    def from_network(cls, net, input_size: int | None = None, channels_last: bool = True) -> "Deconvnet":
+        return cls(net.modules, input_size or net.input_size, channels_last)
+
+    def _weight(self, i: int) -> torch.Tensor:
+        """The forward weight of conv ``i``, exactly as it is."""
+        return self.modules[i].weight
+
+    def _layout(self, z: torch.Tensor) -> torch.Tensor:
+        return z.contiguous(memory_format=torch.channels_last) if self.channels_last else z.contiguous()
+
+    @staticmethod
+    def _step(i: int, m: nn.Module) -> Step | None:
+        if isinstance(m, nn.Conv2d):
+            return step_of(m)
+        if isinstance(m, nn.MaxPool2d):
+            st = step_of(m)
+            if st.dilation != 1 and st.kernel * st.kernel > 256:
+                raise ValueError(f"module {i}: pooling window too large for uint8 switches")
+            return st
+        if isinstance(m, (nn.ReLU, *PASS_THROUGH)):
+            return None
+        raise NotImplementedError(
+            f"module {i} ({type(m).__name__}) has no deconvnet rule; supported: Conv2d, ReLU, MaxPool2d, Dropout"
+        )
+
+    # --- geometry -------------------------------------------------------------------------
+    def levels(self, end: int) -> list[Level]:
+        """The modules from ``end`` down to 0 with full and window sizes, top first."""
+        out: list[Level] = []
+        win = 1
+        for i in range(end, -1, -1):
+            m = self.modules[i]
+            st = self._step(i, m)
+            if st is None:
+                kind = "relu" if isinstance(m, nn.ReLU) else "pass"
+                out.append(Level(i, kind, None, self.sizes[i], self.sizes[i + 1], win, win))
+                continue
+            win_in = (win - 1) * st.stride + st.span
+            kind = "conv" if isinstance(m, nn.Conv2d) else "pool"
+            out.append(Level(i, kind, st, self.sizes[i], self.sizes[i + 1], win_in, win))
+            win = win_in
+        return out
+
+    def geometry(self, end: int) -> tuple[int, int, int]:
+        """(R, S, P) of the output of module ``end``: the tile is R x R at (y*S - P, x*S - P)."""
+        r, s, p = 1, 1, 0
+        for lv in reversed(self.levels(end)):
+            if lv.step is not None:
+                r += (lv.step.span - 1) * s
+                p += lv.step.padding * s
+                s *= lv.step.stride
+        return r, s, p
+
+    def entry_bytes(self, end: int) -> int:
+        """Rough peak memory of one entry in a windowed batch (largest level, with temporaries)."""
+        ch = self._out_channels(end)
+        peak = ch * 4
+        for lv in self.levels(end):
+            if lv.kind == "conv":
+                ch = self.modules[lv.index].in_channels
+            n = min(lv.win_in, lv.in_size)
+            peak = max(peak, ch * n * n * 4)
+        return 4 * peak
+
+    def pool_indices(self, end: int) -> list[int]:
+        """Indices of the max-pools at or below ``end`` (their switches are needed)."""
+        return [i for i in range(end + 1) if isinstance(self.modules[i], nn.MaxPool2d)]
+
+    # --- projection -----------------------------------------------------------------------
+    @torch.no_grad()
+    def project(
+        self,
+        end: int,
+        channel,
+        y,
+        x,
+        value,
+        switches: Mapping[int, torch.Tensor],
+        image=None,
+        window: bool = True,
+    ) -> torch.Tensor:
+        """Project a batch of B entries of the output of module ``end`` to the input.
+
+        ``channel``, ``y``, ``x``, ``value``: B entries (sequences, numpy arrays or tensors).
+        ``switches[i]`` for every max-pool ``i <= end``: uint8 ``(M, C, Ho, Wo)`` winner offsets
+        ``dy * kernel + dx`` (see ``mining.switches.pool_offsets``) of M images; ``image`` (B,)
+        says which of the M rows belongs to each entry (default: entry b uses row b).
+
+        Returns float32 ``(B, C_in, R, R)`` tiles at the unclipped boxes when ``window`` is
+        true, else the full ``(B, C_in, H, W)`` input-sized projections. Channels are in the
+        network's input order (BGR for caffe weights; render turns them into RGB).
+        """
+        dev = self.device
+        as_long = lambda v: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v).to(dev, torch.long).reshape(-1)
+        c = as_long(channel)
+        yy, xx = as_long(y), as_long(x)
+        v = value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value, dtype=np.float32))
+        v = v.to(dev, torch.float32).reshape(-1)
+        b = c.numel()
+        img = torch.arange(b, device=dev) if image is None else as_long(image)
+        if not (yy.numel() == xx.numel() == v.numel() == img.numel() == b):
+            raise ValueError("channel, y, x, value and image must have one element per entry")
+        levels = self.levels(end)
+        top = levels[0]
+        chans = self._out_channels(end)
+        ar = torch.arange(b, device=dev)
+        sw = {i: switches[i] for i in self.pool_indices(end) if i in switches}
+        missing = [i for i in self.pool_indices(end) if i not in sw]
+        if missing:
+            raise ValueError(f"switches of max-pool module(s) {missing} are needed to project module {end}")
+        if window:
+            z = torch.zeros(b, chans, 1, 1, device=dev)
+            z[ar, c, 0, 0] = v
+            oy, ox = yy, xx  # origin of the receptive-field window at the current level
+            full = False  # once a window covers its whole map, continue on full maps
+            for lv in levels:
+                if lv.kind == "relu":
+                    z = z.relu_()
+                elif lv.kind == "pass":
+                    continue
+                elif full:
+                    z = self._full_step(lv, z, sw, img)
+                    oy, ox = oy * lv.step.stride - lv.step.padding, ox * lv.step.stride - lv.step.padding
+                else:
+                    st = lv.step
+                    if lv.kind == "conv":
+                        m = self.modules[lv.index]
+                        z = F.conv_transpose2d(self._layout(z), self._weight(lv.index), None, stride=st.stride,
+                                               padding=0, groups=m.groups, dilation=st.dilation)
+                    else:
+                        off = _gather_window(sw[lv.index].to(dev), img, oy, ox, lv.win_out)
+                        z = _unpool(z, off, st, lv.win_in, shift=0)
+                    oy, ox = oy * st.stride - st.padding, ox * st.stride - st.padding
+                    if lv.win_in >= lv.in_size:
+                        z = _shift_crop(z, -oy, -ox, lv.in_size)  # the map inside the window
+                        full = True
+                    elif lv.kind == "conv":
+                        z = z.mul_(_valid(oy, ox, lv.win_in, lv.in_size))  # drop what fell off the map
+            if full:  # the R x R tile at the unclipped box corner, zeros off the image
+                z = _shift_crop(z, oy, ox, levels[-1].win_in)
+            return z.contiguous()
+        z = torch.zeros(b, chans, top.out_size, top.out_size, device=dev)
+        z[ar, c, yy, xx] = v
+        for lv in levels:
+            if lv.kind == "relu":
+                z = z.relu_()
+            elif lv.kind != "pass":
+                z = self._full_step(lv, z, sw, img)
+        return z.contiguous()
+
+    def _full_step(self, lv: Level, z: torch.Tensor, sw: Mapping[int, torch.Tensor], img: torch.Tensor) -> torch.Tensor:
+        """One conv/pool step on whole maps: output map (lv.out_size) -> input map (lv.in_size)."""
+        st = lv.step
+        if lv.kind == "conv":
+            m = self.modules[lv.index]
+            natural = (lv.out_size - 1) * st.stride - 2 * st.padding + st.span
+            return F.conv_transpose2d(self._layout(z), self._weight(lv.index), None, stride=st.stride,
+                                      padding=st.padding,
+                                      output_padding=lv.in_size - natural, groups=m.groups, dilation=st.dilation)
+        off = sw[lv.index].to(self.device)[img]
+        return _unpool(z, off, st, lv.in_size, shift=-st.padding)
+
+    def _out_channels(self, end: int) -> int:
+        for i in range(end, -1, -1):
+            if isinstance(self.modules[i], nn.Conv2d):
+                return self.modules[i].out_channels
+        for m in self.modules:
+            if isinstance(m, nn.Conv2d):
+                return m.in_channels
+        raise ValueError("no Conv2d in the module list: cannot tell the channel count")
+
+
+def _valid(oy: torch.Tensor, ox: torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """(B, 1, n, n) mask of the window positions that lie on a ``size`` x ``size`` map."""
+    r = torch.arange(n, device=oy.device)
+    vy = ((oy[:, None] + r) >= 0) & ((oy[:, None] + r) < size)
+    vx = ((ox[:, None] + r) >= 0) & ((ox[:, None] + r) < size)
+    return (vy[:, None, :, None] & vx[:, None, None, :]).to(torch.float32)
+
+
+def _shift_crop(z: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-entry crop: ``out[b, :, i, j] = z[b, :, i + dy[b], j + dx[b]]``, zero outside z.
+
+    One gather for the whole batch (shifts stay on the device: no host synchronisation).
+    """
+    b, ch, m, _ = z.shape
+    r = torch.arange(n, device=z.device)
+    ry, rx = dy[:, None] + r, dx[:, None] + r
+    vy, vx = (ry >= 0) & (ry < m), (rx >= 0) & (rx < m)
+    flat = ry.clamp(0, m - 1)[:, :, None] * m + rx.clamp(0, m - 1)[:, None, :]
+    out = torch.gather(z.reshape(b, ch, m * m), 2, flat.reshape(b, 1, n * n).expand(-1, ch, -1))
+    keep = (vy[:, :, None] & vx[:, None, :]).reshape(b, 1, n * n).to(z.dtype)
+    return (out * keep).reshape(b, ch, n, n)
+
+
+def _gather_window(sw: torch.Tensor, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, n: int) -> torch.Tensor:
+    """Switches of each entry's n x n window (origin oy/ox in pooled coordinates), (B, C, n, n).
+
+    Returned as a channels-last view (only B*n*n indices are built, the channels come along as
+    a slice). Positions outside the map are clamped to the border: their offsets are meaningless,
+    but the signal there is zero, so they only ever move zeros around inside the window.
+    """
+    _, _, ho, wo = sw.shape
+    r = torch.arange(n, device=sw.device)
+    ry = (oy[:, None] + r).clamp_(0, ho - 1)
+    rx = (ox[:, None] + r).clamp_(0, wo - 1)
+    nhwc = sw[img[:, None, None], :, ry[:, :, None], rx[:, None, :]]  # (B, n, n, C)
+    return nhwc.permute(0, 3, 1, 2)
+
+
+def _unpool(z: torch.Tensor, off: torch.Tensor, st: Step, n_in: int, shift: int) -> torch.Tensor:
+    """Send each pooled value to its switch: output (B, C, n_in, n_in).
+
+    Pooled position o goes to input row ``o * stride + dy * dilation + shift`` (``shift`` = 0
+    for a window whose origin already includes the padding, ``-padding`` for full maps).
+    Overlapping windows that picked the same input position add up.
+    """
+    b, ch, n, _ = z.shape
+    k, s, d = st.kernel, st.stride, st.dilation
+    if s == k and d == 1 and shift == 0 and n * k <= n_in:
+        # Non-overlapping windows: compare the offsets with every (dy, dx) straight into the
+        # layout of the unpooled map; no index tensor, one pass over the output. Computed in
+        # (B, H, W, C) order, so the result is channels-last, like the convolutions want it.
+        zh, oh = z.permute(0, 2, 3, 1), off.permute(0, 2, 3, 1)
+        ar = torch.arange(k * k, device=z.device, dtype=off.dtype).view(1, 1, k, 1, k, 1)
+        hit = oh[:, :, None, :, None, :] == ar
+        out = z.new_empty(b, n, k, n, k, ch)
+        torch.where(hit, zh[:, :, None, :, None, :], z.new_zeros(()), out=out)
+        out = out.view(b, n * k, n * k, ch).permute(0, 3, 1, 2)
+        pad = n_in - n * k
+        return F.pad(out, (0, pad, 0, pad)) if pad else out
+    o = torch.arange(n, device=z.device)
+    offl = off.long()
+    row = o.view(1, 1, n, 1) * s + (offl // k) * d + shift
+    col = o.view(1, 1, 1, n) * s + (offl % k) * d + shift
+    idx = (row * n_in + col).reshape(b, ch, n * n)
+    out = torch.zeros(b, ch, n_in * n_in, device=z.device, dtype=z.dtype)
+    out.scatter_add_(2, idx, z.reshape(b, ch, n * n))  # overlapping windows add up
+    return out.reshape(b, ch, n_in, n_in)
+
+
+def switches_by_module(net, switches: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Re-key switches from pool layer names (as in a store) to module indices."""
+    return {net.layers[name].end: t for name, t in switches.items()}

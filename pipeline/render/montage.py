@@ -1,0 +1,114 @@
+"""Montages: tiles in a grid with gaps, side by side pairs, and the Fig. 2 style overview.
+
+Layout (what tests and users can rely on):
+
+* every tile of a montage is the same R x R receptive-field frame, enlarged by an integer
+  factor :func:`tile_scale` (nearest neighbour, so pixels stay aligned) to at least
+  ``MIN_TILE`` pixels: small receptive fields (conv1_1 is 3 x 3) would otherwise be invisible;
+* a ``rows`` x ``cols`` grid (3 x 3 for k = 9) is filled row by row, best rank first; tiles are
+  separated by ``GAP`` pixels of the background colour ``BACKGROUND`` and there is no outer
+  border, so a grid is ``rows * T + (rows - 1) * GAP`` pixels tall for tile size T;
+* empty slots (a channel with fewer than k entries) are left as background;
+* a pair (projections | crops) is separated by ``PAIR_GAP`` pixels.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["GAP", "PAIR_GAP", "BACKGROUND", "MIN_TILE", "tile_scale", "enlarge", "grid", "side_by_side",
+           "overview", "save_png", "grid_shape"]
+
+GAP = 2
+PAIR_GAP = 8
+BLOCK_GAP = 16
+BACKGROUND = 255
+MIN_TILE = 64
+
+
+def tile_scale(r: int, min_tile: int = MIN_TILE) -> int:
+    """Integer enlargement so an R x R tile is at least ``min_tile`` pixels wide."""
+    return max(1, math.ceil(min_tile / max(r, 1)))
+
+
+def enlarge(tiles: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of (N, R, R, 3) tiles by an integer factor."""
+    if factor == 1:
+        return tiles
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows x cols for n slots: as square as possible, 3 x 3 for 9."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    return max(1, math.ceil(n / cols)), cols
+
+
+def grid(tiles, rows: int, cols: int, tile: int | None = None, gap: int = GAP, bg: int = BACKGROUND) -> np.ndarray:
+    """Place up to rows*cols (T, T, 3) uint8 tiles (None = empty slot) row by row."""
+    tiles = list(tiles)
+    if len(tiles) > rows * cols:
+        raise ValueError(f"{len(tiles)} tiles do not fit a {rows} x {cols} grid")
+    if tile is None:
+        sizes = {t.shape[0] for t in tiles if t is not None}
+        if len(sizes) != 1:
+            raise ValueError("give the tile size when the tiles are missing or of different sizes")
+        tile = sizes.pop()
+    out = np.full((rows * tile + (rows - 1) * gap, cols * tile + (cols - 1) * gap, 3), bg, np.uint8)
+    for i, t in enumerate(tiles):
+        if t is None:
+            continue
+        if t.shape[:2] != (tile, tile):
+            raise ValueError(f"tile {i} is {t.shape[:2]}, expected {(tile, tile)}")
+        r, c = divmod(i, cols)
+        out[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile] = t
+    return out
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = PAIR_GAP, bg: int = BACKGROUND) -> np.ndarray:
+    """Two images next to each other, top-aligned, ``gap`` pixels apart."""
+    h = max(left.shape[0], right.shape[0])
+    out = np.full((h, left.shape[1] + gap + right.shape[1], 3), bg, np.uint8)
+    out[:left.shape[0], :left.shape[1]] = left
+    out[:right.shape[0], left.shape[1] + gap:] = right
+    return out
+
+
+def _fit(img: np.ndarray, height: int) -> np.ndarray:
+    if img.shape[0] == height:
+        return img
+    w = max(1, round(img.shape[1] * height / img.shape[0]))
+    return np.asarray(Image.fromarray(img).resize((w, height), Image.Resampling.BOX))
+
+
+def overview(pairs: list[np.ndarray], cols: int = 4, height: int = 160, gap: int = BLOCK_GAP,
+             bg: int = BACKGROUND) -> np.ndarray:
+    """Zeiler & Fergus Fig. 2 style: many feature maps, each its projections beside its patches.
+
+    ``pairs``: one side-by-side image per feature map (see :func:`side_by_side`), resized to
+    ``height`` pixels and laid out ``cols`` per row, ``gap`` pixels apart.
+    """
+    if not pairs:
+        return np.full((height, height, 3), bg, np.uint8)
+    blocks = [_fit(p, height) for p in pairs]
+    width = max(b.shape[1] for b in blocks)
+    rows = math.ceil(len(blocks) / cols)
+    cols = min(cols, len(blocks))
+    out = np.full((rows * height + (rows - 1) * gap, cols * width + (cols - 1) * gap, 3), bg, np.uint8)
+    for i, b in enumerate(blocks):
+        r, c = divmod(i, cols)
+        y0, x0 = r * (height + gap), c * (width + gap)
+        out[y0:y0 + b.shape[0], x0:x0 + b.shape[1]] = b
+    return out
+
+
+def save_png(img: np.ndarray, path: Path) -> None:
+    """Write a PNG atomically (temp file + rename): a reader never sees half an image."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
