@@ -237,7 +237,8 @@ def render(
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget)."),
-    overview: int = typer.Option(16, help="Feature maps in each layer's overview grid."),
+    overview: Optional[int] = typer.Option(None, help="Also make each layer's top-9 across feature maps and an overview "
+                                           "grid of its N strongest feature maps (default 16 when no feature is selected)."),
     force: bool = typer.Option(False, help="Re-render even what is up to date."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:

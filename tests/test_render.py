@@ -405,3 +405,27 @@ def test_cli_render_and_exit_codes(store_path, colour_store, tmp_path):
     found = r.invoke(app, ["render", str(copy), "--feature", "0", "--weights", str(moved), "--out",
                            str(tmp_path / "w"), "--quiet"])
     assert found.exit_code == 0, found.output
+
+
+def test_selected_features_with_overview_render_layer_images(store_path, tmp_path):
+    """``features`` alone renders only those maps; adding ``overview_features`` also renders the
+    strongest maps (by top value, from the store) and the layer-level images."""
+    only = render_store(store_path, out=tmp_path / "a", layers="conv2_1", features="3", device="cpu", progress=False)
+    assert not (only.out / layer_files("conv2_1")["overview"]).exists()
+    assert sorted(p.name for p in only.out.glob("conv2_1_feat_*.png")) == ["conv2_1_feat_3.png"]
+    res = render_store(store_path, out=tmp_path / "b", layers="conv2_1", features="3", overview_features=4,
+                       device="cpu", progress=False)
+    with Store(store_path) as s:
+        v = s.arrays("conv2_1")["value"][:, 0]
+    strongest = sorted(np.argsort(-v, kind="stable")[:4].tolist())
+    got = sorted(int(p.stem.rsplit("_", 1)[1]) for p in res.out.glob("conv2_1_feat_*.png"))
+    assert got == sorted(set(strongest) | {3})
+    for f in layer_files("conv2_1").values():
+        assert (res.out / f).exists()
+
+
+def test_pool_layer_mined_alone_renders(tmp_path):
+    """A store whose deepest layer is a pool keeps that pool's own switches, so it renders."""
+    s = mine(tmp_path, make_images(tmp_path / "images", n=4), "pool2")
+    res = render_store(s, out=tmp_path / "out", features="0-1", device="cpu", progress=False)
+    assert (res.out / "pool2_feat_0.png").exists()

@@ -180,7 +180,11 @@ class Deconvnet:
         network's input order (BGR for caffe weights; render turns them into RGB).
         """
         dev = self.device
-        as_long = lambda v: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v).to(dev, torch.long).reshape(-1)
+
+        def as_long(v) -> torch.Tensor:
+            t = v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v))
+            return t.to(dev, torch.long).reshape(-1)
+
         c = as_long(channel)
         yy, xx = as_long(y), as_long(x)
         v = value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value, dtype=np.float32))

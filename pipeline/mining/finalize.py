@@ -82,7 +82,7 @@ def finalize(
     kept_keys = torch.unique(all_keys[all_keys != EMPTY_KEY]).numpy()  # sorted
     kept_index = np.array([key_to_index[int(k)] for k in kept_keys], dtype=np.int64)
     deepest = max(net.layers[n].end for n in layers)
-    pools = [n for n, li in net.layers.items() if li.kind == "pool" and li.end < deepest]
+    pools = [n for n, li in net.layers.items() if li.kind == "pool" and li.end <= deepest]  # a mined pool needs its own switches
     mods = net.modules
     net.features.to(memory_format=torch.contiguous_format)
     size = prep.size

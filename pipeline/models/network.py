@@ -42,11 +42,6 @@ class Network:
     def select(self, spec: str | list[str]) -> list[str]:
         return select_layers(spec, list(self.layers))
 
-    def pools_below(self, layer: str) -> list[str]:
-        """Pooling layers strictly below ``layer`` (their switches are needed to project it)."""
-        end = self.layers[layer].end
-        return [n for n, li in self.layers.items() if li.kind == "pool" and li.end < end]
-
     def to(self, device: torch.device | str) -> "Network":
         self.features.to(device)
         return self

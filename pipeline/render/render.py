@@ -359,7 +359,7 @@ def render_store(
     save_arrays: bool = False,
     device: str = "auto",
     batch_size: int | None = None,
-    overview_features: int = 16,
+    overview_features: int | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> RenderResult:
@@ -367,21 +367,28 @@ def render_store(
 
     ``layers``: names/globs (``"conv4_3"``, ``"conv5_*"``, a list); ``features``: channel list or
     ``"0-63,171"``. With features and no layers, each feature is rendered in every layer that has
-    it. Layer-level images (top-9 across feature maps, overview) are made when no features are
-    selected. Re-running skips feature maps whose files are up to date unless ``force``.
+    it. Layer-level images (top-9 across feature maps, and an overview grid of the
+    ``overview_features`` strongest feature maps, which are rendered too) are made when no
+    features are selected (overview of 16 by default) or when ``overview_features`` is given:
+    a quick look at a big store is ``features="0-3", overview_features=16``.
+    Re-running skips feature maps whose files are up to date unless ``force``.
     """
     t0 = time.perf_counter()
     feats = parse_features(features)
-    if overview_features < 0:
+    if overview_features is not None and overview_features < 0:
         raise ValueError("overview needs a feature count >= 0")
+    layer_level = feats is None or bool(overview_features)
+    n_overview = 16 if overview_features is None else overview_features
     with Store(store_path) as store:
         plan = _plan(store, layers, feats)
+        if feats is not None and layer_level:  # the overview shows the strongest maps: render them
+            plan = {n: sorted(set(cs) | set(_strongest(store.arrays(n), n_overview))) for n, cs in plan.items()}
         dev = _device(device)
         net = load_store_network(store, weights)
         rnd = Renderer(store, net, dev, batch_size)
         out_dir = Path(out) if out is not None else default_out_dir(store.path)
         out_dir.mkdir(parents=True, exist_ok=True)
-        options = {"shared_scale": bool(shared_scale), "overview": int(overview_features)}
+        options = {"shared_scale": bool(shared_scale), "overview": int(n_overview)}
         key = _store_key(store)
         man = _load_manifest(out_dir, key, options)
         res = RenderResult(out_dir, out_dir / "index.html", layers=list(plan))
@@ -394,7 +401,6 @@ def render_store(
             return all((out_dir / fs[n]).exists() for n in need)
 
         todo = {n: [c for c in cs if not up_to_date(n, c)] for n, cs in plan.items()}
-        layer_level = feats is None
         todo_layers = [n for n in plan if layer_level and (force or not (
             n in man["layers"] and all((out_dir / f).exists() for f in layer_files(n).values())))]
         res.skipped = sum(len(cs) for cs in plan.values()) - sum(len(cs) for cs in todo.values())
@@ -416,7 +422,7 @@ def render_store(
                         res.rendered += len(chunk)
                         bar.update(len(chunk))
                 if layer in todo_layers:
-                    res.projections += _render_layer(rnd, layer, arrays, out_dir, shared_scale, k, overview_features)
+                    res.projections += _render_layer(rnd, layer, arrays, out_dir, shared_scale, k, n_overview)
                     man["layers"] = sorted(set(man["layers"]) | {layer})
                     _save_manifest(out_dir, man)
                     bar.update(1)
