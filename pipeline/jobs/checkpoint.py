@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..durable import fsync_rename
 from ..mining.stream import ImageRecord
 from .errors import CheckpointError
 from .faults import pause_point
@@ -115,15 +116,8 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            pause_point("checkpoint-write")
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        pause_point("checkpoint-write")
+        fsync_rename(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(path, e, "the previous checkpoint (if any) and store are unchanged") from None

@@ -28,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ..durable import write_fsync
 from .errors import LockedError, WriteError
 
 GARBLED_GRACE_S = 30.0  # an unreadable lock younger than this may still be being written
@@ -85,12 +86,7 @@ class StoreLock:
         data = self._content()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{self.token[:8]}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_fsync(tmp, data, os.O_CREAT | os.O_EXCL)
             try:
                 os.link(tmp, self.path)
                 return True
@@ -98,14 +94,9 @@ class StoreLock:
                 return False
             except OSError:  # no hard links here (some FUSE/SMB mounts)
                 try:
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    write_fsync(self.path, data, os.O_CREAT | os.O_EXCL)
                 except FileExistsError:
                     return False
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
                 return True
         finally:
             try:

@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__, exitcodes
+from ..durable import write_fsync
 
 LOG_NAME = "mine-runs.jsonl"
 
@@ -106,12 +107,7 @@ def append_record(log: str | os.PathLike, record: dict) -> bool:
     losing the log line must not change the job's exit code)."""
     line = (json.dumps(record) + "\n").encode()
     try:
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_fsync(log, line, os.O_APPEND | os.O_CREAT)
         return True
     except OSError as e:
         print(f"warning: could not append the run record to {log}: {e.strerror or e}", file=sys.stderr)

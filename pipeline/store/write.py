@@ -13,27 +13,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..durable import fsync_rename
 from ..mining.finalize import Finalized
 from ..models.geometry import step_of
 from ..models.network import Network
 from .schema import COMPLETE, FORMAT, SCHEMA_VERSION
 
 STR = h5py.string_dtype()
-
-
-def fsync_rename(tmp: Path, target: Path) -> None:
-    """Make ``tmp`` durable, then atomically replace ``target`` with it."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndarray], fin: Finalized) -> Path:
