@@ -44,7 +44,7 @@ from ..models.errors import WeightsError
 from ..models.layers import select_layers
 from ..models.network import Network
 from ..models.weights import BUNDLED, load_network
-from ..store.read import Store
+from ..store.read import Store, strongest_channels
 from ..store.schema import StoreError
 from .crop import crop_tiles
 from .index_html import FeatureLinks, LayerLinks, write_index
@@ -382,7 +382,7 @@ def render_store(
     with Store(store_path) as store:
         plan = _plan(store, layers, feats)
         if feats is not None and layer_level:  # the overview shows the strongest maps: render them
-            plan = {n: sorted(set(cs) | set(_strongest(store.arrays(n), n_overview))) for n, cs in plan.items()}
+            plan = {n: sorted(set(cs) | set(strongest_channels(store.arrays(n), n_overview))) for n, cs in plan.items()}
         dev = _device(device)
         net = load_store_network(store, weights)
         rnd = Renderer(store, net, dev, batch_size)
@@ -459,15 +459,9 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
     return len(chans)
 
 
-def _strongest(arrays: dict, n: int) -> list[int]:
-    best = np.where(arrays["kept"][:, 0] >= 0, arrays["value"][:, 0], -np.inf)
-    order = np.lexsort((np.arange(len(best)), -best))
-    return [int(c) for c in order[:n] if best[c] > -np.inf]
-
-
 def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, shared: bool, k: int, n_overview: int) -> int:
     """Top-k across feature maps (best entry of each of the k strongest channels) and the overview."""
-    top = _strongest(arrays, k)
+    top = strongest_channels(arrays, k)
     r = rnd.geometry(layer)[0]
     t = np.zeros((k, 3, r, r), np.float32)
     cr = np.zeros((k, r, r, 3), np.uint8)
@@ -480,7 +474,7 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, shared: bo
     save_png(proj, out / fs["feat"])
     save_png(im, out / fs["im"])
     pairs = []
-    for c in _strongest(arrays, n_overview):
+    for c in strongest_channels(arrays, n_overview):
         p = out / feature_files(layer, c)["pair"]
         if p.exists():
             with Image.open(p) as img:

@@ -37,6 +37,13 @@ class Entry:
         return d
 
 
+def strongest_channels(arrays: dict, n: int) -> list[int]:
+    """The ``n`` channels with the largest top value (ties: lower channel), silent ones left out."""
+    best = np.where(arrays["kept"][:, 0] >= 0, arrays["value"][:, 0], -np.inf)
+    order = np.lexsort((np.arange(len(best)), -best))
+    return [int(c) for c in order[:n] if best[c] > -np.inf]
+
+
 def _attr(v):
     if isinstance(v, bytes):
         v = v.decode()
@@ -140,10 +147,7 @@ class Store:
     def top_entries(self, layer: str, n: int | None = None) -> list[Entry]:
         """The top-n entries of a layer across all channels (one per channel), best first."""
         a = self.arrays(layer)
-        n = n or self.k
-        best = np.where(a["kept"][:, 0] >= 0, a["value"][:, 0], -np.inf)
-        order = np.lexsort((np.arange(len(best)), -best))[:n]
-        return [self.entries(layer, int(c), a)[0] for c in order if best[c] > -np.inf]
+        return [self.entries(layer, c, a)[0] for c in strongest_channels(a, n or self.k)]
 
     # --- images --------------------------------------------------------------
     def kept_path(self, kept: int) -> str:
