@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data import ImageDataset, Preprocessing, collate, make_loader, normalize, resolve_images  # noqa: E402
+from pipeline.data import ImageDataset, Preprocessing, make_loader, normalize, resolve_images  # noqa: E402
 from pipeline.mining.stream import new_state, stream  # noqa: E402
 from pipeline.models.weights import load_network  # noqa: E402
 

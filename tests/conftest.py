@@ -158,3 +158,32 @@ def _build(root: Path) -> DataCorpus:
 def data_corpus(tmp_path_factory) -> DataCorpus:
     """The bad-image corpus (built once per session; tests must not modify it)."""
     return _build(tmp_path_factory.mktemp("data_corpus"))
+
+
+# --- tiny runs shared by the job and speed-option tests (see jobs_util) -------------------------
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """16 small files (14 distinct images, a duplicate, a broken one): jobs_util.make_images."""
+    from jobs_util import make_images
+
+    return make_images(tmp_path_factory.mktemp("imgs"))
+
+
+@pytest.fixture(scope="module")
+def net():
+    """The seeded random VGG16 at 32 px, built once per test module."""
+    from pipeline.models.weights import load_network
+
+    return load_network("vgg16", "random", 32)
+
+
+@pytest.fixture(scope="module")
+def full(images, net, tmp_path_factory):
+    """One uninterrupted plain run over ``images``: the reference store."""
+    from jobs_util import cfg
+
+    from pipeline import run
+
+    out = tmp_path_factory.mktemp("full") / "full.h5"
+    run(cfg(images, out), net=net)
+    return out

@@ -19,29 +19,11 @@ from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.jobs.errors import LockedError, WriteError
 from pipeline.jobs.lock import StoreLock, _proc_start, lock_path
 from pipeline.jobs.record import LOG_NAME
-from pipeline.models.weights import load_network
 
-from jobs_util import (BATCH, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file, make_images,
+from jobs_util import (BATCH, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file,
                        spawn)
 
 cli = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("imgs"))
-
-
-@pytest.fixture(scope="module")
-def net():
-    return load_network("vgg16", "random", 32)
-
-
-@pytest.fixture(scope="module")
-def full(images, net, tmp_path_factory):
-    out = tmp_path_factory.mktemp("full") / "full.h5"
-    run(cfg(images, out), net=net)
-    return out
 
 
 def records(folder):

@@ -11,7 +11,6 @@ from pipeline import RunConfig, Store, run
 from pipeline.data import ImageDataset, Preprocessing, make_loader, normalize, resolve_images
 from pipeline.mining.stream import new_state, stream
 from pipeline.mining.taps import layer_maxima
-from pipeline.models.weights import load_network
 
 LAYERS = ["conv1_2", "pool2", "conv3_1", "conv4_2"]
 SIZE = 32
@@ -33,11 +32,6 @@ def folder(tmp_path_factory):
     (root / "sub" / "copy_of_03.png").write_bytes((root / "img03.png").read_bytes())
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     return root
-
-
-@pytest.fixture(scope="module")
-def net():
-    return load_network("vgg16", "random", SIZE)
 
 
 def mine(folder, tmp_path, net, **kw):

@@ -17,9 +17,8 @@ from typer.testing import CliRunner
 from pipeline import run
 from pipeline.cli import app
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
-from pipeline.models.weights import load_network
 
-from jobs_util import (BATCH, assert_same_store, cfg, cli_args, leftovers, make_images, read_all, spawn,
+from jobs_util import (BATCH, assert_same_store, cfg, cli_args, leftovers, read_all, spawn,
                        wait_for)
 
 # point -> extra CLI options; "stream:3" with checkpoints every 2 batches dies one batch
@@ -31,23 +30,6 @@ KILL_POINTS = {
     "finalize:3": [],
     "store-written": [],
 }
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("imgs"))
-
-
-@pytest.fixture(scope="module")
-def net():
-    return load_network("vgg16", "random", 32)
-
-
-@pytest.fixture(scope="module")
-def baseline(images, net, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "s.h5"
-    run(cfg(images, out), net=net)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +48,7 @@ def killed(images, tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_kill9_then_resume_equals_uninterrupted(point, killed, images, net, baseline, capsys):
+def test_kill9_then_resume_equals_uninterrupted(point, killed, images, net, full, capsys):
     d = killed[point]
     store = d / "s.h5"
     left = leftovers(d)
@@ -92,11 +74,11 @@ def test_kill9_then_resume_equals_uninterrupted(point, killed, images, net, base
     assert result.mode == expected_mode
     if expected_mode == "resume":
         assert result.images_resumed > 0
-    assert_same_store(store, baseline)
+    assert_same_store(store, full)
     assert leftovers(d) == ["ready"] or leftovers(d) == []
 
 
-def test_sigint_checkpoints_exits_5_and_resumes(images, baseline, tmp_path):
+def test_sigint_checkpoints_exits_5_and_resumes(images, full, tmp_path):
     store = tmp_path / "s.h5"
     args = cli_args(images, store, "--checkpoint-every", "0")
     p = spawn(args, tmp_path, pause_at="stream:2", ready=tmp_path / "ready")
@@ -111,7 +93,7 @@ def test_sigint_checkpoints_exits_5_and_resumes(images, baseline, tmp_path):
 
     res = CliRunner().invoke(app, args)  # the same command again, in-process to save an interpreter start
     assert res.exit_code == 0, res.stderr
-    assert_same_store(store, baseline)
+    assert_same_store(store, full)
     assert leftovers(tmp_path) == []
     log = [json.loads(line) for line in (tmp_path / "mine-runs.jsonl").read_text().splitlines()]
     assert [(r["status"], r["exit_code"], r["mode"]) for r in log] == [("interrupted", 5, "fresh"), ("ok", 0, "resume")]
@@ -119,7 +101,7 @@ def test_sigint_checkpoints_exits_5_and_resumes(images, baseline, tmp_path):
     assert log[0]["images_new"] + log[1]["images_new"] == 14  # 16 files: one duplicate, one broken
 
 
-def test_sigterm_during_finalize_exits_5_store_untouched(images, net, baseline, tmp_path):
+def test_sigterm_during_finalize_exits_5_store_untouched(images, net, full, tmp_path):
     store = tmp_path / "s.h5"
     store.write_bytes(b"previous")  # stands for an earlier store being replaced (--force)
     p = spawn(cli_args(images, store, "--force"), tmp_path, pause_at="finalize:2", ready=tmp_path / "ready")
@@ -134,10 +116,10 @@ def test_sigterm_during_finalize_exits_5_store_untouched(images, net, baseline, 
     # The same command again (--force included) finishes from the checkpoint.
     result = run(cfg(images, store, force=True), net=net)
     assert result.mode == "resume" and result.images_new == 0
-    assert_same_store(store, baseline)
+    assert_same_store(store, full)
 
 
-def test_failure_mid_stream_saves_progress_and_resume_may_change_batch_size(images, net, baseline, tmp_path,
+def test_failure_mid_stream_saves_progress_and_resume_may_change_batch_size(images, net, full, tmp_path,
                                                                           monkeypatch):
     """A job that dies of an error between batches (here a fake out-of-memory raised after
     the 2nd batch) checkpoints what it folded; it may resume with a smaller batch, since
@@ -160,7 +142,7 @@ def test_failure_mid_stream_saves_progress_and_resume_may_change_batch_size(imag
     result = run(cfg(images, store, batch_size=2), net=net)
     assert result.mode == "resume" and result.images_resumed == 2 * BATCH
     da, _ = read_all(store)
-    db, _ = read_all(baseline)
+    db, _ = read_all(full)
     for n in da:  # entries, images, pixels, switches identical; float values to rounding
         if da[n].dtype.kind == "f":
             np.testing.assert_allclose(da[n], db[n], rtol=1e-6, err_msg=n)

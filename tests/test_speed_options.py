@@ -1,29 +1,20 @@
 """Every speed option gives the store of the plain path; bf16's ranking error is measured and bounded."""
 import numpy as np
-import pytest
 
 from pipeline import Store, run
-from tests.jobs_util import assert_same_store, cfg, make_images, read_all
+from jobs_util import assert_same_store, cfg, read_all
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("speed"))
 
 
-@pytest.fixture(scope="module")
-def plain(images, tmp_path_factory):
-    return run(cfg(images, tmp_path_factory.mktemp("plain") / "s.h5")).store
-
-
-def test_loader_workers_give_identical_store(images, plain, tmp_path):
+def test_loader_workers_give_identical_store(images, full, tmp_path):
     other = run(cfg(images, tmp_path / "w.h5", workers=2, batch_size=5)).store
-    assert_same_store(plain, other, ignore=("created", "seconds", "versions", "inputs_id"))
+    assert_same_store(full, other, ignore=("created", "seconds", "versions", "inputs_id"))
 
 
-def test_channels_last_gives_same_store(images, plain, tmp_path):
+def test_channels_last_gives_same_store(images, full, tmp_path):
     other = run(cfg(images, tmp_path / "cl.h5", channels_last=True)).store
-    a, _ = read_all(plain)
+    a, _ = read_all(full)
     b, _ = read_all(other)
     assert sorted(a) == sorted(b)
     for n in a:
@@ -33,12 +24,12 @@ def test_channels_last_gives_same_store(images, plain, tmp_path):
             np.testing.assert_array_equal(a[n], b[n], err_msg=n)
 
 
-def test_bf16_ranking_error_is_bounded(images, plain, tmp_path):
+def test_bf16_ranking_error_is_bounded(images, full, tmp_path):
     """bf16 only ranks; finalize re-checks every kept value in float32 (within bf16's
     tolerance) and stores float32 values. Measured here (k=4 of 14 images, 3 layers):
     the top-k sets agree with float32's for >= 90% of slots."""
     other = run(cfg(images, tmp_path / "bf.h5", precision="bf16")).store
-    with Store(plain) as p, Store(other) as q:
+    with Store(full) as p, Store(other) as q:
         assert q.attrs["precision"] == "bf16"
         overlap, total = 0, 0
         for layer in p.layers:

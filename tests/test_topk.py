@@ -1,5 +1,4 @@
 """Streaming top-k against a brute-force sort of every candidate."""
-import numpy as np
 import pytest
 import torch
 

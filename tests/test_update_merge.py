@@ -18,28 +18,10 @@ from pipeline.data import Preprocessing, resolve_images
 from pipeline.jobs.errors import IncompatibleError, StoreExistsError
 from pipeline.jobs.merge import merge_stores
 from pipeline.jobs.update import KNOWN, SkipKnown
-from pipeline.models.weights import load_network
 
-from jobs_util import TIMING_ATTRS, all_images, assert_same_store, cfg, cli_args, list_file, make_images
+from jobs_util import TIMING_ATTRS, all_images, assert_same_store, cfg, cli_args, list_file
 
 UNION_IGNORE = TIMING_ATTRS + ("images_spec", "inputs_id")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("imgs"))
-
-
-@pytest.fixture(scope="module")
-def net():
-    return load_network("vgg16", "random", 32)
-
-
-@pytest.fixture(scope="module")
-def full(images, net, tmp_path_factory):
-    out = tmp_path_factory.mktemp("full") / "full.h5"
-    run(cfg(images, out), net=net)
-    return out
 
 
 def subsets(images, tmp_path, name):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import ImageDataset, make_loader, normalize
+from ..data import make_loader, normalize
 from ..data.preprocess import Preprocessing
 from ..models.geometry import step_of
 from ..models.network import Network

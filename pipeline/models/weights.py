@@ -14,7 +14,7 @@ from torchvision import models as tvm
 
 from .errors import WeightsError
 from .network import Network, weights_hash
-from .vgg import ARCHS, build_features, seeded_features
+from .vgg import build_features, seeded_features
 
 IMAGENET = {"vgg16": tvm.VGG16_Weights.IMAGENET1K_V1, "vgg19": tvm.VGG19_Weights.IMAGENET1K_V1}
 BUNDLED = ("hed",)
