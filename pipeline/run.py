@@ -43,7 +43,7 @@ from .models.network import Network
 from .models.weights import load_network
 from .store.read import Store
 from .store.schema import COMPLETE
-from .store.write import write_store
+from .store.write import images_table as store_images_table, write_store
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -125,24 +125,14 @@ def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
 
 
 def images_table(source, records: dict[int, ImageRecord]) -> dict[str, np.ndarray]:
-    """One row per source file in path order. Among files with equal content the first
-    path is "ok" and the rest "duplicate", whatever order they streamed in."""
-    n = len(source.paths)
-    status, first = [], {}
-    for i in range(n):
+    """One row per source file in path order (see ``store.write.images_table``)."""
+    rows = []
+    for i, path in enumerate(source.paths):
         r = records[i]
-        if r.ok or r.reason == "duplicate":
-            status.append("ok" if first.setdefault(r.key, i) == i else "duplicate")
-        else:
-            status.append(f"skipped: {r.reason}")
-    return {
-        "path": np.array([source.relpath(p) for p in source.paths], dtype=object),
-        "sha256": np.array([records[i].sha256 for i in range(n)], dtype=object),
-        "key": np.array([records[i].key for i in range(n)], dtype=np.int64),
-        "status": np.array(status, dtype=object),
-        "width": np.array([records[i].width for i in range(n)], dtype=np.int32),
-        "height": np.array([records[i].height for i in range(n)], dtype=np.int32),
-    }
+        used = r.ok or r.reason == "duplicate"
+        rows.append((source.relpath(path), r.sha256, r.key, None if used else f"skipped: {r.reason}",
+                     r.width, r.height))
+    return store_images_table(rows)
 
 
 def versions() -> dict[str, str]:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from ..data.preprocess import Preprocessing
 from ..mining.finalize import Finalized, finalize
 from ..mining.topk import RunningTopK
+from ..store.write import images_table
 from ..models.network import Network
 from .errors import IncompatibleError
 from .faults import pause_point
@@ -135,22 +136,8 @@ def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
             ident = (_reroot(_s(t["path"][j]), part.root, common), int(t["key"][j]))
             if ident not in rows:
                 rows[ident] = (_s(t["sha256"][j]), _s(t["status"][j]), int(t["width"][j]), int(t["height"][j]))
-    order = sorted(rows)
-    first: dict[int, int] = {}
-    status = []
-    for i, ident in enumerate(order):
-        st = rows[ident][1]
-        if st in CONTENT_OK:
-            st = "ok" if first.setdefault(ident[1], i) == i else "duplicate"
-        status.append(st)
-    table = {
-        "path": np.array([p for p, _ in order], dtype=object),
-        "sha256": np.array([rows[i][0] for i in order], dtype=object),
-        "key": np.array([k for _, k in order], dtype=np.int64),
-        "status": np.array(status, dtype=object),
-        "width": np.array([rows[i][2] for i in order], dtype=np.int32),
-        "height": np.array([rows[i][3] for i in order], dtype=np.int32),
-    }
+    table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h)
+                          for (path, key), (sha, st, w, h) in sorted(rows.items())])
     return common, table
 
 

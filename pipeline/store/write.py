@@ -67,6 +67,26 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
     return path
 
 
+def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict[str, np.ndarray]:
+    """The /images columns from rows (path, sha256, key, status, width, height) in path order.
+
+    ``status`` None marks a file whose content was used; among such files with equal
+    content the first path is "ok" and the rest "duplicate", whatever order they were
+    mined in, so fresh runs, updates and merges label duplicates alike.
+    """
+    first: dict[int, int] = {}
+    status = [st if st is not None else ("ok" if first.setdefault(key, i) == i else "duplicate")
+              for i, (_, _, key, st, _, _) in enumerate(rows)]
+    return {
+        "path": np.array([r[0] for r in rows], dtype=object),
+        "sha256": np.array([r[1] for r in rows], dtype=object),
+        "key": np.array([r[2] for r in rows], dtype=np.int64),
+        "status": np.array(status, dtype=object),
+        "width": np.array([r[4] for r in rows], dtype=np.int32),
+        "height": np.array([r[5] for r in rows], dtype=np.int32),
+    }
+
+
 def boxes(y: np.ndarray, x: np.ndarray, rf: int, stride: int, padding: int, size: int) -> np.ndarray:
     """Clipped receptive-field boxes [top, left, bottom, right) for every slot; -1 if empty."""
     top, left = y.astype(np.int64) * stride - padding, x.astype(np.int64) * stride - padding
