@@ -27,8 +27,15 @@ def fail(msg: str, code: int) -> None:
 def classify(e: BaseException) -> int:
     """Exit code for a known failure, None for a bug (which should show its traceback)."""
     from .data import SourceError
-    from .jobs.errors import (CheckpointError, CheckpointMismatch, IncompatibleError, Interrupted, LockedError,
-                              StoreExistsError, WriteError)
+    from .jobs.errors import (
+        CheckpointError,
+        CheckpointMismatch,
+        IncompatibleError,
+        Interrupted,
+        LockedError,
+        StoreExistsError,
+        WriteError,
+    )
     from .mining.finalize import ReproduceError
     from .models.errors import WeightsError
 
@@ -169,17 +176,28 @@ def merge(
 
 @app.command()
 def layers(
-    model: str = typer.Option("vgg19", help="vgg19 or vgg16."),
+    model: str = typer.Option("vgg19", help="Any model --model takes (see README \"Models\"), or package.module:factory."),
     size: int = typer.Option(224, help="Input size used for output sizes."),
+    every: bool = typer.Option(False, "--every", help="Every module output, not only what --layer all mines."),
 ) -> None:
-    """List layer names with channels, receptive field R, stride S, padding P and output size."""
-    from .models.network import Network
-    from .models.vgg import build_features
+    """List layers: name, module path, channels, output size, receptive field R, stride S, padding P.
 
-    net = guarded(lambda: Network(model, build_features(model), "none", "", "torchvision", size))
-    typer.echo(f"{'layer':<9}{'channels':>9}{'R':>6}{'S':>5}{'P':>5}{'out':>6}")
-    for li in net.layers.values():
-        typer.echo(f"{li.name:<9}{li.channels:>9}{li.rf:>6}{li.stride:>5}{li.padding:>5}{li.out_size:>6}")
+    Rows marked * are what `--layer all` mines; any listed name or module path can be mined.
+    """
+    from .models.weights import build_network
+
+    net = guarded(build_network, model, size)
+    default = set(net.default or net.layers)
+    rows = [li for li in net.layers.values() if every or li.name in default]
+    width = max([len(li.name) for li in rows] + [5]) + 2
+    mwidth = max([len(li.module) for li in rows] + [6]) + 2
+    typer.echo(f"  {'layer':<{width}}{'module':<{mwidth}}{'channels':>9}{'out':>6}{'R':>6}{'S':>5}{'P':>5}")
+    for li in rows:
+        mark = "*" if li.name in default else " "
+        typer.echo(f"{mark} {li.name:<{width}}{li.module:<{mwidth}}{li.channels:>9}{li.out_size:>6}"
+                   f"{li.rf:>6}{li.stride:>5}{li.padding:>5}")
+    if not every:
+        typer.echo(f"({len(rows)} of {len(net.layers)} layers; --every lists all module outputs)")
 
 
 @app.command()

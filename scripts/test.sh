@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+"${VENV:-.venv}/bin/ruff" check pipeline scripts tests
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

@@ -41,10 +41,32 @@ def test_help_lists_every_option():
 def test_layers_table():
     r = runner.invoke(app, ["layers", "--model", "vgg19"])
     assert r.exit_code == 0
-    row = next(line.split() for line in r.output.splitlines() if line.startswith("conv4_4"))
-    assert row == ["conv4_4", "512", "116", "8", "54", "28"]  # by hand: 48+4=52 after pool3, +4x16
+    row = next(line.split() for line in r.output.splitlines() if line.startswith("* conv4_4"))
+    assert row == ["*", "conv4_4", "features.26", "512", "28", "116", "8", "54"]  # by hand: 48+4=52 after pool3, +4x16
     v16 = runner.invoke(app, ["layers", "--model", "vgg16"]).output
     assert "conv5_3" in v16 and "conv4_4" not in v16
+
+
+@pytest.mark.parametrize("model", ["vgg11", "vgg13_bn", "vgg19_bn", "alexnet", "zfnet", "resnet18", "resnet34",
+                                   "resnet50", "resnet101", "resnet152", "mobilenet_v2", "mobilenet_v3_large",
+                                   "mobilenet_v3_small", "googlenet", "densenet121", "efficientnet_b0"])
+def test_layers_table_for_every_model(model):
+    r = runner.invoke(app, ["layers", "--model", model])
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.output.splitlines() if line.startswith("* ")]
+    assert len(rows) >= 5 and all(int(row[3]) > 0 and int(row[5]) >= 1 for row in rows)
+
+
+def test_unknown_model_and_layer_name_what_exists():
+    r = runner.invoke(app, ["layers", "--model", "resnet9"])
+    assert r.exit_code == exitcodes.BAD_ARGS and "resnet18" in r.output and "googlenet" in r.output
+    from pipeline.models.weights import build_network
+
+    with pytest.raises(ValueError, match="layer4.1"):
+        build_network("resnet18").select("layer5")
+    assert build_network("resnet18").select("all") == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert build_network("vgg16").select("features.22,conv1_1") == ["conv1_1", "conv4_3"]
+    assert build_network("googlenet").select("inception4*")[:2] == ["inception4a.branch1.conv", "inception4a.branch1.bn"]
 
 
 def test_top_json_is_stable(store):
@@ -110,6 +132,7 @@ def test_config_file_and_flag_override(photos, tmp_path):
 
 def test_shipped_configs_parse():
     from pathlib import Path
+
     from pipeline.config import load_config
     for f in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
         cfg = load_config(f, {"images": "x"})
@@ -127,17 +150,16 @@ def test_imagenet_weights_offline_error_names_the_file(photos, tmp_path, monkeyp
 def test_local_checkpoint_loads_with_its_own_hash(photos, tmp_path):
     import torch
 
-    from pipeline.models.vgg import seeded_features
-    from pipeline.models.weights import load_network
+    from pipeline.models.weights import build_model, load_network
 
-    feats = seeded_features("vgg16", seed=5)
+    feats = build_model("vgg16", seed=5)[1].features
     full = {f"features.{k}": v for k, v in feats.state_dict().items()}
     full["classifier.0.weight"] = torch.zeros(2, 2)  # a full-model checkpoint: head ignored
     path = tmp_path / "ckpt.pth"
     torch.save(full, path)
     net = load_network("vgg16", str(path), 32)
     for k, v in feats.state_dict().items():
-        assert torch.equal(net.features.state_dict()[k], v)
+        assert torch.equal(net.model.features.state_dict()[k], v)
     assert net.weights_hash != load_network("vgg16", "random", 32).weights_hash
     assert net.preprocessing_mode == "torchvision"
     r = runner.invoke(app, ["run", "--images", str(photos), "--model", "vgg19", "--weights", str(path),

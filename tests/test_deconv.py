@@ -115,7 +115,8 @@ def test_vgg16_matches_gradient_reference(vgg16, layer, seed):
     torch.manual_seed(seed)
     x = torch.randn(5, 3, 64, 64)
     li = vgg16.layers[layer]
-    check(vgg16.modules, 64, li.end, x, seed, li.rf, li.stride, li.padding)
+    end = vgg16.chain_index(layer)
+    check(vgg16.chain_modules(), 64, end, x, seed, li.rf, li.stride, li.padding)
 
 
 @pytest.mark.parametrize("layer,seed", [("conv2_1", 10), ("conv3_4", 11), ("conv4_4", 12), ("conv5_2", 13)])
@@ -123,7 +124,8 @@ def test_vgg19_matches_gradient_reference(vgg19, layer, seed):
     torch.manual_seed(seed)
     x = torch.randn(4, 3, 48, 48)
     li = vgg19.layers[layer]
-    check(vgg19.modules, 48, li.end, x, seed, li.rf, li.stride, li.padding)
+    end = vgg19.chain_index(layer)
+    check(vgg19.chain_modules(), 48, end, x, seed, li.rf, li.stride, li.padding)
 
 
 def test_hed_weights_match_gradient_reference():
@@ -134,12 +136,13 @@ def test_hed_weights_match_gradient_reference():
     torch.manual_seed(7)
     x = torch.randn(3, 3, 64, 64) * 60  # caffe scale: 0-255 minus the mean
     li = net.layers["conv3_3"]
-    check(net.modules, 64, li.end, x, 7, li.rf, li.stride, li.padding)
+    end = net.chain_index("conv3_3")
+    check(net.chain_modules(), 64, end, x, 7, li.rf, li.stride, li.padding)
 
 
 def test_published_geometry(vgg16):
     dn = Deconvnet.from_network(load_network("vgg16", "random", 224))
-    got = {n: dn.geometry(vgg16.layers[n].end) for n in ("conv3_3", "conv4_3", "conv5_3", "pool5")}
+    got = {n: dn.geometry(vgg16.chain_index(n)) for n in ("conv3_3", "conv4_3", "conv5_3", "pool5")}
     assert got == {"conv3_3": (40, 4, 18), "conv4_3": (92, 8, 42), "conv5_3": (196, 16, 90), "pool5": (212, 32, 90)}
 
 
@@ -168,7 +171,8 @@ def test_support_inside_receptive_field_box(vgg16):
     torch.manual_seed(3)
     x = torch.randn(4, 3, 64, 64)
     li = vgg16.layers["conv3_2"]
-    dn, c, y, xx, u, sw, full = check(vgg16.modules, 64, li.end, x, 2)
+    end = vgg16.chain_index("conv3_2")
+    dn, c, y, xx, u, sw, full = check(vgg16.chain_modules(), 64, end, x, 2)
     for i in range(len(c)):
         top, left = int(y[i]) * li.stride - li.padding, int(xx[i]) * li.stride - li.padding
         inside = torch.zeros(64, 64, dtype=torch.bool)
@@ -181,35 +185,35 @@ def test_isolated_by_index_and_without_bias(vgg16):
     """Ties and zero values stay isolated; conv biases never enter the projection."""
     torch.manual_seed(4)
     x = torch.randn(2, 3, 64, 64)
-    li = vgg16.layers["conv2_2"]
-    c, y, xx = entries(vgg16.modules, li.end, x, 0)
-    _, u, sw = reference(vgg16.modules, li.end, x, c, y, xx)
-    dn = Deconvnet(vgg16.modules, 64)
+    end = vgg16.chain_index("conv2_2")
+    c, y, xx = entries(vgg16.chain_modules(), end, x, 0)
+    _, u, sw = reference(vgg16.chain_modules(), end, x, c, y, xx)
+    dn = Deconvnet(vgg16.chain_modules(), 64)
     c2 = torch.stack([c[1], c[1], c[1]])  # same image, same channel, same value twice, and a zero
     y2, x2 = torch.stack([y[1], y[1], y[1]]), torch.stack([xx[1], xx[1], xx[1]])
     v2 = torch.stack([u[1], u[1], torch.zeros(())])
     with torch.no_grad():
-        out = dn.project(li.end, c2, y2, x2, v2, sw, image=[1, 1, 1])
-        one = dn.project(li.end, c2[:1], y2[:1], x2[:1], v2[:1], sw, image=[1])
+        out = dn.project(end, c2, y2, x2, v2, sw, image=[1, 1, 1])
+        one = dn.project(end, c2[:1], y2[:1], x2[:1], v2[:1], sw, image=[1])
         assert torch.equal(out[0], out[1]) and torch.allclose(out[0], one[0], rtol=1e-5, atol=1e-7)
         assert not out[2].any()
         # Linear in the value (positive homogeneity): twice the value, twice the projection.
-        two = dn.project(li.end, c2[:1], y2[:1], x2[:1], 2 * v2[:1], sw, image=[1])
+        two = dn.project(end, c2[:1], y2[:1], x2[:1], 2 * v2[:1], sw, image=[1])
         assert torch.allclose(two, 2 * one, rtol=1e-5, atol=1e-7)
         biased = load_network("vgg16", "random", 64)
-        for m in biased.modules:
+        for m in biased.chain_modules():
             if isinstance(m, nn.Conv2d):
                 m.bias.add_(torch.randn_like(m.bias))
-        same = Deconvnet(biased.modules, 64).project(li.end, c2[:1], y2[:1], x2[:1], v2[:1], sw, image=[1])
+        same = Deconvnet(biased.chain_modules(), 64).project(end, c2[:1], y2[:1], x2[:1], v2[:1], sw, image=[1])
         assert torch.equal(same, one)
 
 
 def test_switches_by_module_and_missing_switches(vgg16):
     sw = {"pool1": torch.zeros(1, 64, 32, 32, dtype=torch.uint8)}
-    assert set(switches_by_module(vgg16, sw)) == {vgg16.layers["pool1"].end}
-    dn = Deconvnet(vgg16.modules, 64)
+    assert set(switches_by_module(vgg16, sw)) == {vgg16.chain_index("pool1")}
+    dn = Deconvnet(vgg16.chain_modules(), 64)
     with pytest.raises(ValueError, match="switches"):
-        dn.project(vgg16.layers["conv3_1"].end, [0], [0], [0], [1.0], switches_by_module(vgg16, sw))
+        dn.project(vgg16.chain_index("conv3_1"), [0], [0], [0], [1.0], switches_by_module(vgg16, sw))
 
 
 def test_captum_deconvolution_agrees(vgg16):
@@ -218,7 +222,8 @@ def test_captum_deconvolution_agrees(vgg16):
     import warnings
 
     li = vgg16.layers["conv3_1"]
-    feats = copy.deepcopy(vgg16.features[: li.end + 1])
+    end = vgg16.chain_index("conv3_1")
+    feats = copy.deepcopy(vgg16.model.features[: end + 1])
     for i, m in enumerate(feats):
         if isinstance(m, nn.ReLU):
             feats[i] = nn.ReLU(inplace=False)
@@ -233,8 +238,8 @@ def test_captum_deconvolution_agrees(vgg16):
 
     torch.manual_seed(5)
     x = torch.randn(3, 3, 64, 64)
-    c, y, xx = entries(vgg16.modules, li.end, x, 1)
-    _, u, sw = reference(vgg16.modules, li.end, x, c, y, xx)
+    c, y, xx = entries(vgg16.chain_modules(), end, x, 1)
+    _, u, sw = reference(vgg16.chain_modules(), end, x, c, y, xx)
     n = li.out_size
     dec = captum.Deconvolution(Unit().eval())
     with warnings.catch_warnings():
@@ -242,7 +247,7 @@ def test_captum_deconvolution_agrees(vgg16):
         got = torch.cat([dec.attribute(x[i:i + 1].clone().requires_grad_(True),
                                        target=int(c[i] * n * n + y[i] * n + xx[i])) for i in range(len(c))])
     with torch.no_grad():
-        ours = Deconvnet(vgg16.modules, 64).project(li.end, c, y, xx, u, sw, window=False)
+        ours = Deconvnet(vgg16.chain_modules(), 64).project(end, c, y, xx, u, sw, window=False)
     assert close(ours, got * u.view(-1, 1, 1, 1))
 
 
@@ -253,13 +258,13 @@ def test_cuda_matches_cpu_when_available(vgg16):
 
     torch.manual_seed(6)
     x = torch.randn(3, 3, 64, 64)
-    li = vgg16.layers["conv4_2"]
-    c, y, xx = entries(vgg16.modules, li.end, x, 0)
-    _, u, sw = reference(vgg16.modules, li.end, x, c, y, xx)
+    end = vgg16.chain_index("conv4_2")
+    c, y, xx = entries(vgg16.chain_modules(), end, x, 0)
+    _, u, sw = reference(vgg16.chain_modules(), end, x, c, y, xx)
     with torch.no_grad():
-        cpu = Deconvnet(vgg16.modules, 64).project(li.end, c, y, xx, u, sw)
-        gpu_net = copy.deepcopy(vgg16.features).cuda()
-        gpu = Deconvnet(list(gpu_net), 64).project(li.end, c.cuda(), y.cuda(), xx.cuda(), u.cuda(),
+        cpu = Deconvnet(vgg16.chain_modules(), 64).project(end, c, y, xx, u, sw)
+        gpu_net = copy.deepcopy(vgg16.model.features).cuda()
+        gpu = Deconvnet(list(gpu_net), 64).project(end, c.cuda(), y.cuda(), xx.cuda(), u.cuda(),
                                                    {k: v.cuda() for k, v in sw.items()})
     assert gpu.device.type == "cuda"
     assert close(gpu.cpu(), cpu, rtol=1e-3)  # TF32 may be on

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from jobs_util import BATCH, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file, spawn
 from typer.testing import CliRunner
 
 from pipeline import exitcodes, run
@@ -19,9 +20,6 @@ from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.jobs.errors import LockedError, WriteError
 from pipeline.jobs.lock import StoreLock, _proc_start, lock_path
 from pipeline.jobs.record import LOG_NAME
-
-from jobs_util import (BATCH, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file,
-                       spawn)
 
 cli = CliRunner()
 

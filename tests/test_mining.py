@@ -59,7 +59,7 @@ def brute_force(folder, net, k):
         vals, poss = [], []
         for it in good:
             with torch.no_grad():
-                a = net.features[: li.end + 1](normalize(it["pixels"][None], prep))[0]
+                a = net.model.features[: net.chain_index(name) + 1](normalize(it["pixels"][None], prep))[0]
             flat = a.flatten(1).numpy()
             vals.append(flat.max(1))
             poss.append(flat.argmax(1))  # first occurrence
@@ -137,15 +137,21 @@ def test_fewer_images_than_k_marks_empty_slots(folder, tmp_path, net):
         assert len(s.entries("conv3_1", 0)) == 14
 
 
-def test_boxes_and_crops_follow_geometry(folder, tmp_path, net):
-    with Store(mine(folder, tmp_path, net)) as s:
-        li = net.layers["conv4_2"]
-        for e in s.entries("conv4_2", 5):
+@pytest.mark.parametrize("layer", ["conv3_1", "conv4_2"])
+def test_boxes_and_crops_follow_geometry(folder, tmp_path, net, layer):
+    """R <= input: R x R tile at the unclipped corner, padded where it leaves the image;
+    R > input (conv4_2: R=76 at 32 px): the tile is the whole input, never larger."""
+    with Store(mine(folder, tmp_path, net, layer="conv3_1,conv4_2")) as s:
+        li = net.layers[layer]
+        for e in s.entries(layer, 5):
             top, left = e.y * li.stride - li.padding, e.x * li.stride - li.padding
             assert e.box == (max(top, 0), max(left, 0), min(top + li.rf, SIZE), min(left + li.rf, SIZE))
             crop = s.crop(e)
-            assert crop.shape == (li.rf, li.rf, 3)
             px = s.pixels(e.kept)
+            if li.rf > SIZE:
+                np.testing.assert_array_equal(crop, px)
+                continue
+            assert crop.shape == (li.rf, li.rf, 3)
             for yy in range(li.rf):  # pixel by pixel against the unclipped coordinates
                 for xx in (0, li.rf // 2, li.rf - 1):
                     iy, ix = top + yy, left + xx
@@ -158,9 +164,9 @@ def test_inplace_relu_taps_see_rectified_values(net):
     later in-place op can touch it, and equals relu(conv(x)) computed without in-place ops."""
     x = torch.randn(2, 3, SIZE, SIZE)
     got = layer_maxima(net, ["conv1_1", "conv2_2", "conv3_3"], x)
-    plain = [torch.nn.ReLU(inplace=False) if isinstance(m, torch.nn.ReLU) else m for m in net.features]
+    plain = [torch.nn.ReLU(inplace=False) if isinstance(m, torch.nn.ReLU) else m for m in net.model.features]
     for name in ("conv1_1", "conv2_2", "conv3_3"):
-        end = net.layers[name].end
+        end = net.chain_index(name)
         with torch.no_grad():
             h = x
             for m in plain[: end + 1]:

@@ -22,11 +22,9 @@ from typer.testing import CliRunner
 from pipeline import RunConfig, Store, run
 from pipeline.cli import app
 from pipeline.models.errors import WeightsError
-from pipeline.models.weights import load_network
-from pipeline.models.vgg import seeded_features
-from pipeline.render import (Renderer, feature_files, layer_files, load_store_network, parse_features,
-                             render_store)
-from pipeline.render.crop import box_origin, pad_crop
+from pipeline.models.geometry import pad_crop
+from pipeline.models.weights import build_model, load_network
+from pipeline.render import Renderer, feature_files, layer_files, load_store_network, parse_features, render_store
 from pipeline.render.index_html import FeatureLinks, LayerLinks, write_index
 from pipeline.render.montage import BACKGROUND, GAP, PAIR_GAP, grid, overview, side_by_side, tile_scale
 from pipeline.render.normalise import display, to_rgb
@@ -104,7 +102,7 @@ def test_store_entries_crops_and_projection_tiles_share_geometry(store_path):
         ys, xs = [y for y, _ in corners], [x for _, x in corners]
         tiles, crops = rnd.project(layer, [c] * 4, [kept] * 4, ys, xs, [1.0] * 4)
         for i, (y, x) in enumerate(corners):
-            top, left = box_origin(y, x, st, p)
+            top, left = y * st - p, x * st - p
             assert top < 0 or left < 0 or top + r > SIZE or left + r > SIZE
             e = Entry(layer, c, 0, 1.0, 0, kept, "", y, x,
                       (max(top, 0), max(left, 0), min(top + r, SIZE), min(left + r, SIZE)))
@@ -141,7 +139,7 @@ def test_to_rgb_swaps_only_for_caffe():
 def colour_store(tmp_path_factory):
     """A checkpoint whose conv1_1 filter 0 reads only input channel 2 and filter 1 only channel 0."""
     tmp = tmp_path_factory.mktemp("colour")
-    feats = seeded_features("vgg16", seed=3)
+    feats = build_model("vgg16", seed=3)[1].features
     with torch.no_grad():
         w = feats[0].weight
         w[0].zero_()
@@ -189,7 +187,7 @@ def test_hed_caffe_weights_saved_in_rgb(tmp_path):
     store = mine(tmp_path, make_images(tmp_path / "images", 5, seed=9), "conv1_1", weights="hed")
     res = render_store(store, out=tmp_path / "out", features="0-2", save_arrays=True, device="cpu", progress=False)
     assert res.rendered == 3
-    w = net.features[0].weight.detach().numpy()  # (64, 3 BGR, 3, 3)
+    w = net.model.features[0].weight.detach().numpy()  # (64, 3 BGR, 3, 3)
     with Store(store) as s:
         a = s.arrays("conv1_1")
         assert s.attrs["preprocessing"]["mode"] == "caffe"

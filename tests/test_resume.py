@@ -12,14 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+from jobs_util import BATCH, assert_same_store, cfg, cli_args, leftovers, read_all, spawn, wait_for
 from typer.testing import CliRunner
 
 from pipeline import run
 from pipeline.cli import app
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
-
-from jobs_util import (BATCH, assert_same_store, cfg, cli_args, leftovers, read_all, spawn,
-                       wait_for)
 
 # point -> extra CLI options; "stream:3" with checkpoints every 2 batches dies one batch
 # after a checkpoint, "checkpoint-write:2" with the second checkpoint half written, ...

@@ -1,10 +1,8 @@
 """Every speed option gives the store of the plain path; bf16's ranking error is measured and bounded."""
 import numpy as np
-
-from pipeline import Store, run
 from jobs_util import assert_same_store, cfg, read_all
 
-
+from pipeline import Store, run
 
 
 def test_loader_workers_give_identical_store(images, full, tmp_path):

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from jobs_util import TIMING_ATTRS, all_images, assert_same_store, cfg, cli_args, list_file
 from typer.testing import CliRunner
 
 from pipeline import run
@@ -18,8 +19,6 @@ from pipeline.data import Preprocessing, resolve_images
 from pipeline.jobs.errors import IncompatibleError, StoreExistsError
 from pipeline.jobs.merge import merge_stores
 from pipeline.jobs.update import KNOWN, SkipKnown
-
-from jobs_util import TIMING_ATTRS, all_images, assert_same_store, cfg, cli_args, list_file
 
 UNION_IGNORE = TIMING_ATTRS + ("images_spec", "inputs_id")
 
@@ -159,8 +158,8 @@ def test_incompatible_update_and_merge_are_refused(images, net, tmp_path):
     assert store.read_bytes() == before
     # other weights: same architecture, one weight changed
     w = tmp_path / "w.pt"
-    state = {k: v.clone() for k, v in net.features.state_dict().items()}
-    state["0.bias"][0] += 1
+    state = {k: v.clone() for k, v in net.model.state_dict().items()}
+    state["features.0.bias"][0] += 1
     torch.save(state, w)
     with pytest.raises(IncompatibleError, match="weights"):
         run(cfg(images, store, update=str(store), weights=str(w)))

@@ -26,7 +26,8 @@ leaves the image). Every entry of one layer has windows of the same size, so a b
 no per-entry work and no host synchronisation inside :meth:`Deconvnet.project`.
 
 The module list is walked generically (any stack of Conv2d / ReLU / MaxPool2d, any stride,
-kernel, padding, dilation, groups): nothing here knows VGG's indices.
+kernel, padding, dilation, groups): nothing here knows VGG's indices. This is the fast path for
+chains (VGG, AlexNet); :mod:`.graph` projects through any network and is tested equal to it.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.geometry import Step, step_of
+from ..models.geometry import Geometry, Step, step_of
+from .tiles import shift_crop
 
 __all__ = ["Deconvnet", "Level", "switches_by_module"]
 
@@ -88,7 +90,7 @@ class Deconvnet:
 
     @classmethod
     def from_network(cls, net, input_size: int | None = None, channels_last: bool = True) -> "Deconvnet":
-        return cls(net.modules, input_size or net.input_size, channels_last)
+        return cls(net.chain_modules(), input_size or net.input_size, channels_last)
 
     def _weight(self, i: int) -> torch.Tensor:
         """The forward weight of conv ``i``, exactly as it is."""
@@ -132,13 +134,11 @@ class Deconvnet:
 
     def geometry(self, end: int) -> tuple[int, int, int]:
         """(R, S, P) of the output of module ``end``: the tile is R x R at (y*S - P, x*S - P)."""
-        r, s, p = 1, 1, 0
+        g = Geometry()
         for lv in reversed(self.levels(end)):
             if lv.step is not None:
-                r += (lv.step.span - 1) * s
-                p += lv.step.padding * s
-                s *= lv.step.stride
-        return r, s, p
+                g = g.then(lv.step)
+        return g.rsp
 
     def entry_bytes(self, end: int) -> int:
         """Rough peak memory of one entry in a windowed batch (largest level, with temporaries)."""
@@ -225,12 +225,12 @@ class Deconvnet:
                         z = _unpool(z, off, st, lv.win_in, shift=0)
                     oy, ox = oy * st.stride - st.padding, ox * st.stride - st.padding
                     if lv.win_in >= lv.in_size:
-                        z = _shift_crop(z, -oy, -ox, lv.in_size)  # the map inside the window
+                        z = shift_crop(z, -oy, -ox, lv.in_size)  # the map inside the window
                         full = True
                     elif lv.kind == "conv":
                         z = z.mul_(_valid(oy, ox, lv.win_in, lv.in_size))  # drop what fell off the map
             if full:  # the R x R tile at the unclipped box corner, zeros off the image
-                z = _shift_crop(z, oy, ox, levels[-1].win_in)
+                z = shift_crop(z, oy, ox, levels[-1].win_in)
             return z.contiguous()
         z = torch.zeros(b, chans, top.out_size, top.out_size, device=dev)
         z[ar, c, yy, xx] = v
@@ -269,21 +269,6 @@ def _valid(oy: torch.Tensor, ox: torch.Tensor, n: int, size: int) -> torch.Tenso
     vy = ((oy[:, None] + r) >= 0) & ((oy[:, None] + r) < size)
     vx = ((ox[:, None] + r) >= 0) & ((ox[:, None] + r) < size)
     return (vy[:, None, :, None] & vx[:, None, None, :]).to(torch.float32)
-
-
-def _shift_crop(z: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, n: int) -> torch.Tensor:
-    """Per-entry crop: ``out[b, :, i, j] = z[b, :, i + dy[b], j + dx[b]]``, zero outside z.
-
-    One gather for the whole batch (shifts stay on the device: no host synchronisation).
-    """
-    b, ch, m, _ = z.shape
-    r = torch.arange(n, device=z.device)
-    ry, rx = dy[:, None] + r, dx[:, None] + r
-    vy, vx = (ry >= 0) & (ry < m), (rx >= 0) & (rx < m)
-    flat = ry.clamp(0, m - 1)[:, :, None] * m + rx.clamp(0, m - 1)[:, None, :]
-    out = torch.gather(z.reshape(b, ch, m * m), 2, flat.reshape(b, 1, n * n).expand(-1, ch, -1))
-    keep = (vy[:, :, None] & vx[:, None, :]).reshape(b, 1, n * n).to(z.dtype)
-    return (out * keep).reshape(b, ch, n, n)
 
 
 def _gather_window(sw: torch.Tensor, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, n: int) -> torch.Tensor:
@@ -333,5 +318,5 @@ def _unpool(z: torch.Tensor, off: torch.Tensor, st: Step, n_in: int, shift: int)
 
 
 def switches_by_module(net, switches: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Re-key switches from pool layer names (as in a store) to module indices."""
-    return {net.layers[name].end: t for name, t in switches.items()}
+    """Re-key switches from pool layer names (as in a store) to indices in the network's chain."""
+    return {net.chain_index(name): t for name, t in switches.items()}

@@ -36,8 +36,8 @@ from torch.utils.data import Dataset
 from ..data.preprocess import Preprocessing
 from ..mining.finalize import Finalized, finalize
 from ..mining.topk import RunningTopK
-from ..store.write import images_table
 from ..models.network import Network
+from ..store.write import images_table
 from .errors import IncompatibleError
 from .faults import pause_point
 

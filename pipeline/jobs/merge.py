@@ -25,10 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..data.preprocess import Preprocessing
+from ..devices import resolve_device
 from ..models.errors import WeightsError
 from ..models.weights import load_network
 from ..store.read import Store
 from ..store.write import write_store
+from ..versions import versions
 from .checkpoint import fingerprint_id
 from .combine import check_compatible, combine, config_of_run, config_of_store, part_from_store
 from .errors import StoreExistsError
@@ -53,7 +55,6 @@ class MergeResult:
 
 def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None = None, device: str = "auto",
                  force: bool = False, stats: JobStats | None = None) -> MergeResult:
-    from ..run import resolve_device, versions
 
     t0 = time.perf_counter()
     stats = stats if stats is not None else JobStats(command="merge")

@@ -81,10 +81,8 @@ def finalize(
     all_keys = torch.cat([r["keys"].flatten() for r in res.values()])
     kept_keys = torch.unique(all_keys[all_keys != EMPTY_KEY]).numpy()  # sorted
     kept_index = np.array([key_to_index[int(k)] for k in kept_keys], dtype=np.int64)
-    deepest = max(net.layers[n].end for n in layers)
-    pools = [n for n, li in net.layers.items() if li.kind == "pool" and li.end <= deepest]  # a mined pool needs its own switches
-    mods = net.modules
-    net.features.to(memory_format=torch.contiguous_format)
+    pools = net.pools_through(layers)  # a mined pool needs its own switches
+    net.model.to(memory_format=torch.contiguous_format)
     size = prep.size
     n = len(kept_keys)
     pixels = np.zeros((n, size, size, 3), np.uint8)
@@ -127,10 +125,10 @@ def finalize(
                 captured[name] = (sel, out[i, c, y, xx].float().cpu(), vmax[i, c].float().cpu(), vpos[i, c].cpu())
 
         def switch_hook(p):
-            st = step_of(mods[net.layers[p].end])
+            st = step_of(net.module(p))
             return lambda _m, inp: offsets.__setitem__(p, pool_offsets(inp[0], st))
 
-        pre = [mods[net.layers[p].end].register_forward_pre_hook(switch_hook(p)) for p in pools]
+        pre = [net.module(p).register_forward_pre_hook(switch_hook(p)) for p in pools]
         try:
             with torch.inference_mode(), hooked(net, layers, take):
                 run_to(net, x)

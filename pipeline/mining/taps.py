@@ -1,11 +1,11 @@
 """Forward hooks that reduce named layers as the forward pass goes by.
 
-A hook on the module that *ends* a layer (the ReLU after a conv, or the pool)
-sees the rectified map. It is reduced at once to a per-channel spatial maximum and
+A hook on the module whose output is a layer (the ReLU after a conv, a pool, a
+residual block) sees the layer's map. It is reduced at once to a per-channel spatial maximum and
 arg-max, so (a) no feature map is kept and (b) an in-place ReLU further down the
 network cannot overwrite what we read. After the deepest requested layer the hook
-raises ``_Stop`` so no compute is spent above it. Hooks are attached to modules,
-not to VGG indices, so any net whose layers are named by ``Network`` works.
+raises ``_Stop`` so no compute is spent above it. Hooks are attached to modules by
+their qualified path, so any net whose layers are named by ``Network`` works.
 """
 from __future__ import annotations
 
@@ -32,20 +32,25 @@ def spatial_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @contextmanager
 def hooked(net: Network, layers: list[str], fn):
-    """Call ``fn(name, output)`` at each named layer; stop the forward after the deepest."""
-    mods = net.modules
-    deepest = max(net.layers[n].end for n in layers)
-    by_end: dict[int, list[str]] = {}
+    """Call ``fn(name, output)`` at each named layer; stop the forward after the deepest.
+
+    Each layer is the output of one module that runs once per forward (see ``models.trace``),
+    so one forward hook per layer module sees it; the module that completes last stops the pass.
+    """
+    deepest = max(net.layers[n].order for n in layers)
+    by_module: dict[str, list[str]] = {}
     for n in layers:
-        by_end.setdefault(net.layers[n].end, []).append(n)
+        by_module.setdefault(net.layers[n].module, []).append(n)
     handles = []
-    for end, names in by_end.items():
-        def hook(_m, _inp, out, names=names, end=end):
+    for path, names in by_module.items():
+        last = net.layers[names[0]].order == deepest
+
+        def hook(_m, _inp, out, names=names, last=last):
             for n in names:
                 fn(n, out)
-            if end == deepest:
+            if last:
                 raise _Stop
-        handles.append(mods[end].register_forward_hook(hook))
+        handles.append(net.model.get_submodule(path).register_forward_hook(hook))
     try:
         yield
     finally:
@@ -56,7 +61,7 @@ def hooked(net: Network, layers: list[str], fn):
 def run_to(net: Network, x: torch.Tensor) -> None:
     """Run the forward pass; a hook raises ``_Stop`` once it has what it needs."""
     try:
-        net.features(x)
+        net.model(x)
     except _Stop:
         pass
 

@@ -1,16 +1,15 @@
-"""Layer names for feed-forward conv nets, derived from the modules themselves.
+"""Layer names: qualified module paths, paper aliases for chains, and selection.
 
-A *layer* is a named point in the network whose output we rank or project through.
-Names are assigned by walking the module list, never by hard-coded indices, so the
-same code names VGG16, VGG19 and (with ``style="flat"``) AlexNet/ZFNet-like nets:
+Every layer is the output of a named module (``layer3.1``, ``features.16``). Conv chains keep
+the names of their papers as aliases, derived by walking the chain, never typed in by index:
 
-- ``style="vgg"``: ``conv{block}_{i}`` is the output of the i-th conv of a block
-  *after* its ReLU (if a ReLU follows it), ``pool{block}`` the output of the block's
-  max-pool; the block counter advances after each pool.
-- ``style="flat"``: ``conv{n}`` / ``pool{n}`` count convs and pools independently.
+- ``style="vgg"``: ``conv{block}_{i}`` is the i-th conv of a block *after* its ReLU (if one
+  follows, behind a BatchNorm or not), ``pool{block}`` the block's pool; the block counter advances after each pool.
+- ``style="flat"`` (AlexNet, ZFNet): ``conv{n}`` counts convs (its ReLU's output, as for VGG),
+  ``pool{n}`` is the pool after conv n: ``pool1``, ``pool2``, ``pool5``.
 
-The module that *ends* a layer (the ReLU after a conv, or the pool) is where a
-forward hook sees the layer's value.
+A layer's *name* is its alias when it has one, else its module path; both are accepted
+wherever a layer is asked for.
 """
 from __future__ import annotations
 
@@ -19,57 +18,83 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .geometry import Geometry
+
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One named layer: where it ends in the module list and its shape facts."""
+    """One named layer: the module whose output it is, and its shape facts."""
 
-    name: str
-    kind: str  # "conv" or "pool"
-    end: int  # index (in the module list) of the module whose output is this layer
+    name: str  # alias if it has one, else the module path
+    module: str  # qualified module path
+    kind: str  # "conv", "pool" (max-pool: has switches) or the module's class name
     channels: int
-    rf: int  # receptive-field size R in input pixels
-    stride: int  # effective stride S
-    padding: int  # effective padding P
+    geometry: Geometry
     out_size: int  # spatial size for the configured input size
+    order: int  # completion order in the forward pass
+
+    @property
+    def rf(self) -> int:
+        return self.geometry.rf
+
+    @property
+    def stride(self) -> int:
+        return self.geometry.stride
+
+    @property
+    def padding(self) -> int:
+        return self.geometry.padding
 
 
-def name_layers(modules: list[nn.Module], style: str = "vgg") -> dict[str, tuple[str, int, int]]:
-    """Map layer name -> (kind, end index, channels) by walking ``modules`` in order."""
-    names: dict[str, tuple[str, int, int]] = {}
-    block, conv_in_block, conv_count, pool_count, channels = 1, 0, 0, 0, 0
-    for i, m in enumerate(modules):
+def chain_aliases(chain: nn.Sequential, prefix: str, style: str = "vgg") -> dict[str, str]:
+    """alias -> module path (``prefix.N``) for the convs and pools of a chain."""
+    mods = list(chain)
+    names: dict[str, str] = {}
+    block, conv_in_block, conv_count = 1, 0, 0
+    for i, m in enumerate(mods):
         if isinstance(m, nn.Conv2d):
             conv_in_block += 1
             conv_count += 1
-            channels = m.out_channels
-            end = i + 1 if i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU) else i
-            name = f"conv{block}_{conv_in_block}" if style == "vgg" else f"conv{conv_count}"
-            names[name] = ("conv", end, channels)
+            end = i
+            while end + 1 < len(mods) and isinstance(mods[end + 1], nn.BatchNorm2d):
+                end += 1
+            end = end + 1 if end + 1 < len(mods) and isinstance(mods[end + 1], nn.ReLU) else i
+            names[f"conv{block}_{conv_in_block}" if style == "vgg" else f"conv{conv_count}"] = f"{prefix}.{end}"
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            pool_count += 1
-            name = f"pool{block}" if style == "vgg" else f"pool{pool_count}"
-            names[name] = ("pool", i, channels)
+            names[f"pool{block}" if style == "vgg" else f"pool{conv_count}"] = f"{prefix}.{i}"
             block += 1
             conv_in_block = 0
     return names
 
 
-def select_layers(spec: str | list[str], available: list[str]) -> list[str]:
-    """Resolve ``conv4_4,conv5_2``, ``all`` (every conv layer), ``conv*`` globs.
+def select_layers(spec: str | list[str], available: list[str], default: list[str] | None = None,
+                  paths: dict[str, str] | None = None) -> list[str]:
+    """Resolve ``conv4_4,layer3.1``, ``all`` (``default``), ``conv*`` / ``layer3.*`` globs.
 
-    Returns names in network order; raises ValueError naming what exists.
+    ``available``: layer names in network order; ``paths``: name -> module path, so a layer may
+    also be given by its path. Returns names in network order; raises ValueError naming what exists.
     """
     parts = spec if isinstance(spec, list) else [p.strip() for p in spec.split(",") if p.strip()]
     if not parts:
-        raise ValueError("no layer given; choose from: " + ", ".join(available))
+        raise ValueError("no layer given; choose from: " + _listing(available))
+    by_path = {p: n for n, p in (paths or {}).items()}
     chosen: set[str] = set()
     for part in parts:
+        if not isinstance(part, str):
+            raise ValueError(f"layer names are strings, got {part!r}")
         if part == "all":
-            hits = [n for n in available if n.startswith("conv")]
+            hits = list(default if default is not None else available)
+        elif part in by_path:
+            hits = [by_path[part]]
         else:
             hits = [n for n in available if fnmatch.fnmatchcase(n, part)]
+            hits += [by_path[p] for p in by_path if fnmatch.fnmatchcase(p, part)]
         if not hits:
-            raise ValueError(f"unknown layer {part!r}; this model has: " + ", ".join(available))
+            raise ValueError(f"unknown layer {part!r}; this model has: " + _listing(available))
         chosen.update(hits)
     return [n for n in available if n in chosen]
+
+
+def _listing(names: list[str], most: int = 60) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} in all; `mine layers` lists them)" if len(names) > most else "")

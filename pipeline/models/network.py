@@ -1,8 +1,9 @@
-"""A feature extractor with named layers and their geometry.
+"""A network with named layers, their geometry and the identity of its weights.
 
-``Network`` bundles the module list, its layer table and the identity of the
-weights (name, hash, preprocessing). Everything downstream (mining, finalize,
-deconv) talks to this object, never to VGG indices directly.
+``Network`` bundles the ``nn.Module`` (any architecture: chains, residual nets, concatenations),
+its layer table (from :func:`trace.trace`), the aliases of its family and the identity of the
+weights (name, hash, preprocessing). Mining, finalize, deconv and render talk to this object,
+never to module indices directly.
 """
 from __future__ import annotations
 
@@ -12,39 +13,76 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .geometry import output_size, receptive_field
-from .layers import LayerInfo, name_layers, select_layers
+from .layers import LayerInfo, select_layers
+from .registry import default_layers
+from .trace import trace
+
+CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)
 
 
 @dataclass
 class Network:
     arch: str
-    features: nn.Sequential
+    model: nn.Module
     weights_name: str
     weights_hash: str
     preprocessing_mode: str  # "torchvision" or "caffe"
     input_size: int = 224
-    style: str = "vgg"
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> module path
+    family: str = "custom"  # registry family: says what ``all`` means
+    chain: str | None = None  # path of an nn.Sequential trunk the windowed deconvnet can walk
     layers: dict[str, LayerInfo] = field(init=False)
+    default: list[str] | None = field(init=False)  # what ``all`` means; None: every layer
 
     def __post_init__(self) -> None:
-        mods = list(self.features)
+        name_of = {p: a for a, p in self.aliases.items()}
         table: dict[str, LayerInfo] = {}
-        for name, (kind, end, ch) in name_layers(mods, self.style).items():
-            r, s, p = receptive_field(mods, end)
-            table[name] = LayerInfo(name, kind, end, ch, r, s, p, output_size(mods, end, self.input_size))
+        for path, t in trace(self.model, self.input_size).items():
+            mod = self.model.get_submodule(path)
+            kind = ("pool" if isinstance(mod, nn.MaxPool2d) else
+                    "conv" if path in name_of and name_of[path].startswith("conv") else t.kind)
+            name = name_of.get(path, path)
+            table[name] = LayerInfo(name, path, kind, t.channels, t.geometry, t.out_size, t.order)
         self.layers = table
-
-    @property
-    def modules(self) -> list[nn.Module]:
-        return list(self.features)
+        self.default = default_layers(self.family, list(table), {n: li.module for n, li in table.items()})
 
     def select(self, spec: str | list[str]) -> list[str]:
-        return select_layers(spec, list(self.layers))
+        """Layer names for ``conv4_4,layer3.1`` / ``all`` / globs, in network order."""
+        return select_layers(spec, list(self.layers), self.default,
+                             {n: li.module for n, li in self.layers.items()})
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(self.layers[name].module)
+
+    def pools_through(self, names: list[str]) -> list[str]:
+        """Max-pool layers that run before the deepest of ``names`` completes (their switches)."""
+        last = max(self.layers[n].order for n in names)
+        return [n for n, li in self.layers.items() if li.kind == "pool" and li.order <= last]
+
+    def chain_index(self, name: str) -> int | None:
+        """Index of the layer in the chain trunk when the windowed deconvnet can walk down to it."""
+        if self.chain is None:
+            return None
+        path = self.layers[name].module
+        prefix = f"{self.chain}."
+        if not path.startswith(prefix) or not path[len(prefix):].isdigit():
+            return None
+        end = int(path[len(prefix):])
+        trunk = self.model.get_submodule(self.chain)
+        return end if all(isinstance(m, CHAIN_MODULES) for m in list(trunk)[: end + 1]) else None
+
+    def chain_modules(self) -> list[nn.Module]:
+        return list(self.model.get_submodule(self.chain)) if self.chain else []
 
     def to(self, device: torch.device | str) -> "Network":
-        self.features.to(device)
+        self.model.to(device)
         return self
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:

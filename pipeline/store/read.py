@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..models.geometry import Geometry, pad_crop
 from .schema import COMPLETE, FORMAT, SCHEMA_VERSION, StoreError
 
 
@@ -73,7 +74,8 @@ class Store:
             if int(a.get("schema_version", -1)) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema {a.get('schema_version')}, this mine reads {SCHEMA_VERSION}")
             if require_complete and _attr(a.get("status")) != COMPLETE:
-                raise StoreError(f"{self.path} is not complete (status {_attr(a.get('status'))!r}); re-run `mine run` to finish it")
+                raise StoreError(f"{self.path} is not complete (status {_attr(a.get('status'))!r}); "
+                                 "re-run `mine run` to finish it")
             self.attrs = {k: _attr(v) for k, v in a.items()}
             self.layers: list[str] = list(self.attrs["layers"])
             self.k = int(self.attrs["k"])
@@ -160,18 +162,19 @@ class Store:
         """uint8 (S, S, 3) RGB network input of a kept image (or a batch for a sorted index list)."""
         return self.f["kept/pixels"][kept]
 
-    def crop(self, entry: Entry) -> np.ndarray:
-        """The entry's receptive field from its image, padded back to R x R (uint8, RGB).
+    def geometry(self, layer: str) -> Geometry:
+        info = self.layer_info(layer)
+        return Geometry(int(info["rf"]), int(info["stride"]), int(info["padding"]))
 
-        Padding (black) goes where the box leaves the image, on whichever side.
+    def crop(self, entry: Entry) -> np.ndarray:
+        """The entry's receptive field from its image as a T x T tile (uint8, RGB).
+
+        T = min(R, input size); padding (black) goes where the box leaves the image, on
+        whichever side (see ``models.geometry``).
         """
-        info = self.layer_info(entry.layer)
-        r, s, p = int(info["rf"]), int(info["stride"]), int(info["padding"])
-        top, left = entry.y * s - p, entry.x * s - p
-        out = np.zeros((r, r, 3), np.uint8)
-        t, l, b, rr = entry.box
-        out[t - top:b - top, l - left:rr - left] = self.pixels(entry.kept)[t:b, l:rr]
-        return out
+        geo = self.geometry(entry.layer)
+        top, left = geo.tile_origin(entry.y, entry.x, self.size)
+        return pad_crop(self.pixels(entry.kept), int(top), int(left), geo.tile_size(self.size))
 
     def switches(self, pool: str, kept) -> np.ndarray:
         return self.f["switches"][pool][kept]

@@ -45,7 +45,7 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
             for pool, arr in fin.switches.items():
                 d = sw.create_dataset(pool, data=arr, chunks=(1, *arr.shape[1:]) if len(arr) else None,
                                       compression="gzip", compression_opts=4, shuffle=False)
-                st = step_of(net.modules[net.layers[pool].end])
+                st = step_of(net.module(pool))
                 d.attrs.update(kernel=st.kernel, stride=st.stride, padding=st.padding, dilation=st.dilation)
             lg = f.create_group("layers")
             for name, e in fin.layers.items():
@@ -58,7 +58,7 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
                 g.create_dataset("key", data=e.keys)
                 g.create_dataset("y", data=e.y)
                 g.create_dataset("x", data=e.x)
-                g.create_dataset("box", data=boxes(e.y, e.x, li.rf, li.stride, li.padding, size))
+                g.create_dataset("box", data=li.geometry.boxes(e.y, e.x, size))
             f.attrs["status"] = COMPLETE
         fsync_rename(tmp, path)
     except BaseException:
@@ -85,11 +85,3 @@ def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict
         "width": np.array([r[4] for r in rows], dtype=np.int32),
         "height": np.array([r[5] for r in rows], dtype=np.int32),
     }
-
-
-def boxes(y: np.ndarray, x: np.ndarray, rf: int, stride: int, padding: int, size: int) -> np.ndarray:
-    """Clipped receptive-field boxes [top, left, bottom, right) for every slot; -1 if empty."""
-    top, left = y.astype(np.int64) * stride - padding, x.astype(np.int64) * stride - padding
-    b = np.stack([np.maximum(top, 0), np.maximum(left, 0),
-                  np.minimum(top + rf, size), np.minimum(left + rf, size)], -1).astype(np.int32)
-    return np.where((y < 0)[..., None], -1, b)

@@ -1,0 +1,84 @@
+"""Backward rules of ReLU-family activations: deconvnet, guided backprop, plain gradient.
+
+The three methods are the same backward walk through a network and differ only in what a
+rectifier does to the signal coming down (Springenberg et al. 2015, Fig. 1):
+
+* ``deconvnet`` (Zeiler & Fergus): ReLU of the signal, whatever the forward input was;
+* ``guided``: ReLU of the signal *and* the forward mask (only where the unit was active);
+* ``gradient``: the forward mask only (ordinary backprop; a saliency map).
+
+Everything else keeps its ordinary backward: convolutions (any stride, groups, dilation) and
+the linear parts (eval-mode BatchNorm, average pools) pass the signal through their transpose
+without bias, max-pools route it to their switches, adds and concatenations split it.
+Activations with no deconvnet rule (SiLU, Hardswish, GELU, sigmoid gates) use their local
+derivative.
+
+:func:`rectifier_rules` installs the rule as a ``TorchFunctionMode``: it sees every call of
+``F.relu``, ``torch.relu``, ``Tensor.relu`` (and their in-place forms), ``F.relu6`` and
+``F.hardtanh`` with a lower bound of 0 (``nn.ReLU6``), whether made by a module or inside a
+``forward`` (torchvision's GoogLeNet and DenseNet call ``F.relu``), which module hooks such as
+Captum's miss. Rectifiers are computed out of place under the rule, so nothing a backward needs
+is overwritten by an in-place ReLU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+METHODS = ("deconvnet", "guided", "gradient")
+
+_RELU = {F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_HARDTANH = {F.hardtanh, F.hardtanh_, torch._C._nn.hardtanh, torch._C._nn.hardtanh_}
+
+
+class _Rectify(torch.autograd.Function):
+    """clamp(x, lo, hi) forward; backward by ``method`` (deconvnet or guided)."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi, guided):
+        ctx.lo, ctx.hi, ctx.guided = lo, hi, guided
+        if guided:
+            ctx.save_for_backward(x)
+        return x.clamp(lo, None if math.isinf(hi) else hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        out = g.clamp(min=0)
+        if ctx.guided:
+            (x,) = ctx.saved_tensors
+            out = out * ((x > ctx.lo) & (x < ctx.hi))
+        return out, None, None, None
+
+
+def _bounds(func, args, kwargs) -> tuple[float, float] | None:
+    """(lo, hi) of a ReLU-family call, None for anything else."""
+    if func in _RELU:
+        return 0.0, math.inf
+    if func is F.relu6:
+        return 0.0, 6.0
+    if func in _HARDTANH:
+        lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+        return (float(lo), float(hi)) if lo == 0 else None
+    return None
+
+
+class rectifier_rules(TorchFunctionMode):
+    """Within ``with rectifier_rules(method):`` every ReLU-family call follows ``method``."""
+
+    def __init__(self, method: str = "deconvnet") -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
+        super().__init__()
+        self.method = method
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.method != "gradient":
+            b = _bounds(func, args, kwargs)
+            if b is not None:
+                return _Rectify.apply(args[0], b[0], b[1], self.method == "guided")
+        return func(*args, **kwargs)

@@ -1,0 +1,181 @@
+"""Find the layers of any ``nn.Module`` and their geometry by running it once on meta tensors.
+
+A layer is the output of a named module (``layer3.1``, ``features.16``, ``inception4c``), as
+torchvision's feature_extraction names it. Which modules qualify, and their geometry, comes from
+one forward pass of a 1 x 3 x size x size tensor on the *meta* device (shapes only: no memory,
+no arithmetic, well under a second even for ResNet-152):
+
+* forward hooks on every module record how often it ran, the shape of its output, and the
+  order in which outputs completed (mining stops after the deepest requested one);
+* a ``TorchFunctionMode`` sees every torch function the forward calls (module or functional:
+  ``F.relu`` inside GoogLeNet counts like ``nn.ReLU``) and carries a :class:`Geometry` along
+  with each 4-D tensor: convolutions and pools apply their step, global pooling covers its
+  input, and any other op producing a map of its inputs' size gets the union of their boxes
+  (residual adds, concatenations). Inputs of spatial size 1 x 1 that broadcast over a larger
+  map (squeeze-and-excitation gates) are left out: counting them would make every box the
+  whole image.
+
+Only modules that run exactly once and return one (N, C, H, W) tensor with a known geometry are
+layers: a module called several times (torchvision's Bottleneck reuses one ``relu``) has no
+single output to rank.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .geometry import Geometry, Step, square
+
+
+@dataclass(frozen=True)
+class Traced:
+    """One module output seen during the probe."""
+
+    module: str
+    kind: str  # module class name, e.g. "Conv2d", "ReLU", "BasicBlock"
+    channels: int
+    out_size: int  # output height (= width for square inputs)
+    geometry: Geometry
+    order: int  # completion order in the forward pass
+
+
+_CONV = {F.conv2d, torch.conv2d}
+_POOL = {F.max_pool2d, torch.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d, F.lp_pool2d}
+_ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch._C._nn.adaptive_avg_pool2d}
+_ARGS = {  # positional parameter names after the input
+    "conv": ("weight", "bias", "stride", "padding", "dilation", "groups"),
+    "pool": ("kernel_size", "stride", "padding"),
+}
+
+
+def _arg(args, kwargs, names, name, default):
+    i = names.index(name) + 1
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
+def _step(func, args, kwargs) -> Step:
+    if func in _CONV:
+        names = _ARGS["conv"]
+        k = square(args[1].shape[-1] if len(args) > 1 else kwargs["weight"].shape[-1])
+        dil = square(_arg(args, kwargs, names, "dilation", 1))
+        pad = _arg(args, kwargs, names, "padding", 0)
+        if isinstance(pad, str):
+            pad = 0 if pad == "valid" else dil * (k - 1) // 2
+        return Step(k, square(_arg(args, kwargs, names, "stride", 1)), square(pad), dil)
+    if func is F.lp_pool2d:  # lp_pool2d(input, norm_type, kernel_size, stride)
+        k = square(args[2] if len(args) > 2 else kwargs["kernel_size"])
+        s = args[3] if len(args) > 3 else kwargs.get("stride")
+        return Step(k, square(s) if s is not None else k, 0)
+    names = _ARGS["pool"]
+    k = square(_arg(args, kwargs, names, "kernel_size", None))
+    s = _arg(args, kwargs, names, "stride", None)
+    s = k if s is None or s == [] or s == () else square(s)
+    dil = square(kwargs.get("dilation", args[4] if len(args) > 4 and func in (F.max_pool2d, torch.max_pool2d) else 1))
+    return Step(k, s, square(_arg(args, kwargs, names, "padding", 0)), dil)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+class _GeometryMode(TorchFunctionMode):
+    """Carries a Geometry with every 4-D tensor the forward pass creates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.geo: dict[int, Geometry | None] = {}
+        self.alive: list[torch.Tensor] = []  # keep ids unique while the probe runs
+
+    def of(self, t: torch.Tensor) -> Geometry | None:
+        return self.geo.get(id(t))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        outs = [t for t in _tensors(out) if t.dim() == 4]
+        if not outs:
+            return out
+        ins = [t for t in _tensors((args, kwargs)) if t.dim() == 4 and id(t) in self.geo]
+        g = self._rule(func, args, kwargs, ins, outs[0])
+        for t in outs:
+            self.geo[id(t)] = g
+            self.alive.append(t)
+        return out
+
+    def _rule(self, func, args, kwargs, ins, out) -> Geometry | None:
+        if not ins:
+            return None
+        first = self.of(ins[0])
+        try:
+            if func in _CONV or func in _POOL:
+                return None if first is None else first.then(_step(func, args, kwargs))
+            if func in _ADAPTIVE:
+                h_in, h_out = ins[0].shape[-1], out.shape[-1]
+                if first is None or ins[0].shape[-2] != ins[0].shape[-1]:
+                    return None
+                if h_out == h_in:
+                    return first
+                if h_out == 1:
+                    return first.pooled(h_in)
+                if h_in % h_out == 0:
+                    return first.then(Step(h_in // h_out, h_in // h_out, 0))
+                return None
+            size = out.shape[-2:]
+            same = [self.of(t) for t in ins if t.shape[-2:] == size]
+            gates = [t for t in ins if t.shape[-2:] != size and t.shape[-2:] == (1, 1)]
+            if not same or None in same or len(same) + len(gates) != len(ins):
+                return None
+            return Geometry.union(same)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None
+
+
+def trace(model: nn.Module, size: int) -> dict[str, Traced]:
+    """Qualified module path -> Traced, for every module whose output is a layer (see module doc)."""
+    calls: dict[str, int] = {}
+    seen: dict[str, tuple] = {}
+    order = [0]
+    mode = _GeometryMode()
+    handles = []
+
+    def hook(name):
+        def record(m, _inp, out):
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, torch.Tensor) and out.dim() == 4:
+                seen[name] = (type(m).__name__, out.shape, mode.of(out), order[0])
+                order[0] += 1
+        return record
+
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_hook(hook(name)))
+    meta = {k: torch.empty_like(v, device="meta")
+            for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    x = torch.empty(1, 3, size, size, device="meta")
+    try:
+        with torch.no_grad(), mode:
+            mode.geo[id(x)] = Geometry()
+            torch.func.functional_call(model, meta, (x,))
+    except RuntimeError as e:
+        raise ValueError(f"a {size} px input does not fit this network: {str(e).splitlines()[0]}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, (kind, shape, geo, i) in seen.items():
+        if calls[name] == 1 and geo is not None and shape[-1] == shape[-2]:
+            out[name] = Traced(name, kind, int(shape[1]), int(shape[-1]), geo, i)
+    return dict(sorted(out.items(), key=lambda kv: kv[1].order))

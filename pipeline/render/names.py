@@ -1,0 +1,58 @@
+"""File names of a render: per feature map, per layer, the output folder, feature lists."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MAX_FEATURES = 1 << 20  # no layer has more channels; ranges are checked before they are expanded
+
+
+def safe_name(layer: str) -> str:
+    """A layer name usable in a file name (path separators and NUL replaced)."""
+    return re.sub(r"[/\\\x00]", "_", layer) or "_"
+
+
+def feature_files(layer: str, c: int) -> dict[str, str]:
+    n = safe_name(layer)
+    return {"feat": f"{n}_feat_{c}.png", "im": f"{n}_im_{c}.png", "pair": f"{n}_{c}.png", "array": f"{n}_feat_{c}.npy"}
+
+
+def layer_files(layer: str) -> dict[str, str]:
+    n = safe_name(layer)
+    return {"feat": f"{n}_feat.png", "im": f"{n}_im.png", "overview": f"{n}_overview.png"}
+
+
+def default_out_dir(store_path: str | Path) -> Path:
+    """``<store folder>/<store name>-render``: next to the store."""
+    p = Path(store_path)
+    return p.with_name(f"{p.stem}-render")
+
+
+def parse_features(spec) -> list[int]:
+    """``"0-63,171"`` -> sorted unique channel indices; ints and lists pass through."""
+    if spec is None:
+        return None
+    if isinstance(spec, int):
+        spec = [spec]
+    if not isinstance(spec, str):
+        out = sorted({int(v) for v in spec})
+        if any(v < 0 for v in out):
+            raise ValueError("feature indices must be >= 0")
+        return out
+    out: set[int] = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise ValueError(f"bad feature list {spec!r}: use numbers and ranges like 0-63,171")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"bad feature range {part!r}: end before start")
+        if hi >= MAX_FEATURES:
+            raise ValueError(f"feature {hi} is out of range: no layer has more than {MAX_FEATURES} channels")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise ValueError(f"no feature in {spec!r}")
+    return sorted(out)
