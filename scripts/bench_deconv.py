@@ -78,8 +78,8 @@ def captum_rate(net, layer: str, store: Store, entries, n: int):
         from captum.attr import Deconvolution
     except ImportError:
         return None
-    end = net.layers[layer].end
-    feats = copy.deepcopy(net.features[:end + 1]).cpu()
+    end = net.chain_index(layer)
+    feats = copy.deepcopy(net.model.features[:end + 1]).cpu()
     for i, m in enumerate(feats):
         if isinstance(m, nn.ReLU):
             feats[i] = nn.ReLU(inplace=False)  # Captum hooks ReLU modules; in-place ones break them
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best round counts")
     ap.add_argument("--no-captum", action="store_true")
+    ap.add_argument("--graph", default="resnet50:layer3.5", help="MODEL:LAYER for the general (autograd) path; '' skips")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,14 +142,14 @@ def main() -> None:
 
     with Store(path) as store:
         net = load_store_network(store)
-        dn = Deconvnet(net.modules, store.size)
-        sw_all = {net.layers[p].end: torch.from_numpy(store.switches(p, slice(None))) for p in store.pools()}
+        dn = Deconvnet(net.chain_modules(), store.size)
+        sw_all = {net.chain_index(p): torch.from_numpy(store.switches(p, slice(None))) for p in store.pools()}
         print(f"device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}, input {store.size} px")
         head = f"{'layer':<9}{'R':>5}{'batch':>7}{'batched/s':>11}{'single/s':>10}{'ratio':>8}"
         head += f"{'captum/s':>10}{'vs captum':>11}{'max|diff|':>11}"
         print(head)
         for layer in layers:
-            end = net.layers[layer].end
+            end = net.chain_index(layer)
             r, s, p = dn.geometry(end)
             deep = net.layers[layer].stride
             nb = args.batched or {4: 128, 8: 64}.get(deep, 32)
@@ -193,6 +194,75 @@ def main() -> None:
             print(line, flush=True)
     if tmp is not None:
         tmp.cleanup()
+    if args.graph:
+        graph_bench(args, *args.graph.split(":"))
+
+
+def graph_bench(args, model: str, layer: str) -> None:
+    """The general path (residual nets): batched autograd projections vs one at a time vs Captum."""
+    from pipeline import RunConfig, run
+    from pipeline.deconv import project_graph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(images=args.images, layer=layer, model=model, weights="random", size=args.size,
+                        limit=args.n_images, workers=0, out=str(Path(tmp) / "g.h5"), progress=False, device="cpu")
+        with Store(run(cfg).store) as store:
+            net = load_store_network(store)
+            prep = Preprocessing.from_dict(store.attrs["preprocessing"])
+            nb, ns, bs = args.batched or 32, args.single or 4, args.batch_size or 16
+            c, kept, y, x, v = (torch.as_tensor(a) for a in pick_entries(store, layer, nb))
+            rows, inv = np.unique(kept.numpy(), return_inverse=True)
+            inp = normalize(torch.from_numpy(store.pixels(rows)), prep)[torch.as_tensor(inv)]
+
+            def batched():
+                for st in range(0, nb, bs):
+                    sl = slice(st, st + bs)
+                    project_graph(net, layer, inp[sl], c[sl], y[sl], x[sl], v[sl])
+
+            def single():
+                for i in range(ns):
+                    sl = slice(i, i + 1)
+                    project_graph(net, layer, inp[sl], c[sl], y[sl], x[sl], v[sl])
+
+            tb = ts = float("inf")
+            for _ in range(max(1, args.repeat)):
+                tb, ts = min(tb, timed(batched) / nb), min(ts, timed(single) / ns)
+            cap = None if args.no_captum else graph_captum_rate(net, layer, inp, (c, y, x, v), ns)
+            print(f"\n{model} {layer} (general autograd path, {args.size} px): batched {1 / tb:.1f} proj/s "
+                  f"(batch {bs}), one at a time {1 / ts:.2f} proj/s, ratio {ts / tb:.1f}x"
+                  + (f"; Captum Deconvolution {cap:.2f} proj/s, ours {(1 / tb) / cap:.1f}x" if cap else ""))
+
+
+def graph_captum_rate(net, layer, inp, entries, n):
+    try:
+        from captum.attr import Deconvolution
+    except ImportError:
+        return None
+    body = copy.deepcopy(net.model)
+    for m in body.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    path, w = net.layers[layer].module, net.layers[layer].out_size
+
+    class Unit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = body
+
+        def forward(self, t):
+            out = {}
+            h = self.body.get_submodule(path).register_forward_hook(lambda m, i, o: out.setdefault("o", o))
+            self.body(t)
+            h.remove()
+            return out["o"].flatten(1)
+
+    dec = Deconvolution(Unit().eval())
+    warnings.filterwarnings("ignore")
+    c, y, x, v = entries
+    t0 = time.perf_counter()
+    for i in range(n):
+        dec.attribute(inp[i:i + 1].clone().requires_grad_(True), target=int(c[i] * w * w + y[i] * w + x[i]))
+    return n / (time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

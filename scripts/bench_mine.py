@@ -2,13 +2,15 @@
 """Mining overhead and memory, measured in one run on this machine.
 
 Prints, on the same decoded images and batch size:
-  - images/s of a bare torchvision forward pass up to the deepest requested layer,
-  - images/s of mine's streaming pass (hooks + spatial max + running top-k) for one
-    layer and for all conv layers, and their ratios to the bare pass,
+  - images/s of a bare torchvision forward pass up to the deepest requested layer (the graph
+    truncated there by torchvision's ``create_feature_extractor``: no hooks, nothing above it),
+  - images/s of mine's streaming pass (hooks + spatial max + running top-k) for one layer and
+    for the model's default layer set (``--layer all``), and their ratios to the bare pass,
+    for each model of ``--models`` (vgg16, resnet50, mobilenet_v2 by default),
   - decode-only throughput of the data path (files -> uint8 tensors),
   - peak RSS of a full `mine run` over 1k and 10k generated JPEGs (child processes).
 
-Targets on the 2-core CPU: all conv layers >= 0.90 x bare, one layer >= 0.95 x,
+Targets on the 2-core CPU: all default layers >= 0.90 x bare, one layer >= 0.95 x,
 peak RSS for 10k within 10% of 1k.
 
     python scripts/bench_mine.py                 # defaults: vgg16, 224 px, 32 images, batch 16
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.models.feature_extraction import create_feature_extractor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"))
     ap.add_argument("--rss-size", type=int, default=32, help="input size for the RSS runs (keeps 10k fast)")
+    ap.add_argument("--models", default="vgg16,resnet50,mobilenet_v2")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -100,7 +104,6 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
     tmp = Path(tempfile.mkdtemp(prefix="bench_mine_"))
     make_jpegs(tmp / "imgs", a.images)
-    net = load_network("vgg16", "random", a.size)
     prep = Preprocessing("torchvision", a.size)
     src = resolve_images(str(tmp / "imgs"))
     ds = ImageDataset(src, prep)
@@ -111,30 +114,31 @@ def main() -> None:
     print(f"decode+resize only (1 process): {decode:8.1f} img/s")
     dev = torch.device("cpu")
 
-    def bare(end):
-        seq = net.features[: end + 1]
+    def bare(net, layers):
+        deepest = max(layers, key=lambda n: net.layers[n].order)
+        trunk = create_feature_extractor(net.model, return_nodes=[net.layers[deepest].module]).eval()
 
         def go():
             with torch.inference_mode():
                 for b in batches:
-                    seq(normalize(b["pixels"], prep))
+                    trunk(normalize(b["pixels"], prep))
         return go
 
-    def mined(layers):
+    def mined(net, layers):
         def go():
             st = new_state(net, layers, 9, dev)
             stream(net, st, batches, prep, dev)
         return go
 
-    rows = []
-    all_conv = [n for n in net.layers if n.startswith("conv")]
-    for label, layers in (("1 layer (conv5_3)", ["conv5_3"]), ("all 13 conv layers", all_conv)):
-        end = max(net.layers[n].end for n in layers)
-        tb, tm = timed_pair(bare(end), mined(layers), a.repeat)
-        rows.append((label, a.images / tb, a.images / tm, tb / tm))
-    print(f"{'':<22}{'bare img/s':>12}{'mine img/s':>12}{'ratio':>8}   (target: 1 layer >= 0.95, all >= 0.90)")
-    for label, b, m, r in rows:
-        print(f"{label:<22}{b:12.2f}{m:12.2f}{r:8.3f}")
+    one = {"vgg16": "conv5_3", "resnet50": "layer3.5", "mobilenet_v2": "features.14"}
+    print(f"{'':<34}{'bare img/s':>12}{'mine img/s':>12}{'ratio':>8}   (target: 1 layer >= 0.95, all >= 0.90)")
+    for model in a.models.split(","):
+        net = load_network(model, "random", a.size)
+        every = net.select("all")
+        for label, layers in ((f"{model} 1 layer ({one.get(model, every[-1])})", [one.get(model, every[-1])]),
+                              (f"{model} all {len(every)} default layers", every)):
+            tb, tm = timed_pair(bare(net, layers), mined(net, layers), a.repeat)
+            print(f"{label:<34}{a.images / tb:12.2f}{a.images / tm:12.2f}{tb / tm:8.3f}", flush=True)
 
     small, large = a.rss
     make_jpegs(tmp / "many", large)

@@ -18,7 +18,8 @@
     /kept/pixels           (M, S, S, 3) uint8 network input before normalisation, RGB
     /switches/<pool>       (M, C, Ho, Wo) uint8 max-pool winner offset dy*kernel+dx
                            attrs kernel, stride, padding, dilation
-    /layers/<name>         attrs kind, channels, rf, stride, padding, out_size
+    /layers/<name>         attrs module (qualified module path), kind, channels, rf, stride,
+                           padding, out_size
     /layers/<name>/value   (C, k) float32, NaN where the slot is empty
     /layers/<name>/kept    (C, k) int64 row in /kept, -1 where empty
     /layers/<name>/key     (C, k) int64 image key, -1 where empty

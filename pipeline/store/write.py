@@ -51,7 +51,7 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
             for name, e in fin.layers.items():
                 li = net.layers[name]
                 g = lg.create_group(name)
-                g.attrs.update(kind=li.kind, channels=li.channels, rf=li.rf, stride=li.stride,
+                g.attrs.update(module=li.module, kind=li.kind, channels=li.channels, rf=li.rf, stride=li.stride,
                                padding=li.padding, out_size=li.out_size)
                 g.create_dataset("value", data=e.values)
                 g.create_dataset("kept", data=e.kept)
