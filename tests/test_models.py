@@ -267,3 +267,55 @@ def test_render_tiles_of_a_residual_net_match_reference_crops(stores, monkeypatc
                 pad = np.pad(ref[i], ((0, 0), (t, t), (t, t)))
                 want[:] = pad[:, oy[i] + t:oy[i] + 2 * t, ox[i] + t:ox[i] + 2 * t]
                 np.testing.assert_allclose(tiles[i], want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+CUSTOM = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """A user net: functional ReLUs, a residual add, a concatenation and a max-pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 5, padding=2)
+        self.head = nn.Conv2d(12, 6, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.stem(x)))
+        x = torch.relu(self.a(x)) + x
+        x = torch.cat([x, F.relu(self.b(x))], 1)
+        return self.head(x).relu()
+
+
+def build():
+    return Tiny()
+'''
+
+
+def test_custom_model_by_factory(tmp_path, monkeypatch, images):
+    """`package.module:factory` with --weights PATH: layers, geometry, mining and render work."""
+    (tmp_path / "usernet.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = load_network("usernet:build", "random", 32)
+    assert net.select("all") == ["stem", "pool", "a", "b", "head"]
+    # by hand: stem 3/1/1, pool 4/2/1, a 8/2/3, the add takes the union 8/2/3, b adds 4 x 2: 16/2/7,
+    # the cat the union of 8/2/3 and 16/2/7, then 3x3/2: 20/4/9
+    assert net.layers["b"].geometry.rsp == (16, 2, 7)
+    assert net.layers["head"].geometry.rsp == (20, 4, 9)
+    state = tmp_path / "w.pt"
+    torch.save({k: v + 0.01 for k, v in net.model.state_dict().items()}, state)
+    cfg = RunConfig(images=str(images), layer="all", model="usernet:build", weights=str(state), size=32, k=3,
+                    workers=0, device="cpu", progress=False, out=str(tmp_path / "u.h5"))
+    with Store(run(cfg).store) as s:
+        assert s.attrs["model"] == "usernet:build" and list(s.layers) == ["stem", "pool", "a", "b", "head"]
+        rnd = Renderer(s, load_store_network(s), "cpu")
+        tiles, crops, filled = rnd.feature("head", 0)
+        assert filled.any() and np.abs(tiles[filled]).max() > 0 and tiles.shape[-1] == 20
+    with pytest.raises(ValueError, match="cannot import"):
+        load_network("nosuchpackage.mod:build", "random", 32)
