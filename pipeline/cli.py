@@ -279,5 +279,30 @@ def render(
     typer.echo(result.summary())
 
 
+@app.command()
+def visualize(
+    layer: str = typer.Option(..., help="One layer, e.g. conv4_3 or features.14 (see `mine layers`)."),
+    features: str = typer.Option("0-15", help="Units (channels), e.g. 0-15,171."),
+    model: str = typer.Option("vgg19", help="Any model --model takes."),
+    weights: str = typer.Option("imagenet", help="imagenet | hed | random | PATH."),
+    objective: str = typer.Option("channel", help="channel: the mean of the unit's map | neuron: the unit at the map's centre."),
+    steps: int = typer.Option(512, help="Optimisation steps (Adam)."),
+    size: int = typer.Option(224, help="Image size (the network input)."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same images."),
+    batch_size: int = typer.Option(16, help="Units optimised together (one image each)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    out: Path = typer.Option(Path("visualize"), help="Output folder."),
+    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB images in [0,1] as .npy."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation, Adam)."""
+    from .visualize.run import visualize_layer
+
+    paths = guarded(visualize_layer, model=model, weights=weights, layer=layer, features=features,
+                    objective=objective, steps=steps, size=size, seed=seed, batch_size=batch_size,
+                    device=device, out=out, save_arrays=save_arrays, progress=not quiet)
+    typer.echo(f"visualised {len(paths) - 1} unit(s) of {layer} -> {paths[-1]}")
+
+
 def main() -> None:  # pragma: no cover
     app()

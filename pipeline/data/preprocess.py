@@ -52,6 +52,7 @@ __all__ = [
     "TORCHVISION_STD",
     "channel_order",
     "normalize",
+    "normalize_float",
     "pad_color",
     "to_pixels",
 ]
@@ -187,7 +188,17 @@ def normalize(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
             "normalize expects uint8 pixels shaped (B, H, W, 3), "
             f"got {pixels.dtype} {tuple(pixels.shape)}"
         )
-    x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+    return _standardise(pixels.permute(0, 3, 1, 2).to(torch.float32), prep)
+
+
+def normalize_float(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Differentiable twin of :func:`normalize` for float RGB images ``(B, 3, H, W)`` in [0, 1]
+    (what feature visualisation optimises): the same channel order, mean and std."""
+    return _standardise(image * 255.0, prep)
+
+
+def _standardise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """RGB ``(B, 3, H, W)`` on the 0..255 scale -> the weights' convention."""
     if prep.mode == "caffe":
         x = x.flip(1)  # RGB -> BGR
         mean = torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float32, device=x.device)
