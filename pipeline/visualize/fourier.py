@@ -19,11 +19,12 @@ COLOR = COLOR_SQRT / COLOR_SQRT.norm(dim=0).max()
 
 
 def frequency_scale(h: int, w: int, decay: float = 1.0) -> torch.Tensor:
-    """1/f^decay per rfft2 coefficient, (h, w//2 + 1), times sqrt(h w) so pixel values stay O(1)."""
+    """1/f^decay per rfft2 coefficient, (h, w//2 + 1). With the orthonormal inverse FFT this is
+    lucid's scaling (its unnormalised TF inverse divides by h w, which its sqrt(h w) factor halves)."""
     fy = torch.fft.fftfreq(h)[:, None]
     fx = torch.fft.rfftfreq(w)[None, :]
     f = (fy ** 2 + fx ** 2).sqrt().clamp_min(1.0 / max(h, w))
-    return f.pow(-decay) * (h * w) ** 0.5
+    return f.pow(-decay)
 
 
 class FourierImage(torch.nn.Module):
