@@ -222,12 +222,19 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
         typer.echo(f"created      {a.get('created')}  mine {a['versions'].get('mine')}")
 
 
+def source_file(root: str, path: str) -> str:
+    """A stored image path that opens as it is: absolute paths stay, relative ones join the images root."""
+    p = Path(path)
+    return str(p if p.is_absolute() or not root else Path(root) / p)
+
+
 @app.command()
 def top(
     store: Path = typer.Argument(..., help="A store written by `mine run`."),
     layer: Optional[str] = typer.Option(None, help="Layer (default: the store's only/first layer)."),
     feature: int = typer.Option(..., help="Channel index."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON array of entries (stable format)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON array of entries (stable format; `file` is the "
+                                 "image path joined to the store's images root, openable as it is)."),
 ) -> None:
     """List a channel's kept entries (rank, value, image, position, receptive-field box)."""
     from .store.read import Store
@@ -236,10 +243,34 @@ def top(
         name = layer or s.layers[0]
         entries = guarded(s.entries, name, feature)
         if as_json:
-            sys.stdout.write(json.dumps([e.to_json() for e in entries]) + "\n")
+            root = str(s.attrs.get("images_root") or "")
+            rows = [dict(e.to_json(), images_root=root, file=source_file(root, e.path)) for e in entries]
+            sys.stdout.write(json.dumps(rows) + "\n")
             return
         for e in entries:
             typer.echo(f"{e.rank:>3} {e.value:>12.5g}  y={e.y:<3} x={e.x:<3} box={list(e.box)}  {e.path}")
+
+
+def only_store(folder: Path) -> Path:
+    """The one store (``*.h5`` of format mine-store) in ``folder``; otherwise an error naming the candidates."""
+    import h5py
+
+    from .store.schema import FORMAT
+
+    def is_store(p: Path) -> bool:
+        try:
+            with h5py.File(p, "r") as f:
+                fmt = f.attrs.get("format")
+        except OSError:
+            return False
+        return (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT
+
+    found = sorted(p for p in folder.glob("*.h5") if is_store(p))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"no store (*.h5 of format mine-store) in {folder}: give one, mine render STORE")
+    raise ValueError(f"{len(found)} stores in {folder}: give one of " + ", ".join(p.name for p in found))
 
 
 @app.command()
@@ -251,7 +282,13 @@ def render(
     features: Optional[str] = typer.Option(None, help="Channels, e.g. 0-63,171. Default: every channel."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render next to the store)."),
     weights: Optional[str] = typer.Option(None, help="Weights (default: the store's; must match its weights hash)."),
-    shared_scale: bool = typer.Option(False, "--shared-scale", help="One display scale per montage instead of per tile."),
+    method: str = typer.Option("deconvnet", help="deconvnet (Zeiler & Fergus) | guided (guided backprop) | gradient (saliency)."),
+    contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
+                                 "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
+    show: str = typer.Option("patch", help="Beside the projections: patch (receptive field) | heatmap (the unit's "
+                             "activation over the whole image, top-quantile region outlined) | both."),
+    quantile: float = typer.Option(0.99, help="Heatmap level: the unit's activation quantile over all positions."),
+    shared_scale: bool = typer.Option(False, "--shared-scale", hidden=True, help="Deprecated: --contrast shared."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget)."),
@@ -260,22 +297,26 @@ def render(
     force: bool = typer.Option(False, help="Re-render even what is up to date."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Render deconvnet projections and receptive-field patches of a store's top activations."""
+    """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations."""
     from .render import render_store
 
     path = store or store_arg
     if path is None:
-        fail("give a store: mine render STORE (or --store STORE)", exitcodes.BAD_ARGS)
+        path = guarded(only_store, Path.cwd())
     if store is not None and store_arg is not None and Path(store) != Path(store_arg):
         fail(f"two different stores given: {store_arg} and --store {store}", exitcodes.BAD_ARGS)
     if feature is not None and features is not None:
         fail("give --feature or --features, not both", exitcodes.BAD_ARGS)
     if batch_size is not None and batch_size < 1:
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
+    if shared_scale:
+        typer.echo("warning: --shared-scale is deprecated; use --contrast shared", err=True)
+        contrast = "shared"
     sel = [feature] if feature is not None else features
     result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
-                     shared_scale=shared_scale, save_arrays=save_arrays, device=device, batch_size=batch_size,
-                     overview_features=overview, progress=not quiet, force=force)
+                     contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
+                     overview_features=overview, progress=not quiet, force=force, method=method, show=show,
+                     quantile=quantile)
     typer.echo(result.summary())
 
 

@@ -25,7 +25,7 @@ from pipeline.models.errors import WeightsError
 from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import build_model, load_network
 from pipeline.render import Renderer, feature_files, layer_files, load_store_network, parse_features, render_store
-from pipeline.render.index_html import FeatureLinks, LayerLinks, write_index
+from pipeline.render.index_html import EntryView, LayerView, SiteMeta, UnitView, write_site
 from pipeline.render.montage import BACKGROUND, GAP, PAIR_GAP, grid, overview, side_by_side, tile_scale
 from pipeline.render.normalise import display, to_rgb
 from pipeline.store.read import Entry
@@ -120,12 +120,12 @@ def test_display_zero_is_mid_grey_and_scales():
     t = np.zeros((3, 3, 2, 2), np.float32)
     t[0, 0, 0, 0], t[0, 1, 0, 0] = 2.0, -2.0
     t[1, 2, 1, 1] = 0.5
-    d = display(t)
+    d = display(t, "max")
     assert d.shape == (3, 2, 2, 3) and d.dtype == np.uint8
     assert tuple(d[0, 0, 0]) == (255, 0, 128)
     assert tuple(d[1, 1, 1]) == (128, 128, 255), "each tile scaled on its own"
     assert (d[2] == 128).all(), "an all-zero tile is uniform grey"
-    shared = display(t, shared=True)
+    shared = display(t, "shared")
     assert tuple(shared[1, 1, 1]) == (128, 128, 159), "one scale for the whole montage"
 
 
@@ -230,7 +230,9 @@ def test_rendered_files_sizes_and_arrays(rendered, store_path):
             for c in (0, s.channels(layer) - 1):
                 fs = feature_files(layer, c)
                 assert fs == {"feat": f"{layer}_feat_{c}.png", "im": f"{layer}_im_{c}.png",
-                              "pair": f"{layer}_{c}.png", "array": f"{layer}_feat_{c}.npy"}
+                              "heat": f"{layer}_heat_{c}.png", "pair": f"{layer}_{c}.png",
+                              "array": f"{layer}_feat_{c}.npy", "page": f"{layer}_unit_{c}.html",
+                              "overlay": f"units/{layer}_{c}_heat.png"}
                 side = 3 * t + 2 * GAP
                 assert Image.open(out / fs["feat"]).size == (side, side)
                 assert Image.open(out / fs["im"]).size == (side, side)
@@ -305,27 +307,38 @@ def check_links(out: Path, page: str) -> Links:
     return p
 
 
-def test_index_links_resolve(rendered):
-    page = (rendered.out / "index.html").read_text()
-    assert "<link" not in page and "<script" not in page, "self-contained page"
-    p = check_links(rendered.out, page)
-    assert sum(1 for link in p.links if link.endswith("_0.png")) >= 2
-    ids = {a.split("#", 1)[1] for a in p.links if a.startswith("#")}
-    assert {"layer-conv1_1", "layer-conv2_1"} <= ids
+def test_every_viewer_page_links_resolve(rendered):
+    out = rendered.out
+    index = (out / "index.html").read_text()
+    assert "<link" not in index and "://" not in index.split("<script")[0], "self-contained page"
+    p = check_links(out, index)
+    assert {layer_files(n)["page"] for n in ("conv1_1", "conv2_1")} <= set(p.links)
+    pages = list(out.glob("*.html"))
+    assert len(pages) == 1 + 2 + 64 + 128, "index, a page per layer, a page per rendered unit"
+    for page in pages:
+        check_links(out, page.read_text())
+    layer = check_links(out, (out / layer_files("conv2_1")["page"]).read_text())
+    assert sum(1 for link in layer.links if link.endswith("_unit_5.html")) >= 1
 
 
-def test_index_escapes_hostile_names(tmp_path):
-    hostile = 'a<b>&"\' x%#?'
-    names = [f"{hostile}_{n}.png" for n in ("feat_1", "im_1", "1", "feat", "im", "overview")]
+def test_viewer_escapes_hostile_names(tmp_path):
+    hostile = 'a<b>&"\' x%#?<script>'
+    names = [f"{hostile}_{n}.png" for n in ("feat", "im", "overview", "1", "feat_1", "im_1", "heat", "img")]
     for n in names:
         Image.new("RGB", (2, 2)).save(tmp_path / n)
-    layer = LayerLinks(hostile, 3, 5, names[3], names[4], names[5],
-                       [FeatureLinks(1, names[2], names[0], names[1], None, 0.5)])
-    page = write_index(tmp_path, [layer], title=f"<script>{hostile}").read_text()
-    assert "<b>" not in page and "<script>" not in page.split("<style>")[0] + page.split("</style>")[1]
-    p = check_links(tmp_path, page)
-    assert p.imgs == 4
-    assert any(hostile in t for t in p.text), "names are shown as text, escaped, not dropped"
+    entry = EntryView(0, 1.5, f"dir/{hostile}.jpg", (0, 0, 2, 2), names[7])
+    unit = UnitView(1, 1.5, page=f"{hostile}_unit_1.html", pair=names[3], level=0.5, level_note="note",
+                    feat=names[4], im=names[5], overlay=names[6], tile=2, entries=[entry])
+    layer = LayerView(hostile, f"layer-{hostile}.html", 3, 5, names[0], names[1], names[2], [UnitView(0), unit])
+    meta = SiteMeta(title=f"<script>{hostile}", store=hostile, images_root=f"/r/{hostile}")
+    write_site(tmp_path, [layer], meta)
+    for page in ("index.html", layer.page, unit.page):
+        text = (tmp_path / page).read_text()
+        body = text.split("</style>")[1].split('<script type="application/json"')[0]
+        assert "<b>" not in body and "<script" not in body
+        p = check_links(tmp_path, text)
+        assert p.imgs >= 1
+        assert any(hostile in t for t in p.text), "names are shown as text, escaped, not dropped"
 
 
 # --- re-runs, selection, weights ------------------------------------------------------------
@@ -342,9 +355,9 @@ def test_rerun_skips_up_to_date_and_force(store_path, tmp_path):
     forced = render_store(store_path, out=tmp_path, layers="conv3_1", features=[1], device="cpu", progress=False,
                           force=True)
     assert forced.rendered == 1
-    page = (tmp_path / "index.html").read_text()
+    page = (tmp_path / layer_files("conv3_1")["page"]).read_text()
     for c in (1, 2, 3, 4):
-        assert feature_files("conv3_1", c)["pair"] in page, "index lists everything rendered here"
+        assert feature_files("conv3_1", c)["pair"] in page, "the layer page lists everything rendered here"
 
 
 def test_parse_features():

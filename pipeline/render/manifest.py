@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..store.read import Store
 
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 MANIFEST = ".mine-render.json"
 
 
@@ -20,7 +20,7 @@ def store_key(store: Store) -> str:
 
 
 def load_manifest(out: Path, key: str, options: dict) -> dict:
-    fresh = {"version": RENDER_VERSION, "store": key, "options": options, "features": {}, "layers": []}
+    fresh = {"version": RENDER_VERSION, "store": key, "options": options, "features": {}, "layers": [], "units": {}}
     try:
         m = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -29,6 +29,7 @@ def load_manifest(out: Path, key: str, options: dict) -> dict:
         return fresh
     m.setdefault("features", {})
     m.setdefault("layers", [])
+    m.setdefault("units", {})
     return m
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["GAP", "PAIR_GAP", "BACKGROUND", "MIN_TILE", "tile_scale", "enlarge", "grid", "side_by_side",
-           "overview", "save_png", "grid_shape"]
+           "overview", "save_png", "grid_shape", "fit_height"]
 
 GAP = 2
 PAIR_GAP = 8
@@ -78,7 +78,7 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = PAIR_GAP, bg: i
     return out
 
 
-def _fit(img: np.ndarray, height: int) -> np.ndarray:
+def fit_height(img: np.ndarray, height: int) -> np.ndarray:
     if img.shape[0] == height:
         return img
     w = max(1, round(img.shape[1] * height / img.shape[0]))
@@ -94,7 +94,7 @@ def overview(pairs: list[np.ndarray], cols: int = 4, height: int = 160, gap: int
     """
     if not pairs:
         return np.full((height, height, 3), bg, np.uint8)
-    blocks = [_fit(p, height) for p in pairs]
+    blocks = [fit_height(p, height) for p in pairs]
     width = max(b.shape[1] for b in blocks)
     rows = math.ceil(len(blocks) / cols)
     cols = min(cols, len(blocks))

@@ -14,12 +14,18 @@ def safe_name(layer: str) -> str:
 
 def feature_files(layer: str, c: int) -> dict[str, str]:
     n = safe_name(layer)
-    return {"feat": f"{n}_feat_{c}.png", "im": f"{n}_im_{c}.png", "pair": f"{n}_{c}.png", "array": f"{n}_feat_{c}.npy"}
+    return {"feat": f"{n}_feat_{c}.png", "im": f"{n}_im_{c}.png", "heat": f"{n}_heat_{c}.png", "pair": f"{n}_{c}.png",
+            "array": f"{n}_feat_{c}.npy", "page": f"{n}_unit_{c}.html", "overlay": f"units/{n}_{c}_heat.png"}
+
+
+def kept_image_file(kept: int) -> str:
+    """A kept image as the network saw it (before normalisation), once per image (``images/``)."""
+    return f"images/{int(kept)}.jpg"
 
 
 def layer_files(layer: str) -> dict[str, str]:
     n = safe_name(layer)
-    return {"feat": f"{n}_feat.png", "im": f"{n}_im.png", "overview": f"{n}_overview.png"}
+    return {"feat": f"{n}_feat.png", "im": f"{n}_im.png", "overview": f"{n}_overview.png", "page": f"layer-{n}.html"}
 
 
 def default_out_dir(store_path: str | Path) -> Path:

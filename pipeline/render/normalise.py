@@ -1,10 +1,18 @@
 """From projection values to display pixels, and from the network's channel order to RGB.
 
-Display: a tile ``x`` becomes ``x / (2 * max|x|) + 0.5`` so zero is mid-grey, the strongest
-positive value white-ish and the strongest negative black-ish, with the sign preserved. By
-default each tile has its own scale (``max|x|`` over that tile); ``shared=True`` uses one scale
-for every tile passed in (one montage), which shows how strong the projections are relative to
-each other. An all-zero tile is uniform grey.
+Display: a tile ``x`` becomes ``clip(x / (2 * s) + 0.5, 0, 1)``: zero is mid-grey, ``+s`` white,
+``-s`` black, the sign preserved. The contrast mode chooses the scale ``s``:
+
+* ``robust`` (default): per tile, the ``ROBUST_PERCENTILE``-th percentile of ``|x|`` over the
+  tile's pixels and colours; the few values beyond it are clipped. Projections are heavy-tailed
+  (a handful of pixels near the unit's centre dominate), so a scale set by the single largest
+  pixel leaves most of the structure within a few grey levels of the background;
+* ``max``: per tile, ``max|x|`` (nothing clipped; the 0.1 release's display);
+* ``shared``: one robust scale for every tile passed in (one montage), which shows how strong the
+  projections are relative to each other.
+
+When the percentile of a sparse tile is 0 (most pixels exactly zero) its max is used instead. An
+all-zero tile is uniform grey.
 
 Channel order: projections come out in the order of the network's input channels, which is BGR
 for Caffe-converted weights. :func:`to_rgb` turns them into RGB *before* anything is displayed
@@ -16,7 +24,10 @@ import numpy as np
 
 from ..data.preprocess import Preprocessing, channel_order
 
-__all__ = ["to_rgb", "display"]
+__all__ = ["CONTRASTS", "ROBUST_PERCENTILE", "display", "scales", "to_rgb"]
+
+CONTRASTS = ("robust", "max", "shared")
+ROBUST_PERCENTILE = 99.0
 
 
 def to_rgb(tiles: np.ndarray, prep: Preprocessing | str) -> np.ndarray:
@@ -28,15 +39,28 @@ def to_rgb(tiles: np.ndarray, prep: Preprocessing | str) -> np.ndarray:
     return np.ascontiguousarray(tiles[:, ::-1]) if order == "BGR" else tiles
 
 
-def display(tiles: np.ndarray, shared: bool = False) -> np.ndarray:
-    """(N, 3, R, R) float -> (N, R, R, 3) uint8 with zero at mid-grey."""
+def scales(tiles: np.ndarray, contrast: str = "robust", percentile: float | None = None) -> np.ndarray:
+    """(N,) display scale of each of N tiles (N, ...) under a contrast mode (see the module doc)."""
+    if contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r}; use one of: {', '.join(CONTRASTS)}")
+    q = ROBUST_PERCENTILE if percentile is None else float(percentile)
+    a = np.abs(np.asarray(tiles, dtype=np.float64)).reshape(len(tiles), -1)
+    if a.size == 0:
+        return np.zeros(len(a))
+    if contrast == "shared":
+        a = a.reshape(1, -1)
+    top = a.max(1)
+    s = top if contrast == "max" else np.percentile(a, q, axis=1)
+    s = np.where(s > 0, s, top)
+    return np.broadcast_to(s, (len(tiles),)).copy()
+
+
+def display(tiles: np.ndarray, contrast: str = "robust", percentile: float | None = None) -> np.ndarray:
+    """(N, 3, R, R) float -> (N, R, R, 3) uint8 with zero at mid-grey (see the module doc)."""
     t = np.asarray(tiles, dtype=np.float64)
     if t.ndim != 4:
         raise ValueError(f"expected (N, 3, R, R) tiles, got shape {t.shape}")
-    if shared:
-        m = np.full((len(t), 1, 1, 1), np.abs(t).max() if t.size else 0.0)
-    else:
-        m = np.abs(t).reshape(len(t), -1).max(1).reshape(-1, 1, 1, 1) if len(t) else np.zeros((0, 1, 1, 1))
+    m = scales(t, contrast, percentile).reshape(-1, 1, 1, 1)
     scaled = np.where(m > 0, t / (2 * np.where(m > 0, m, 1)), 0.0) + 0.5
-    px = np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+    px = np.clip(np.rint(np.clip(scaled, 0.0, 1.0) * 255), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(px.transpose(0, 2, 3, 1))

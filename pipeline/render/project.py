@@ -18,6 +18,7 @@ from ..data import normalize
 from ..data.preprocess import Preprocessing
 from ..deconv import METHODS, Deconvnet, graph_entry_bytes, project_graph
 from ..deconv.tiles import shift_crop
+from ..mining.taps import hooked, run_to
 from ..models.errors import WeightsError
 from ..models.geometry import crop_tiles
 from ..models.network import Network
@@ -210,3 +211,28 @@ class Renderer:
         tiles[sel], crops[sel] = self.project(layer, np.full(len(sel), c), a["kept"][c, sel], a["y"][c, sel],
                                               a["x"][c, sel], a["value"][c, sel])
         return tiles, crops, filled
+
+    def pixels(self, kept) -> np.ndarray:
+        """(N, S, S, 3) uint8 network inputs (before normalisation) of kept-image rows."""
+        pix, pidx = self._pixel_rows().get(np.asarray(kept, np.int64).reshape(-1))
+        return np.asarray(pix)[pidx]
+
+    def maps(self, layer: str, kept, channel, batch: int = 16) -> np.ndarray:
+        """(N, h, w) float32: the layer's map of channel ``channel[i]`` on kept image ``kept[i]``.
+
+        One forward pass (up to the layer) per distinct image, whatever the number of entries.
+        """
+        kept, channel = (np.asarray(a, np.int64).reshape(-1) for a in (kept, channel))
+        li = self.net.layers[layer]
+        out = np.zeros((len(kept), li.out_size, li.out_size), np.float32)
+        uniq = np.unique(kept)
+        got: dict[str, torch.Tensor] = {}
+        for s in range(0, len(uniq), batch):
+            rows = uniq[s:s + batch]
+            px = torch.from_numpy(np.ascontiguousarray(self.pixels(rows))).to(self.device)
+            with torch.inference_mode(), hooked(self.net, [layer], lambda n, o: got.__setitem__(n, o)):
+                run_to(self.net, normalize(px, self.prep))
+            sel = np.nonzero(np.isin(kept, rows))[0]
+            local = torch.as_tensor(np.searchsorted(rows, kept[sel]), device=self.device)
+            out[sel] = got[layer][local, torch.as_tensor(channel[sel], device=self.device)].float().cpu().numpy()
+        return out

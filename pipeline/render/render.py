@@ -9,13 +9,19 @@ Files written into ``out`` (``{layer}`` made file-safe, ``{c}`` the channel)::
     {layer}_feat_{c}.png   3 x 3 projections of the channel's top-9 (best first)
     {layer}_im_{c}.png     the matching receptive-field patches, same geometry (T x T tiles,
                            T = min(R, input size))
-    {layer}_{c}.png        the two side by side
+    {layer}_heat_{c}.png   with show heatmap/both: each entry's whole image, the region where the
+                           unit exceeds its top-quantile level outlined, its box drawn (S x S tiles)
+    {layer}_{c}.png        projections beside patches, heatmaps or both (``show``)
+    {layer}_unit_{c}.html  the unit's page of the viewer (see ``index_html``)
+    units/{layer}_{c}_heat.png  the k heatmap overlays (RGBA, S x S each, side by side) and
+    images/{kept}.jpg      each kept image once: the unit pages lay the first over the second
     {layer}_feat_{c}.npy   with save_arrays: float32 (k, 3, T, T) projections, RGB, zeros for
                            empty slots, in the activation's value scale (no display scaling)
     {layer}_feat.png       per layer (whole-layer renders): the best entry of each of the 9
     {layer}_im.png           strongest channels, projections / patches
     {layer}_overview.png   Zeiler & Fergus Fig. 2 style grid of the strongest feature maps
-    index.html             browse everything rendered into this folder
+    {layer}.html           the layer's page of the viewer: every unit, sortable, dead units marked
+    index.html             the viewer's start page (self-contained, works from file://)
     .mine-render.json      manifest: which store/options produced which files (re-runs skip
                            what is up to date)
 
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,32 +46,59 @@ from ..deconv import METHODS
 from ..devices import resolve_device
 from ..models.layers import select_layers
 from ..store.read import Store, strongest_channels
-from .index_html import FeatureLinks, LayerLinks, write_index
+from . import index_html as site
+from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import load_manifest, save_manifest, store_key
-from .montage import enlarge, grid, grid_shape, overview, save_png, side_by_side, tile_scale
-from .names import default_out_dir, feature_files, layer_files, parse_features
-from .normalise import display
+from .montage import enlarge, fit_height, grid, grid_shape, overview, save_png, side_by_side, tile_scale
+from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
+from .normalise import CONTRASTS, display
 from .project import Renderer, load_store_network
 
-__all__ = ["RenderResult", "render_store"]
+__all__ = ["RenderResult", "SHOWS", "render_store"]
 
 METHOD_TITLES = {"deconvnet": "deconvnet (Zeiler & Fergus)", "guided": "guided backpropagation",
                  "gradient": "gradient (saliency)"}
+SHOWS = ("patch", "heatmap", "both")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What decides the pixels of a render (recorded in the manifest: changing one re-renders)."""
+
+    method: str = "deconvnet"
+    contrast: str = "robust"
+    show: str = "patch"
+    quantile: float = DEFAULT_QUANTILE
+    overview: int = 16
+
+    def check(self) -> None:
+        for name, val, allowed in (("method", self.method, METHODS), ("contrast", self.contrast, CONTRASTS),
+                                   ("show", self.show, SHOWS)):
+            if val not in allowed:
+                raise ValueError(f"unknown {name} {val!r}; use one of: {', '.join(allowed)}")
+        if not 0 < self.quantile < 1:
+            raise ValueError(f"--quantile must be in (0, 1), got {self.quantile}")
+        if self.overview < 0:
+            raise ValueError("overview needs a feature count >= 0")
 
 
 # --- montages -----------------------------------------------------------------------------
-def _montages(tiles: np.ndarray, crops: np.ndarray, filled: np.ndarray, k: int, shared: bool):
-    """(projection montage, patch montage) as uint8 images; empty slots stay background."""
-    r = crops.shape[1]
+def _montage(tiles: np.ndarray, filled: np.ndarray, k: int) -> np.ndarray:
+    """k uint8 (T, T, 3) tiles in a grid, enlarged to at least MIN_TILE; empty slots stay background."""
+    r = tiles.shape[1]
     f = tile_scale(r)
+    big = enlarge(tiles, f)
     rows, cols = grid_shape(k)
-    disp = enlarge(display(tiles, shared=shared), f)
-    big = enlarge(crops, f)
-    pt = [disp[i] if filled[i] else None for i in range(len(tiles))]
-    it = [big[i] if filled[i] else None for i in range(len(tiles))]
-    return grid(pt, rows, cols, tile=r * f), grid(it, rows, cols, tile=r * f)
+    return grid([big[i] if filled[i] else None for i in range(len(tiles))], rows, cols, tile=r * f)
 
 
+def _pair(proj: np.ndarray, im: np.ndarray | None, heat: np.ndarray | None) -> np.ndarray:
+    """Projections beside patches and/or heatmaps (heatmaps scaled to the projections' height)."""
+    out = proj
+    for right in (im, heat):
+        if right is not None:
+            out = side_by_side(out, fit_height(right, proj.shape[0]) if right is heat else right)
+    return out
 # --- the command ----------------------------------------------------------------------------
 @dataclass
 class RenderResult:
@@ -108,7 +142,7 @@ def render_store(
     layers: str | list[str] | None = None,
     features=None,
     weights: str | None = None,
-    shared_scale: bool = False,
+    contrast: str = "robust",
     save_arrays: bool = False,
     device: str = "auto",
     batch_size: int | None = None,
@@ -116,6 +150,9 @@ def render_store(
     progress: bool = True,
     force: bool = False,
     method: str = "deconvnet",
+    show: str = "patch",
+    quantile: float = DEFAULT_QUANTILE,
+    shared_scale: bool | None = None,
 ) -> RenderResult:
     """Render a store: every channel of every layer by default, or the selected ones.
 
@@ -126,16 +163,20 @@ def render_store(
     features are selected (overview of 16 by default) or when ``overview_features`` is given:
     a quick look at a big store is ``features="0-3", overview_features=16``.
     Re-running skips feature maps whose files are up to date unless ``force``. ``method``:
-    deconvnet (default), guided or gradient (see ``deconv.rules``).
+    deconvnet (default), guided or gradient (see ``deconv.rules``); ``contrast``: robust
+    (default), max or shared (see ``normalise``); ``show``: what goes beside the projections,
+    patch (default), heatmap or both, with the heatmap level at the unit's ``quantile`` (see
+    ``heatmap``). ``shared_scale=True`` is the deprecated spelling of ``contrast="shared"``.
     """
     t0 = time.perf_counter()
     feats = parse_features(features)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
-    if overview_features is not None and overview_features < 0:
-        raise ValueError("overview needs a feature count >= 0")
-    layer_level = feats is None or bool(overview_features)
+    if shared_scale:
+        warnings.warn("shared_scale is deprecated; use contrast='shared'", DeprecationWarning, stacklevel=2)
+        contrast = "shared"
     n_overview = 16 if overview_features is None else overview_features
+    opts = Options(method, contrast, show, float(quantile), int(n_overview))
+    opts.check()
+    layer_level = feats is None or bool(overview_features)
     with Store(store_path) as store:
         plan = _plan(store, layers, feats)
         if feats is not None and layer_level:  # the overview shows the strongest maps: render them
@@ -145,17 +186,17 @@ def render_store(
         rnd = Renderer(store, net, dev, batch_size, method=method)
         out_dir = Path(out) if out is not None else default_out_dir(store.path)
         out_dir.mkdir(parents=True, exist_ok=True)
-        options = {"shared_scale": bool(shared_scale), "overview": int(n_overview), "method": method}
         key = store_key(store)
-        man = load_manifest(out_dir, key, options)
+        man = load_manifest(out_dir, key, asdict(opts))
         res = RenderResult(out_dir, out_dir / "index.html", layers=list(plan))
 
         def up_to_date(layer: str, c: int) -> bool:
             if force or c not in man["features"].get(layer, []):
                 return False
             fs = feature_files(layer, c)
-            need = ["feat", "im", "pair"] + (["array"] if save_arrays else [])
-            return all((out_dir / fs[n]).exists() for n in need)
+            need = ["feat", "im", "pair", "overlay"] + (["heat"] if opts.show != "patch" else []) + (
+                ["array"] if save_arrays else [])
+            return all((out_dir / fs[n]).exists() for n in need) and str(c) in man["units"].get(layer, {})
 
         todo = {n: [c for c in cs if not up_to_date(n, c)] for n, cs in plan.items()}
         todo_layers = [n for n in plan if layer_level and (force or not (
@@ -168,55 +209,100 @@ def render_store(
                 arrays = store.arrays(layer)
                 if todo[layer]:
                     rnd.tile(layer)
+                    levels = unit_level(store, layer, opts.quantile)
+                    maps = _unit_maps(rnd, layer, todo[layer], arrays)
                     per_chunk = max(1, rnd.batch_for(layer) // max(k, 1))
                     for s in range(0, len(todo[layer]), per_chunk):
                         chunk = todo[layer][s:s + per_chunk]
-                        res.projections += _render_features(rnd, layer, chunk, arrays, out_dir, shared_scale,
-                                                            save_arrays, k)
+                        res.projections += _render_features(rnd, layer, chunk, arrays, out_dir, opts, save_arrays,
+                                                            maps, levels, man.setdefault("units", {}).setdefault(layer, {}))
                         done = set(man["features"].get(layer, [])) | set(chunk)
                         man["features"][layer] = sorted(done)
                         save_manifest(out_dir, man)
                         res.rendered += len(chunk)
                         bar.update(len(chunk))
                 if layer in todo_layers:
-                    res.projections += _render_layer(rnd, layer, arrays, out_dir, shared_scale, k, n_overview)
+                    res.projections += _render_layer(rnd, layer, arrays, out_dir, opts.contrast, k, n_overview)
                     man["layers"] = sorted(set(man["layers"]) | {layer})
                     save_manifest(out_dir, man)
                     bar.update(1)
         save_manifest(out_dir, man)
-        _index(store, man, out_dir, method)
+        _site(store, man, out_dir, opts)
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path,
-                     shared: bool, save_arrays: bool, k: int) -> int:
-    """Project every filled slot of the channels in ``chunk`` in one batch, write their files."""
+def _unit_maps(rnd: Renderer, layer: str, chans: list[int], arrays: dict) -> dict[int, np.ndarray]:
+    """Channel -> (filled slots, h, w) maps on its kept images, best first: one forward per kept image."""
+    kept = arrays["kept"][chans]
+    ci, ri = np.nonzero(kept >= 0)
+    ch = np.asarray(chans, np.int64)[ci]
+    maps = rnd.maps(layer, kept[ci, ri], ch)
+    return {c: maps[ch == c] for c in chans}
+
+
+def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path, opts: Options,
+                     save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, units: dict) -> int:
+    """Project every filled slot of the channels in ``chunk`` in one batch, write their files.
+
+    ``units`` (the manifest's record of this layer's units) gets each unit's heatmap level and
+    histogram for its page.
+    """
+    k = arrays["value"].shape[1]
     kept = arrays["kept"][chunk]  # (n, k)
     c_idx, r_idx = np.nonzero(kept >= 0)
     chans = np.asarray(chunk)[c_idx]
-    tiles, crops = rnd.project(layer, chans, kept[c_idx, r_idx], arrays["y"][chans, r_idx],
-                               arrays["x"][chans, r_idx], arrays["value"][chans, r_idx])
+    rows = kept[c_idx, r_idx]
+    tiles, crops = rnd.project(layer, chans, rows, arrays["y"][chans, r_idx], arrays["x"][chans, r_idx],
+                               arrays["value"][chans, r_idx])
+    maps = np.concatenate([unit_maps[c] for c in chunk])  # the order of (c_idx, r_idx)
+    pixels = rnd.pixels(rows)
+    size = pixels.shape[1]
+    for m in np.unique(rows):  # each kept image once, for the unit pages
+        f = out / kept_image_file(m)
+        if not f.exists():
+            f.parent.mkdir(exist_ok=True)
+            Image.fromarray(pixels[np.nonzero(rows == m)[0][0]]).save(f, quality=92)
+    (out / "units").mkdir(exist_ok=True)
     r = crops.shape[1]
     for j, c in enumerate(chunk):
+        sel = np.nonzero(c_idx == j)[0]
+        ranks = r_idx[sel]
+        level = float(levels[c]) if levels is not None else topk_level(maps[sel], opts.quantile)
+        source = "histogram" if levels is not None else "top-k"
         t = np.zeros((k, 3, r, r), np.float32)
         cr = np.zeros((k, r, r, 3), np.uint8)
-        sel = c_idx == j
-        t[r_idx[sel]], cr[r_idx[sel]] = tiles[sel], crops[sel]
+        heat = np.zeros((k, size, size, 3), np.uint8)
+        t[ranks], cr[ranks] = tiles[sel], crops[sel]
+        strip = np.zeros((size, k * size, 4), np.uint8)  # the unit page's overlays, rank by rank
+        for i, rank in zip(sel, ranks):
+            ov = overlay(maps[i], level, size, arrays["box"][c, rank])
+            heat[rank] = composite(pixels[i], ov)
+            strip[:, rank * size:(rank + 1) * size] = ov
         filled = kept[j] >= 0
-        proj, im = _montages(t, cr, filled, k, shared)
+        proj = _montage(display(t, opts.contrast), filled, k)
+        im = _montage(cr, filled, k)
+        hm = _montage(heat, filled, k) if opts.show != "patch" else None
         fs = feature_files(layer, c)
         save_png(proj, out / fs["feat"])
         save_png(im, out / fs["im"])
-        save_png(side_by_side(proj, im), out / fs["pair"])
+        save_png(strip, out / fs["overlay"])
+        if hm is not None:
+            save_png(hm, out / fs["heat"])
+        save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
             tmp = out / f".{fs['array']}.tmp-{os.getpid()}.npy"
             np.save(tmp, t)
             os.replace(tmp, out / fs["array"])
+        hist = unit_hist(rnd.store, layer, c)
+        if hist is None and len(sel):
+            counts, edges = np.histogram(maps[sel], bins=24)
+            hist = {"edges": edges.tolist(), "counts": counts.tolist(), "over": "top-k"}
+        units[str(c)] = {"level": level if np.isfinite(level) else None, "source": source, "hist": hist}
     return len(chans)
 
 
-def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, shared: bool, k: int, n_overview: int) -> int:
+def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: str, k: int, n_overview: int) -> int:
     """Top-k across feature maps (best entry of each of the k strongest channels) and the overview."""
     top = strongest_channels(arrays, k)
     r = rnd.tile(layer)
@@ -226,7 +312,7 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, shared: bo
         t[:len(top)], cr[:len(top)] = rnd.project(layer, top, arrays["kept"][top, 0], arrays["y"][top, 0],
                                                   arrays["x"][top, 0], arrays["value"][top, 0])
     filled = np.arange(k) < len(top)
-    proj, im = _montages(t, cr, filled, k, shared)
+    proj, im = _montage(display(t, contrast), filled, k), _montage(cr, filled, k)
     fs = layer_files(layer)
     save_png(proj, out / fs["feat"])
     save_png(im, out / fs["im"])
@@ -240,26 +326,44 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, shared: bo
     return len(top)
 
 
-def _index(store: Store, man: dict, out: Path, method: str) -> Path:
-    pages = []
+def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
+    """The viewer: index, a page per layer, a page per rendered unit (see ``index_html``)."""
+    layers = []
     for layer in store.layers:
-        done = man["features"].get(layer, [])
+        done = set(man["features"].get(layer, []))
         has_layer = layer in man["layers"]
         if not done and not has_layer:
             continue
-        values = store.arrays(layer)["value"][:, 0]
+        arrays = store.arrays(layer)
         info = store.layer_info(layer)
         lf = layer_files(layer)
-        page = LayerLinks(layer, int(info["channels"]), int(info["rf"]))
+        rates = unit_rates(store, layer)
+        view = site.LayerView(layer, lf["page"], int(info["channels"]), int(info["rf"]))
+        tile = min(int(info["rf"]), store.size)
         if has_layer:
-            page.feat, page.im, page.overview = lf["feat"], lf["im"], lf["overview"]
-        for c in done:
-            fs = feature_files(layer, c)
-            arr = fs["array"] if (out / fs["array"]).exists() else None
-            v = float(values[c]) if np.isfinite(values[c]) else None
-            page.features.append(FeatureLinks(c, fs["pair"], fs["feat"], fs["im"], arr, v))
-        pages.append(page)
+            view.feat, view.im, view.overview = lf["feat"], lf["im"], lf["overview"]
+        recorded = man.get("units", {}).get(layer, {})
+        for c in range(int(info["channels"])):
+            v = float(arrays["value"][c, 0])
+            unit = site.UnitView(c, v if np.isfinite(v) else None, None if rates is None else float(rates[c]))
+            if c in done:
+                fs = feature_files(layer, c)
+                rec = recorded.get(str(c), {})
+                unit.page, unit.pair = fs["page"], fs["pair"]
+                unit.array = fs["array"] if (out / fs["array"]).exists() else None
+                unit.level, unit.hist = rec.get("level"), rec.get("hist")
+                unit.level_note = LEVEL_SOURCES.get(rec.get("source", ""), "")
+                unit.feat, unit.im, unit.overlay = fs["feat"], fs["im"], fs["overlay"]
+                unit.tile = tile * tile_scale(tile)
+                for e in store.entries(layer, c, arrays):
+                    unit.entries.append(site.EntryView(e.rank, e.value, e.path, tuple(int(b) for b in e.box),
+                                                       kept_image_file(e.kept)))
+            view.units.append(unit)
+        layers.append(view)
     a = store.attrs
-    sub = (f"store {store.path.name} · model {a['model']} · weights {a['weights']} · k {store.k} · "
-           f"input {store.size} px · projections: {METHOD_TITLES[method]}, zero = mid-grey")
-    return write_index(out, pages, title=f"mine · {store.path.stem}", subtitle=sub)
+    meta = site.SiteMeta(
+        title=f"mine · {store.path.stem}", store=store.path.name, model=str(a["model"]), weights=str(a["weights"]),
+        k=store.k, size=store.size, method=METHOD_TITLES[opts.method], contrast=opts.contrast, show=opts.show,
+        quantile=opts.quantile, images_root=str(a.get("images_root") or ""))
+    meta.grid = grid_shape(store.k)
+    return site.write_site(out, layers, meta)

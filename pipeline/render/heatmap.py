@@ -1,0 +1,118 @@
+"""Activation heatmaps: where in its whole image a kept entry's unit exceeds its top-quantile level.
+
+For an entry (layer, channel c, kept image m) the unit's map is the layer's output channel c on
+image m, recomputed from the stored network input (``/kept/pixels``, normalised with the store's
+preprocessing). It is upsampled to the input (bilinear, ``align_corners=False``) and the region
+where it exceeds the unit's level is outlined, the rest of the image dimmed (dissect/NetDissect
+style); the entry's receptive-field box is drawn on top.
+
+The level of a unit is its ``q``-quantile (default 0.99) over all positions of all images seen.
+:func:`unit_level` reads it from the per-unit activation histograms of the store when the store
+has them; stores without them fall back to :func:`topk_level`, the quantile over the positions
+of the unit's stored top-k images only (a higher level than over all images: the top-k are the
+images where the unit responds most), and say so (``LEVEL_SOURCES``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "hist_quantile", "overlay", "topk_level", "unit_hist",
+           "unit_level", "unit_rates", "upsample"]
+
+DEFAULT_QUANTILE = 0.99
+LEVEL_SOURCES = {
+    "histogram": "quantile over all positions of all images seen (store histograms)",
+    "top-k": "quantile over the positions of the unit's top-k images only (this store has no unit histograms)",
+}
+OUTLINE = (255, 230, 0)  # the level's contour
+BOX = (0, 200, 255)  # the receptive-field box
+DIM = 150  # alpha of the black veil outside the region
+
+
+def unit_level(store, layer: str, q: float = DEFAULT_QUANTILE) -> np.ndarray | None:
+    """(C,) q-quantile of each unit of ``layer`` over all positions of all images seen, from the store's
+    per-unit activation histograms; None when the store has none (see :func:`topk_level`)."""
+    if not 0 < q < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    grp = store.f["layers"][layer]
+    if "hist" not in grp:  # stores written before unit statistics (branch unitstats)
+        return None
+    counts = np.asarray(grp["hist"][()], np.float64)  # (C, bins)
+    edges = np.asarray(grp["hist"].attrs["edges"], np.float64)  # (bins + 1,)
+    return hist_quantile(counts, edges, q)
+
+
+def unit_hist(store, layer: str, c: int) -> dict | None:
+    """The unit's activation histogram from the store (``edges``, ``counts``, ``over``), or None."""
+    grp = store.f["layers"][layer]
+    if "hist" not in grp:
+        return None
+    return {"edges": np.asarray(grp["hist"].attrs["edges"], float).tolist(),
+            "counts": np.asarray(grp["hist"][c], float).tolist(), "over": "all"}
+
+
+def unit_rates(store, layer: str) -> np.ndarray | None:
+    """(C,) fraction of the images seen on which each unit fires (max > 0), or None without statistics."""
+    grp = store.f["layers"][layer]
+    return np.asarray(grp["fires"][()], np.float64) / max(int(store.attrs.get("images_seen") or 1), 1) \
+        if "fires" in grp else None
+
+
+def hist_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
+    """Per row of ``counts`` (C, B) over bins ``edges`` (B + 1,): the q-quantile, linear inside its bin."""
+    cum = np.cumsum(counts, axis=1)
+    total = cum[:, -1:]
+    target = q * total
+    b = np.clip((cum < target).sum(1), 0, counts.shape[1] - 1)
+    rows = np.arange(len(counts))
+    before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
+    inside = np.where(counts[rows, b] > 0, (target[:, 0] - before) / np.maximum(counts[rows, b], 1e-300), 0.0)
+    lo, hi = edges[b], edges[b + 1]
+    return np.where(total[:, 0] > 0, lo + np.clip(inside, 0, 1) * (hi - lo), np.nan)
+
+
+def topk_level(maps: np.ndarray, q: float = DEFAULT_QUANTILE) -> float:
+    """The q-quantile (numpy's linear) over every position of a unit's maps (k, h, w) of its top-k images."""
+    if not 0 < q < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    return float(np.quantile(np.asarray(maps, np.float64), q)) if np.size(maps) else float("nan")
+
+
+def upsample(amap: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) map -> (size, size), bilinear with ``align_corners=False`` (torch's ``interpolate``)."""
+    t = torch.as_tensor(np.asarray(amap, np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _edge(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` of its outside (the contour, drawn inside the region)."""
+    inner = mask.copy()
+    for _ in range(width):
+        p = np.pad(inner, 1, constant_values=False)
+        inner = inner & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay(amap: np.ndarray, level: float, size: int, box=None) -> np.ndarray:
+    """(size, size, 4) uint8 RGBA to lay over the image: the region where the upsampled map exceeds
+    ``level`` clear with a contour, the rest dimmed, and the box ``[top, left, bottom, right)``."""
+    up = upsample(amap, size)
+    mask = up > level if np.isfinite(level) else np.zeros(up.shape, bool)
+    width = max(1, size // 112)
+    out = np.zeros((size, size, 4), np.uint8)
+    out[~mask, 3] = DIM
+    out[_edge(mask, width)] = (*OUTLINE, 255)
+    if box is not None and box[0] >= 0:
+        t, left, b, r = (int(v) for v in box)
+        frame = np.zeros((size, size), bool)
+        frame[t:b, left:r] = True
+        out[_edge(frame, width)] = (*BOX, 255)
+    return out
+
+
+def composite(pixels: np.ndarray, ov: np.ndarray) -> np.ndarray:
+    """An (S, S, 3) uint8 image with an (S, S, 4) overlay alpha-blended on top."""
+    a = ov[..., 3:4].astype(np.float32) / 255
+    return np.rint(pixels.astype(np.float32) * (1 - a) + ov[..., :3].astype(np.float32) * a).astype(np.uint8)

@@ -1,0 +1,235 @@
+"""Display contrast, activation heatmaps, the viewer in headless Chromium, and the render CLI options.
+
+References: numpy on known arrays (contrast), a brute-force quantile over every activation of a
+small set recomputed with a plain ``nn.Sequential`` (heatmap level), and a real browser (viewer).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline import RunConfig, Store, run
+from pipeline.cli import app
+from pipeline.data import normalize
+from pipeline.data.preprocess import Preprocessing
+from pipeline.models.weights import load_network
+from pipeline.render import feature_files, layer_files, render_store
+from pipeline.render.heatmap import DIM, overlay, upsample
+from pipeline.render.manifest import MANIFEST
+from pipeline.render.normalise import display, scales
+
+SIZE = 32
+
+
+# --- contrast -------------------------------------------------------------------------------
+def tile_with_outlier(amp: float = 1.0) -> np.ndarray:
+    """(3, 10, 10): 299 values of +-amp (checkerboard) and one outlier of 1000 * amp."""
+    t = np.where((np.indices((3, 10, 10)).sum(0) % 2) == 0, amp, -amp).astype(np.float32)
+    t[0, 0, 0] = 1000 * amp
+    return t
+
+
+def test_robust_contrast_fills_the_grey_range_and_clips_outliers():
+    t = tile_with_outlier()[None]
+    assert scales(t, "robust")[0] == pytest.approx(1.0), "99th percentile of |x| is 1, not the outlier"
+    d = display(t, "robust")
+    assert d[0, 0, 0, 0] == 255, "the outlier is clipped at white"
+    body = d[0].reshape(-1, 3)[1:]
+    assert set(np.unique(body)) == {0, 255}, "+-1 span the whole range"
+    m = display(t, "max")
+    assert scales(t, "max")[0] == pytest.approx(1000.0)
+    assert set(np.unique(m[0].reshape(-1, 3)[1:])) == {127, 128}, "max: the structure stays at mid-grey"
+    assert m[0, 0, 0, 0] == 255
+
+
+def test_shared_contrast_is_one_robust_scale_per_montage():
+    t = np.stack([tile_with_outlier(1.0), np.full((3, 10, 10), 0.25, np.float32)])
+    s = scales(t, "shared")
+    assert s[0] == s[1] == pytest.approx(np.percentile(np.abs(t), 99))
+    d = display(t, "shared")
+    assert (d[1] == round(0.25 / (2 * s[1]) * 255 + 127.5)).all(), "the weak tile keeps its relative strength"
+    assert (display(t, "robust")[1] == 255).all(), "on its own scale the weak tile is white"
+
+
+def test_sparse_and_zero_tiles():
+    t = np.zeros((2, 3, 10, 10), np.float32)
+    t[0, 1, 4, 4] = -2.0  # 1 of 300 values: the 99th percentile is 0, so the max sets the scale
+    d = display(t, "robust")
+    assert tuple(d[0, 4, 4]) == (128, 0, 128) and (d[1] == 128).all()
+    with pytest.raises(ValueError, match="contrast"):
+        display(t, "bright")
+
+
+# --- heatmaps -------------------------------------------------------------------------------
+def images(folder: Path, n: int = 6) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        img = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        img[rng.integers(0, 20):, rng.integers(0, 20):] = rng.integers(0, 256, 3)
+        Image.fromarray(img).save(folder / f"im {i}<&>.png")  # names to escape
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """6 images, k = 8: every image is in every unit's top-k, so 'the top-k images' = 'all images'."""
+    tmp = tmp_path_factory.mktemp("viewer")
+    cfg = RunConfig(images=str(images(tmp / "images")), layer="conv2_1,conv3_1", model="vgg16", weights="random",
+                    size=SIZE, workers=0, k=8, batch_size=4, out=str(tmp / "s.h5"), progress=False, device="cpu")
+    return Path(run(cfg).store)
+
+
+@pytest.fixture(scope="module")
+def site(small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    render_store(small, out=out, layers="conv2_1", features="0-5", overview_features=3, show="both",
+                 method="guided", device="cpu", progress=False)
+    return out
+
+
+def test_heatmap_level_is_the_brute_force_quantile(small, site):
+    net = load_network("vgg16", "random", SIZE)
+    end = net.chain_index("conv2_1")
+    with Store(small) as s:
+        prep = Preprocessing.from_dict(s.attrs["preprocessing"])
+        pix = s.pixels(np.arange(len(s.kept_keys())))
+        assert (s.arrays("conv2_1")["kept"][:6] >= 0).sum() == 6 * 6, "every image kept for every unit"
+        a = s.arrays("conv2_1")
+        box = a["box"]
+    with torch.no_grad():
+        maps = torch.nn.Sequential(*net.chain_modules()[:end + 1])(normalize(torch.from_numpy(pix), prep)).numpy()
+    units = json.loads((site / MANIFEST).read_text())["units"]["conv2_1"]
+    for c in range(6):
+        want = np.quantile(maps[:, c].astype(np.float64), 0.99)  # every position of every image
+        assert units[str(c)]["level"] == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert units[str(c)]["source"] == "top-k"
+    # The overlay marks exactly the upsampled map above the level.
+    c, rank = 2, 0
+    m = a["kept"][c, rank]
+    ov = overlay(maps[m, c], units[str(c)]["level"], SIZE, box[c, rank])
+    above = upsample(maps[m, c], SIZE) > units[str(c)]["level"]
+    assert above.any()
+    assert (ov[above, 3] != DIM).all(), "inside the region: clear, or its contour / the box"
+    assert (ov[~above, 3] != 0).all(), "outside: dimmed (or the box)"
+    strip = np.asarray(Image.open(site / feature_files("conv2_1", c)["overlay"]))
+    assert strip.shape == (SIZE, 8 * SIZE, 4)
+    np.testing.assert_array_equal(strip[:, :SIZE], ov)
+
+
+def test_show_options_and_manifest(small, site, tmp_path):
+    fs = feature_files("conv2_1", 1)
+    both = np.asarray(Image.open(site / fs["pair"]))
+    feat = np.asarray(Image.open(site / fs["feat"]))
+    assert (site / fs["heat"]).exists() and both.shape[1] > 2 * feat.shape[1], "projections | patches | heatmaps"
+    man = json.loads((site / MANIFEST).read_text())
+    assert man["options"]["method"] == "guided" and man["options"]["show"] == "both"
+    assert man["options"]["contrast"] == "robust"
+    index = (site / "index.html").read_text()
+    assert "guided backpropagation" in index and "contrast robust" in index
+    patch = render_store(small, out=tmp_path, layers="conv2_1", features="1", device="cpu", progress=False)
+    assert not (patch.out / fs["heat"]).exists()
+    assert np.asarray(Image.open(patch.out / fs["pair"])).shape[1] < both.shape[1]
+
+
+# --- CLI ------------------------------------------------------------------------------------
+def test_cli_method_contrast_and_store_in_current_folder(small, tmp_path, monkeypatch):
+    r = CliRunner()
+    folder = tmp_path / "here"
+    folder.mkdir()
+    (folder / "other.h5").write_bytes(b"not hdf5")
+    store = folder / "only.h5"
+    store.write_bytes(small.read_bytes())
+    monkeypatch.chdir(folder)
+    ok = r.invoke(app, ["render", "--feature", "3", "--layer", "conv3_1", "--method", "gradient", "--contrast", "max",
+                        "--show", "heatmap", "--out", "o", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    man = json.loads((folder / "o" / MANIFEST).read_text())
+    assert man["options"]["method"] == "gradient" and man["options"]["contrast"] == "max"
+    assert "gradient (saliency)" in (folder / "o" / "index.html").read_text()
+    dep = r.invoke(app, ["render", "--feature", "3", "--layer", "conv3_1", "--shared-scale", "--out", "o2", "--quiet"])
+    assert dep.exit_code == 0 and "deprecated" in dep.output
+    assert json.loads((folder / "o2" / MANIFEST).read_text())["options"]["contrast"] == "shared"
+    bad = r.invoke(app, ["render", "--feature", "3", "--method", "lrp", "--quiet"])
+    assert bad.exit_code == 2 and "unknown method" in bad.output
+    (folder / "second.h5").write_bytes(small.read_bytes())
+    two = r.invoke(app, ["render", "--feature", "3", "--quiet"])
+    assert two.exit_code == 2 and "only.h5" in two.output and "second.h5" in two.output
+    monkeypatch.chdir(tmp_path)
+    none = r.invoke(app, ["render", "--feature", "3", "--quiet"])
+    assert none.exit_code == 2 and "no store" in none.output
+
+
+def test_top_json_paths_open_as_they_are(small):
+    r = CliRunner().invoke(app, ["top", str(small), "--layer", "conv2_1", "--feature", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert rows and all(Path(e["file"]).is_file() for e in rows)
+    assert all(Path(e["file"]) == Path(e["images_root"]) / e["path"] for e in rows)
+
+
+# --- the viewer in a real browser -------------------------------------------------------------
+ALL_IMAGES_LOAD = """Promise.all(Array.from(document.images).map(i => new Promise(r => {
+  const j = new Image(); j.onload = () => r(j.naturalWidth > 0 ? null : i.src); j.onerror = () => r(i.src);
+  j.src = i.src; }))).then(a => a.filter(x => x))"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from cdp import Browser, find_browser
+
+    binary = find_browser()
+    if binary is None:
+        pytest.skip("headless Chromium not found (Debian package `chromium`; scripts/setup.sh installs it with "
+                    "apt-get where apt is available): the viewer's browser test cannot run")
+    try:
+        b = Browser(binary)
+    except Exception as e:  # noqa: BLE001 - a browser that cannot start here is a skip, not a failure
+        pytest.skip(f"chromium is installed but could not be started headless: {e}")
+    yield b
+    b.close()
+
+
+def test_viewer_in_headless_chromium(site, browser, tmp_path):
+    b = browser
+    b.goto((site / "index.html").as_uri())
+    assert b.js("document.title").startswith("mine")
+    assert b.js(ALL_IMAGES_LOAD) == []
+    # index -> layer page -> a unit page, by clicking links
+    b._drop("Page.loadEventFired")
+    b.js(f"document.querySelector('a[href=\"{layer_files('conv2_1')['page']}\"]').click()")
+    b.wait_load()
+    assert b.js("location.pathname").endswith(layer_files("conv2_1")["page"])
+    assert b.js(ALL_IMAGES_LOAD) == []
+    assert b.js("document.querySelectorAll('#units .card').length") == 128
+    b.js("var s = document.getElementById('sort'); s.value = 'max'; s.dispatchEvent(new Event('change'))")
+    order = b.js("Array.from(document.querySelectorAll('#units .card')).map(c => +c.dataset.max || -1)")
+    assert order == sorted(order, reverse=True), "sorted by max activation"
+    b._drop("Page.loadEventFired")
+    b.js("document.querySelector('#units a[href$=\"_unit_2.html\"]').click()")
+    b.wait_load()
+    assert b.js("location.pathname").endswith("conv2_1_unit_2.html")
+    assert b.js(ALL_IMAGES_LOAD) == []
+    assert b.js("document.querySelectorAll('.entry').length") == 6, "its filled slots"
+    assert "im 0<&>.png" in b.js("document.body.innerText") or "<&>.png" in b.js("document.body.innerText")
+    # keyboard: right arrow goes to the next rendered unit
+    b.key("ArrowRight", 39)
+    b.wait_load()
+    assert b.js("location.pathname").endswith("conv2_1_unit_3.html")
+    # the search box finds a unit, and says when one is not rendered
+    b._drop("Page.loadEventFired")
+    b.js("var f = document.getElementById('search'); f.elements.layer.value = 'conv2_1'; "
+         "f.elements.unit.value = '5'; f.requestSubmit()")
+    b.wait_load()
+    assert b.js("location.pathname").endswith("conv2_1_unit_5.html")
+    b.js("var f = document.getElementById('search'); f.elements.unit.value = '99'; f.requestSubmit()")
+    assert "not rendered" in b.js("document.getElementById('search-status').textContent")
+    b.screenshot(tmp_path / "unit.png")
+    assert Image.open(tmp_path / "unit.png").size[0] > 0
+    assert b.errors() == [], "console errors, exceptions or failed loads"
