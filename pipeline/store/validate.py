@@ -136,8 +136,9 @@ def _group(f: h5py.File, name: str) -> h5py.Group:
 def _read(ds: h5py.Dataset) -> np.ndarray:
     try:
         return ds[()]
-    except OSError as e:  # e.g. "data error detected by fletcher32 checksum"
-        raise Damaged(f"{ds.name} cannot be read ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        why = "its checksum does not match the data (flipped bits?)" if ds.fletcher32 else str(e).splitlines()[0]
+        raise Damaged(f"{ds.name} cannot be read: {why}") from None
 
 
 def _check_images(f: h5py.File, a: dict) -> np.ndarray:
