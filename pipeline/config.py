@@ -33,18 +33,18 @@ def check_options(values: dict) -> None:
             continue
         if key in INTEGERS:
             if not _is_int(v):
-                raise ValueError(f"{key} must be {_INT}, got {v!r}")
+                raise ValueError(f"{key} must be {_INT} (got {v!r})")
             if v < INTEGERS[key]:
-                raise ValueError(f"--{key.replace('_', '-')} must be at least {INTEGERS[key]}, got {v}")
+                raise ValueError(f"--{key.replace('_', '-')} must be at least {INTEGERS[key]} (got {v})")
         elif key in STRINGS and not isinstance(v, str):
-            raise ValueError(f"{key} must be {_STR}, got {v!r}")
+            raise ValueError(f"{key} must be {_STR} (got {v!r})")
         elif key in BOOLEANS and not isinstance(v, bool):
-            raise ValueError(f"{key} must be {_BOOL}, got {v!r}")
+            raise ValueError(f"{key} must be {_BOOL} (got {v!r})")
         elif key == "layer" and not (isinstance(v, str) or (isinstance(v, list) and v
                                                              and all(isinstance(x, str) for x in v))):
-            raise ValueError(f"layer must be a string or a list of strings such as \"conv4_4\", got {v!r}")
+            raise ValueError(f"layer must be a string or a list of strings such as \"conv4_4\" (got {v!r})")
         elif key == "checkpoint_every" and not (isinstance(v, str) or _is_int(v)):
-            raise ValueError(f"checkpoint_every must be a number of batches or a time such as \"5m\", got {v!r}")
+            raise ValueError(f"checkpoint_every must be a number of batches or a time such as \"5m\" (got {v!r})")
 
 
 def load_config(path: str | Path | None, overrides: dict):

@@ -11,7 +11,17 @@ import sys
 import time
 
 import pytest
-from jobs_util import BATCH, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file, spawn
+from jobs_util import (
+    BATCH,
+    assert_same_store,
+    cfg,
+    cli_args,
+    crash_in_stream,
+    leftovers,
+    list_file,
+    spawn,
+    write_lock,
+)
 from typer.testing import CliRunner
 
 from pipeline import exitcodes, run
@@ -26,19 +36,6 @@ cli = CliRunner()
 
 def records(folder):
     return [json.loads(line) for line in (folder / LOG_NAME).read_text().splitlines()]
-
-
-def write_lock(store, pid, host=None, proc_start=None):
-    lock_path(store).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier",
-                                            "proc_start": proc_start, "token": "x", "command": "mine run"}))
-
-
-@pytest.fixture
-def live_pid():
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield p.pid
-    p.kill()
-    p.wait()
 
 
 def dead_pid():
