@@ -12,12 +12,14 @@ its type and range first, and the error is one line naming the key.
 from __future__ import annotations
 
 import numbers
+import os
 import tomllib
 from pathlib import Path
 
 _INT, _STR, _BOOL = "an integer", "a string", "true or false"
 INTEGERS = {"k": 1, "batch_size": 1, "workers": 0, "size": 1, "limit": 1}  # key -> smallest value
-STRINGS = ("images", "model", "weights", "device", "resize", "data_root", "out", "precision", "update", "log")
+STRINGS = ("images", "model", "weights", "device", "resize", "precision")
+PATHS = ("data_root", "out", "update", "log")  # a str or a pathlib.Path
 BOOLEANS = ("force", "discard_checkpoint", "channels_last", "progress", "quiet")
 OPTIONAL = ("limit", "data_root", "out", "update", "log")  # None = not given
 
@@ -38,6 +40,8 @@ def check_options(values: dict) -> None:
                 raise ValueError(f"--{key.replace('_', '-')} must be at least {INTEGERS[key]} (got {v})")
         elif key in STRINGS and not isinstance(v, str):
             raise ValueError(f"{key} must be {_STR} (got {v!r})")
+        elif key in PATHS and not isinstance(v, (str, os.PathLike)):
+            raise ValueError(f"{key} must be {_STR} (a path) (got {v!r})")
         elif key in BOOLEANS and not isinstance(v, bool):
             raise ValueError(f"{key} must be {_BOOL} (got {v!r})")
         elif key == "layer" and not (isinstance(v, str) or (isinstance(v, list) and v

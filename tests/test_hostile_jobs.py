@@ -192,6 +192,19 @@ def test_kept_file_that_keeps_changing_is_exit_3_and_never_a_stuck_resume(mine_d
     assert cli.invoke(app, args).exit_code == 0  # once the file is left alone
 
 
+# --- 5. file names that are not UTF-8 ---------------------------------------------------------
+
+def test_undecodable_file_name_is_skipped_and_recorded_not_fatal(images, tmp_path):
+    d = tmp_path / "imgs"
+    shutil.copytree(images, d)
+    shutil.copy(d / "a" / "img00.png", os.path.join(os.fsencode(d / "a"), b"caf\xe9.png"))
+    store = tmp_path / "s.h5"
+    res = cli.invoke(app, cli_args(d, store))
+    assert res.exit_code == 0, res.stderr
+    assert statuses(store)["a/caf\\xe9.png"] == "skipped: bad file name: not valid UTF-8"
+    assert "a/caf\\xe9.png (bad file name" in res.stderr
+
+
 # --- 4b/7/9/10. symlinked stores, --limit, --out ---------------------------------------------
 
 def test_update_through_a_symlink_writes_the_target_and_locks_it(images, net, full, tmp_path, live_pid):
@@ -258,6 +271,16 @@ def test_config_values_of_the_wrong_type_are_one_line(images, tmp_path, line, ne
     assert res.exit_code == exitcodes.BAD_ARGS, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_api_paths_may_be_path_objects_but_specs_are_text():
+    from pathlib import Path
+
+    from pipeline.config import check_options
+
+    check_options({"out": Path("s.h5"), "update": Path("s.h5"), "log": Path("l"), "data_root": Path("d")})
+    with pytest.raises(ValueError, match="images must be a string"):
+        check_options({"images": Path("photos")})
 
 
 def test_quiet_and_a_layer_list_in_a_config_file(images, tmp_path):
