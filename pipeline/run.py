@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -52,7 +51,7 @@ from .mining.stream import ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .store.read import Store
-from .store.schema import COMPLETE
+from .store.schema import StoreError
 from .store.write import images_table as store_images_table
 from .store.write import write_store
 from .versions import versions
@@ -154,23 +153,12 @@ def _warn_skipped(source, records: dict[int, ImageRecord], shown: int = 5) -> No
           f"records each")
 
 
-def _check_sizes(net: Network, layers: list[str], size: int) -> None:
-    """Refuse up front an input size that leaves a chosen layer without any output."""
-    empty = [n for n in layers if net.layers[n].out_size < 1]
-    if empty:
-        raise ValueError(f"--size {size} is too small for {', '.join(empty)} (no output left at that size); "
-                         f"`mine layers --model {net.arch} --size {size}` lists each layer's output size")
-
-
 def _store_inputs_id(path: Path) -> str | None:
-    """The ``inputs_id`` of a complete store at ``path``, None if absent/unreadable/incomplete."""
+    """The ``inputs_id`` of a complete, valid store at ``path``, None if absent/damaged/incomplete."""
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("status") != COMPLETE:
-                return None
-            rid = f.attrs.get("inputs_id")
-            return rid.decode() if isinstance(rid, bytes) else rid
-    except Exception:  # noqa: BLE001 - any unreadable file simply is not "our" store
+        with Store(path) as s:
+            return s.attrs.get("inputs_id")
+    except StoreError:  # any other file simply is not "our" store
         return None
 
 
@@ -222,7 +210,6 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
         source = resolve_images(cfg.images, cfg.data_root)
         net = net or load_network(cfg.model, cfg.weights, cfg.size)
         layers = net.select(cfg.layer)
-        _check_sizes(net, layers, cfg.size)
         prep = Preprocessing(net.preprocessing_mode, cfg.size, cfg.resize)
         if cfg.limit:
             source = type(source)(source.spec, source.root, source.paths[: cfg.limit])

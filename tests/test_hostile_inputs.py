@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import (MAX_FILE_BYTES, MAX_RESIZED_PIXELS, ImageDataset, ImageSource, Preprocessing,
-                           Unreadable, image_key, read_file, resolve_images, to_pixels)
+from pipeline.data import (
+    MAX_FILE_BYTES,
+    MAX_RESIZED_PIXELS,
+    ImageDataset,
+    ImageSource,
+    Preprocessing,
+    Unreadable,
+    image_key,
+    read_file,
+    resolve_images,
+    to_pixels,
+)
 from pipeline.data.decode import BadImage
 
 PREP = Preprocessing("torchvision", 32, "center-crop")

@@ -12,17 +12,28 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from jobs_util import (
+    BATCH,
+    TIMING_ATTRS,
+    assert_same_store,
+    cfg,
+    cli_args,
+    crash_in_stream,
+    leftovers,
+    list_file,
+    read_all,
+    spawn,
+    wait_for,
+    write_lock,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import exitcodes, run
 from pipeline.cli import app
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
-from pipeline.jobs.errors import Interrupted, SourceChanged
+from pipeline.jobs.errors import Interrupted
 from pipeline.jobs.signals import GRACE_S
-
-from jobs_util import (BATCH, TIMING_ATTRS, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file,
-                       read_all, spawn, wait_for, write_lock)
 
 cli = CliRunner()
 run_module = sys.modules["pipeline.run"]
@@ -117,7 +128,7 @@ def test_malicious_checkpoint_is_one_line_without_unsafe_advice(images, tmp_path
     res = cli.invoke(app, cli_args(images, tmp_path / "s.h5", "--weights", str(evil)))
     assert res.exit_code == exitcodes.MISSING_INPUT
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot load checkpoint {evil}")
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot load {evil}")
     assert "weights_only=False" not in res.stderr and "pwned" not in res.stdout
 
 
@@ -294,15 +305,19 @@ def test_quiet_and_a_layer_list_in_a_config_file(images, tmp_path):
         assert json.loads(f.attrs["layers"]) == ["conv1_1", "conv1_2"]
 
 
-def test_size_too_small_for_a_layer_is_refused_up_front(images, tmp_path):
-    # conv5_3 sits behind four 2x2 pools: 7 -> 3 -> 1 -> 0 -> 0, nothing left.
-    res = cli.invoke(app, ["layers", "--model", "vgg16", "--size", "7"])
-    row = next(ln.split() for ln in res.stdout.splitlines() if ln.startswith("conv5_3"))
-    assert row[-1] == "0"
-    res = cli.invoke(app, cli_args(images, tmp_path / "s.h5", "--size", "7", "--layer", "conv5_3"))
-    assert res.exit_code == exitcodes.BAD_ARGS
-    assert "--size 7 is too small for conv5_3" in res.stderr and "mine layers" in res.stderr
-    assert "Traceback" not in res.stderr and not (tmp_path / "s.h5").exists()
+def test_size_too_small_for_the_network_is_refused_up_front(images, tmp_path):
+    # VGG16 halves the input five times: 7 -> 3 -> 1 -> 0 at pool3, nothing left for conv4/conv5.
+    for args in (["layers", "--model", "vgg16", "--size", "7"],
+                 cli_args(images, tmp_path / "s.h5", "--size", "7", "--layer", "conv5_3")):
+        res = cli.invoke(app, args)
+        assert res.exit_code == exitcodes.BAD_ARGS
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "a 7 px input does not fit this network" in lines[0]
+    assert not (tmp_path / "s.h5").exists()
+    # `mine layers` says what a size that fits gives each layer: 32 / 16 = 2 at conv5_3.
+    res = cli.invoke(app, ["layers", "--model", "vgg16", "--size", "32"])
+    row = next(ln.split() for ln in res.stdout.splitlines() if "conv5_3" in ln)
+    assert row[row.index("conv5_3") + 3] == "2"
 
 
 def test_feature_ranges_are_checked_before_expansion(full, tmp_path):

@@ -6,13 +6,12 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from jobs_util import cli_args
 from typer.testing import CliRunner
 
 from pipeline import Store, exitcodes
 from pipeline.cli import app
 from pipeline.store.schema import StoreError
-
-from jobs_util import cli_args
 
 cli = CliRunner()
 
