@@ -46,12 +46,8 @@ class ReproduceError(Exception):
 
 class KeptImagesChanged(Exception):
     """Kept images whose source no longer holds the content mined (edited, deleted or
-    unreadable files); ``rows`` are their dataset indices. Not a computation error: the
-    mined state describes files that are gone, so the caller must re-mine."""
-
-    def __init__(self, message: str, rows: list[int]) -> None:
-        super().__init__(message)
-        self.rows = rows
+    unreadable files). Not a computation error: the mined state describes files that are
+    gone, so the caller must mine again."""
 
 
 @dataclass
@@ -168,8 +164,7 @@ def finalize(
     if changed:
         names = ", ".join(f"{name_of(i)} ({why})" for i, why in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        raise KeptImagesChanged(f"{len(changed)} kept image(s) no longer hold the content mined: {names}{more}",
-                                [i for i, _ in changed])
+        raise KeptImagesChanged(f"{len(changed)} kept image(s) no longer hold the content mined: {names}{more}")
 
     rtol = RTOL[precision]
     out_layers = {}
