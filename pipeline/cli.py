@@ -6,6 +6,8 @@ code (see ``exitcodes``), never a traceback.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,6 +19,24 @@ from .store.schema import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mine the top-k activations of every feature map of a CNN and render deconvnet montages.")
+
+
+class _StderrLines(logging.Handler):
+    """The library's warnings as ``warning: ...`` lines on stderr (looked up per record, so
+    whatever stderr is current, a test runner's included, gets them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+        except Exception:  # noqa: BLE001 - logging must never take the command down
+            self.handleError(record)
+
+
+@app.callback()
+def _setup() -> None:
+    logger = logging.getLogger("pipeline")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
 
 
 def fail(msg: str, code: int) -> None:
@@ -33,10 +53,11 @@ def classify(e: BaseException) -> int:
         IncompatibleError,
         Interrupted,
         LockedError,
+        SourceChanged,
         StoreExistsError,
         WriteError,
     )
-    from .mining.finalize import ReproduceError
+    from .mining.finalize import KeptImagesChanged, ReproduceError
     from .models.errors import WeightsError
 
     if isinstance(e, LockedError):
@@ -47,7 +68,7 @@ def classify(e: BaseException) -> int:
         return exitcodes.BAD_ARGS
     if isinstance(e, (CheckpointError, WriteError)):
         return exitcodes.STORE_ERROR
-    if isinstance(e, (SourceError, WeightsError, FileNotFoundError)):
+    if isinstance(e, (SourceError, WeightsError, FileNotFoundError, SourceChanged, KeptImagesChanged)):
         return exitcodes.MISSING_INPUT
     if isinstance(e, StoreError):
         return exitcodes.STORE_ERROR
@@ -112,13 +133,13 @@ def run(
     overrides = dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
                      data_root=data_root, out=out, precision=precision, update=update, force=force or None,
-                     checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log)
+                     checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log,
+                     quiet=quiet or None)
     stats = JobStats(command="run", store=out or update)
     loaded = {}
 
     def job(stats):
         cfg = load_config(config, overrides)
-        cfg.progress = not quiet
         loaded["cfg"] = cfg
         stats.store = stats.store or cfg.out or cfg.update
         return run_job(cfg, stats=stats)
@@ -219,7 +240,7 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
         for name in s.layers:
             li = s.layer_info(name)
             typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={li['rf']} S={li['stride']} P={li['padding']}")
-        typer.echo(f"created      {a.get('created')}  mine {a['versions'].get('mine')}")
+        typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
 
 
 def source_file(root: str, path: str) -> str:
@@ -312,6 +333,8 @@ def render(
     if shared_scale:
         typer.echo("warning: --shared-scale is deprecated; use --contrast shared", err=True)
         contrast = "shared"
+    if features is not None:
+        _check_feature_ranges(path, features)
     sel = [feature] if feature is not None else features
     result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
                      contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
@@ -343,6 +366,21 @@ def visualize(
                     objective=objective, steps=steps, size=size, seed=seed, batch_size=batch_size,
                     device=device, out=out, save_arrays=save_arrays, progress=not quiet)
     typer.echo(f"visualised {len(paths) - 1} unit(s) of {layer} -> {paths[-1]}")
+
+
+def _check_feature_ranges(store: Path, spec: str) -> None:
+    """Refuse feature numbers beyond the store's channels before a range is expanded
+    (``0-999999999`` must not build a billion-element list first)."""
+    from .store.read import Store
+
+    numbers = [int(n) for n in re.findall(r"\d+", spec)]
+    if not numbers:
+        return  # not a list of numbers at all: render's own parser says what is wrong
+    with guarded(Store, store) as s:
+        channels = max(s.channels(n) for n in s.layers)
+    if max(numbers) >= channels:
+        fail(f"--features {spec}: feature {max(numbers)} is out of range; the store's layers have at most "
+             f"{channels} channels (0-{channels - 1})", exitcodes.BAD_ARGS)
 
 
 def main() -> None:  # pragma: no cover

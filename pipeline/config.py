@@ -1,37 +1,88 @@
-"""Options from a TOML file, overridden by what is given on the command line.
+"""Options from a TOML file, overridden by what is given on the command line, and checked.
 
 A config file holds the same keys as ``mine run``'s options (with dashes or
 underscores): ``layer``, ``images``, ``model``, ``weights``, ``k``, ``batch_size`` ...
-Unknown keys are an error, so a typo in a nightly config fails loudly.
+and ``quiet``. Unknown keys are an error, so a typo in a nightly config fails loudly.
+
+Why ``check_options``: a config file (or a notebook's ``RunConfig``) can hand any TOML
+or Python value to any option; ``k = "nine"`` or ``layer = ["conv1_2", 5]`` would
+otherwise surface as a traceback deep inside the run. Every value is checked for
+its type and range first, and the error is one line naming the key.
 """
 from __future__ import annotations
 
+import numbers
+import os
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
-from .run import RunConfig
+_INT, _STR, _BOOL = "an integer", "a string", "true or false"
+INTEGERS = {"k": 1, "batch_size": 1, "workers": 0, "size": 1, "limit": 1}  # key -> smallest value
+STRINGS = ("images", "model", "weights", "device", "resize", "precision")
+PATHS = ("data_root", "out", "update", "log")  # a str or a pathlib.Path
+BOOLEANS = ("force", "discard_checkpoint", "channels_last", "progress", "quiet")
+OPTIONAL = ("limit", "data_root", "out", "update", "log")  # None = not given
 
 
-def load_config(path: str | Path | None, overrides: dict) -> RunConfig:
-    """Merge defaults <- file <- overrides (``None`` values in overrides mean "not given")."""
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_options(values: dict) -> None:
+    """Raise ``ValueError`` (one line naming the key) for a value of the wrong type or range."""
+    for key, v in values.items():
+        if v is None and key in OPTIONAL:
+            continue
+        if key in INTEGERS:
+            if not _is_int(v):
+                raise ValueError(f"{key} must be {_INT} (got {v!r})")
+            if v < INTEGERS[key]:
+                raise ValueError(f"--{key.replace('_', '-')} must be at least {INTEGERS[key]} (got {v})")
+        elif key in STRINGS and not isinstance(v, str):
+            raise ValueError(f"{key} must be {_STR} (got {v!r})")
+        elif key in PATHS and not isinstance(v, (str, os.PathLike)):
+            raise ValueError(f"{key} must be {_STR} (a path) (got {v!r})")
+        elif key in BOOLEANS and not isinstance(v, bool):
+            raise ValueError(f"{key} must be {_BOOL} (got {v!r})")
+        elif key == "layer" and not (isinstance(v, str) or (isinstance(v, list) and v
+                                                             and all(isinstance(x, str) for x in v))):
+            raise ValueError(f"layer must be a string or a list of strings such as \"conv4_4\" (got {v!r})")
+        elif key == "checkpoint_every" and not (isinstance(v, str) or _is_int(v)):
+            raise ValueError(f"checkpoint_every must be a number of batches or a time such as \"5m\" (got {v!r})")
+
+
+def load_config(path: str | Path | None, overrides: dict):
+    """Merge defaults <- file <- overrides (``None`` values in overrides mean "not given");
+    a ``RunConfig``."""
+    from .run import RunConfig
+
     values: dict = {}
     if path is not None:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"config file {p} does not exist")
-        with p.open("rb") as fh:
-            raw = tomllib.load(fh)
+        if not p.is_file():  # a FIFO would block the read, a folder cannot be parsed
+            raise ValueError(f"config file {p} is not a regular file")
+        try:
+            with p.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {p} is not valid TOML: {e}") from None
         raw = raw.get("run", raw)
-        known = {f.name for f in fields(RunConfig)}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {p}: [run] must be a table of options")
+        known = set(RunConfig.__dataclass_fields__) | {"quiet"}
         for k, v in raw.items():
             key = k.replace("-", "_")
             if key not in known:
                 raise ValueError(f"unknown key {k!r} in {p}; known: {', '.join(sorted(known))}")
             values[key] = v
     values.update({k: v for k, v in overrides.items() if v is not None})
+    check_options(values)
     if "images" not in values:
         raise ValueError("no images given: pass --images or set images in the config file")
     if isinstance(values.get("layer"), list):
         values["layer"] = ",".join(values["layer"])
+    if "quiet" in values:
+        values["progress"] = not values.pop("quiet")
     return RunConfig(**values)

@@ -13,18 +13,20 @@ merged exactly). The store is written atomically, then the checkpoint removed.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
-import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .config import check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .devices import resolve_device
 from .jobs.checkpoint import (
@@ -37,23 +39,25 @@ from .jobs.checkpoint import (
     save_checkpoint,
 )
 from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
-from .jobs.errors import CheckpointMismatch, Interrupted, StoreExistsError, WriteError
+from .jobs.errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
 from .jobs.faults import pause_point
 from .jobs.lock import StoreLock
-from .jobs.output import remove_stale_temps, write_isolated
+from .jobs.output import remove_stale_temps, store_target, write_isolated
 from .jobs.record import JobStats
 from .jobs.signals import InterruptGuard
 from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
+from .mining.finalize import KeptImagesChanged
 from .mining.stream import ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .store.read import Store
-from .store.schema import COMPLETE
+from .store.schema import StoreError
 from .store.write import images_table as store_images_table
 from .store.write import write_store
 from .versions import versions
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("pipeline")
 
 
 @dataclass
@@ -134,18 +138,27 @@ def images_table(source, records: dict[int, ImageRecord]) -> dict[str, np.ndarra
 
 
 def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
+    log.warning(msg)
+
+
+def _warn_skipped(source, records: dict[int, ImageRecord], shown: int = 5) -> None:
+    """One warning line for the files this pass skipped: how many, why, the first few names."""
+    bad = [(i, r.reason) for i, r in sorted(records.items()) if r.reason not in ("", KNOWN, "duplicate")]
+    if not bad:
+        return
+    why = Counter(reason.split(":")[0] for _, reason in bad)
+    names = ", ".join(f"{source.relpath(source.paths[i])} ({reason})" for i, reason in bad[:shown])
+    _warn(f"{len(bad)} of {len(source.paths)} images skipped ({', '.join(f'{n} {w}' for w, n in why.most_common())}): "
+          f"{names}{f' and {len(bad) - shown} more' if len(bad) > shown else ''}; the store's /images/status "
+          f"records each")
 
 
 def _store_inputs_id(path: Path) -> str | None:
-    """The ``inputs_id`` of a complete store at ``path``, None if absent/unreadable/incomplete."""
+    """The ``inputs_id`` of a complete, valid store at ``path``, None if absent/damaged/incomplete."""
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("status") != COMPLETE:
-                return None
-            rid = f.attrs.get("inputs_id")
-            return rid.decode() if isinstance(rid, bytes) else rid
-    except Exception:  # noqa: BLE001 - any unreadable file simply is not "our" store
+        with Store(path) as s:
+            return s.attrs.get("inputs_id")
+    except StoreError:  # any other file simply is not "our" store
         return None
 
 
@@ -182,29 +195,33 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
     """
     t0 = time.perf_counter()
     stats = stats if stats is not None else JobStats()
-    if cfg.k < 1:
-        raise ValueError("--k must be at least 1")
+    check_options(dataclasses.asdict(cfg))
     if cfg.precision not in DTYPES:
         raise ValueError(f"unknown precision {cfg.precision!r}; use {', '.join(DTYPES)}")
     if cfg.update and cfg.force:
         raise ValueError("--update and --force exclude each other: --update extends a store, --force replaces it")
     every = parse_every(cfg.checkpoint_every)
     device = resolve_device(cfg.device)
-    source = resolve_images(cfg.images, cfg.data_root)
-    net = net or load_network(cfg.model, cfg.weights, cfg.size)
-    layers = net.select(cfg.layer)
-    prep = Preprocessing(net.preprocessing_mode, cfg.size, cfg.resize)
-    indices = list(range(len(source.paths)))[: cfg.limit] if cfg.limit else list(range(len(source.paths)))
-    if cfg.limit:
-        source = type(source)(source.spec, source.root, tuple(source.paths[i] for i in indices))
-    path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else default_store_path(cfg, layers)
-    stats.store, stats.images_seen = str(path), len(source.paths)
-    with StoreLock(path):
-        remove_stale_temps(path)
-        return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0)
+    # Signals end the run at once until the streaming pass, which stops them at a batch boundary.
+    with InterruptGuard(graceful=False) as guard:
+        path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else None
+        if path is not None and store_target(path).is_dir():
+            raise ValueError(f"{path} is a folder; name the store file, e.g. {path / 'store.h5'}")
+        source = resolve_images(cfg.images, cfg.data_root)
+        net = net or load_network(cfg.model, cfg.weights, cfg.size)
+        layers = net.select(cfg.layer)
+        prep = Preprocessing(net.preprocessing_mode, cfg.size, cfg.resize)
+        if cfg.limit:
+            source = type(source)(source.spec, source.root, source.paths[: cfg.limit])
+        path = store_target(path or default_store_path(cfg, layers))
+        stats.store, stats.images_seen = str(path), len(source.paths)
+        with StoreLock(path):
+            remove_stale_temps(path)
+            return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard)
 
 
-def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0) -> RunResult:
+def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0,
+                guard: InterruptGuard) -> RunResult:
     ck_path = checkpoint_path(path)
     ck = None
     if ck_path.exists():
@@ -213,7 +230,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             ck_path.unlink()
         else:
             ck = load_checkpoint(ck_path)
-    base_path = Path(cfg.update) if cfg.update else None
+    base_path = store_target(Path(cfg.update)) if cfg.update else None
     run_config = config_of_run(net, prep, cfg.k, layers, cfg.precision)
     fingerprint = {**run_config, "images": image_list_id(str(source.root), [source.relpath(p) for p in source.paths]),
                    "base": None}
@@ -266,34 +283,48 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
         stats.mode = ("update" if base_part else "fresh") if ck is None else ("update-resume" if base_part else "resume")
         stats.images_resumed = len(state.records)
 
-        with InterruptGuard() as guard:
+        for attempt in (1, 2):
             _stream_with_checkpoints(cfg, net, state, prep, source, device, known, ck_path, fingerprint,
                                      every, complete, stats, guard)
             # The checkpoint is complete from here on: a signal stops at once (guard.graceful is off).
             guard.hint = f"the streaming pass is saved in {ck_path}; re-run the same command to finish"
+            _warn_skipped(source, state.records)
             table = images_table(source, state.records)
             stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
             stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
             if base_part is not None:
                 table = resolve_known_rows(table, base_part.table)
             parts = ([base_part] if base_part else []) + [fresh_part(cfg.images, source, prep, state, table)]
-            combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision)
-            if base is not None:
-                base.close()  # the output may replace it
-                base = None
-            attrs = {
-                "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
-                "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
-                "k": cfg.k, "input_size": cfg.size, "images_spec": combined.spec, "images_root": combined.root,
-                "layers": layers, "versions": versions(), "precision": cfg.precision,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
-                "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
-            }
-            write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
-                           f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
-            pause_point("store-written")
-            ck_path.unlink(missing_ok=True)
+            try:
+                combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision)
+                break
+            except KeptImagesChanged as e:
+                # The mined state describes file contents that are gone: it cannot be finalized, and
+                # a resume from it never could. Drop it and mine the files as they are now.
+                ck_path.unlink(missing_ok=True)
+                if attempt == 2:
+                    raise SourceChanged(
+                        f"{e}; they changed again while being mined: stop whatever writes to them and re-run "
+                        f"(the checkpoint was deleted, the next run mines from the start)") from None
+                _warn(f"{e}; mining all images again from the start")
+                state, complete, guard.hint = new_state(net, layers, cfg.k, device), False, ""
+                stats.mode, stats.images_resumed = ("update" if base_part else "fresh"), 0
+        if base is not None:
+            base.close()  # the output may replace it
+            base = None
+        attrs = {
+            "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
+            "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
+            "k": cfg.k, "input_size": cfg.size, "images_spec": combined.spec, "images_root": combined.root,
+            "layers": layers, "versions": versions(), "precision": cfg.precision,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
+            "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
+        }
+        write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
+                       f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
+        pause_point("store-written")
+        ck_path.unlink(missing_ok=True)
     finally:
         if base is not None:
             base.close()
@@ -302,13 +333,25 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
 
 
 def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table: dict) -> Part:
-    """This pass as a ``Part``: its kept images are re-read from the source files."""
-    first: dict[int, int] = {}
-    for i in sorted(state.records):
-        if state.records[i].ok:
-            first.setdefault(state.records[i].key, i)
+    """This pass as a ``Part``: its kept images are re-read from the source files.
+
+    A kept content is read from the file it was mined from or, if that file has changed
+    since, from a duplicate that still holds it; finalize checks what comes back against
+    the key (``KeptImagesChanged`` when no file holds the content any more).
+    """
+    files: dict[int, list[int]] = {}  # key -> indices holding it, the mined ("ok") file first
+    for i in sorted(state.records, key=lambda i: (not state.records[i].ok, i)):
+        r = state.records[i]
+        if r.ok or r.reason == "duplicate":
+            files.setdefault(r.key, []).append(i)
     dataset = ImageDataset(source, prep)
-    return Part("this run", spec, str(source.root), table, state.tops, lambda key: dataset[first[key]], set(first))
+
+    def record_of(key: int) -> dict:
+        records = (dataset[i] for i in files[key])
+        first = next(records)
+        return first if first["key"] == key else next((r for r in records if r["key"] == key), first)
+
+    return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files))
 
 
 def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
@@ -330,6 +373,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
     net.to(device)  # also for finalize, when resuming from a complete checkpoint
     channels_last = cfg.channels_last or device.type == "cuda"  # faster convs on tensor cores
     if not complete:
+        guard.graceful = True  # a signal now stops at the next batch boundary (or after GRACE_S)
         if channels_last:
             net.model.to(memory_format=torch.channels_last)
         dataset = (SkipKnown(source, prep, todo, known) if known else ImageDataset(source, prep, todo))
@@ -346,6 +390,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
             pause_point("stream", until=lambda: guard.requested is not None)
             if guard.requested:
                 save(False)
+                saved_at = state.batches
                 raise stopped(guard.requested)
             if schedule.due():
                 save(False)
@@ -356,13 +401,14 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
             with bar:
                 stream(net, state, loader, prep, device, DTYPES[cfg.precision], channels_last,
                        on_batch=on_batch)
-        except (Interrupted, WriteError):  # a failed checkpoint write is not retried
+        except WriteError:  # a failed checkpoint write is not retried
             raise
         except BaseException as e:
-            # Out of memory, a dead loader worker (Ctrl-C reaches them too), a bug: keep
-            # what was folded so far, if anything, then report the original error.
-            saved = False
-            if not state.dirty and state.batches > saved_at:
+            # Out of memory, a dead loader worker (Ctrl-C reaches them too), a signal whose batch
+            # did not end in time, a bug: keep what was folded so far, then report the error.
+            # (Between batches the state is consistent; ``dirty`` marks the commit in between.)
+            saved = state.batches == saved_at and ck_path.exists()
+            if not saved and not state.dirty and (state.batches > saved_at or guard.requested):
                 try:
                     save(False)
                     saved = True

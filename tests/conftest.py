@@ -187,3 +187,15 @@ def full(images, net, tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "full.h5"
     run(cfg(images, out), net=net)
     return out
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of a process that lives through the test (for lock holders)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield p.pid
+    p.kill()
+    p.wait()

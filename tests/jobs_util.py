@@ -108,6 +108,17 @@ def assert_same_store(a, b, ignore=TIMING_ATTRS) -> None:
     assert strip(aa) == strip(ab)
 
 
+def write_lock(store: Path, pid: int, host: str | None = None, proc_start: int | None = None) -> None:
+    """A lock file as a job with ``pid`` on ``host`` (default: this one) would have left it."""
+    import json
+    import socket
+
+    from pipeline.jobs.lock import lock_path
+
+    lock_path(store).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier",
+                                            "proc_start": proc_start, "token": "x", "command": "mine run"}))
+
+
 def leftovers(folder: Path) -> list[str]:
     """Lock, checkpoint and temp files still in ``folder``."""
     return sorted(p.name for p in folder.iterdir() if p.name.endswith((".lock", ".ckpt")) or ".tmp-" in p.name)

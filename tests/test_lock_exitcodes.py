@@ -11,7 +11,17 @@ import sys
 import time
 
 import pytest
-from jobs_util import BATCH, assert_same_store, cfg, cli_args, crash_in_stream, leftovers, list_file, spawn
+from jobs_util import (
+    BATCH,
+    assert_same_store,
+    cfg,
+    cli_args,
+    crash_in_stream,
+    leftovers,
+    list_file,
+    spawn,
+    write_lock,
+)
 from typer.testing import CliRunner
 
 from pipeline import exitcodes, run
@@ -26,19 +36,6 @@ cli = CliRunner()
 
 def records(folder):
     return [json.loads(line) for line in (folder / LOG_NAME).read_text().splitlines()]
-
-
-def write_lock(store, pid, host=None, proc_start=None):
-    lock_path(store).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier",
-                                            "proc_start": proc_start, "token": "x", "command": "mine run"}))
-
-
-@pytest.fixture
-def live_pid():
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield p.pid
-    p.kill()
-    p.wait()
 
 
 def dead_pid():
@@ -235,7 +232,7 @@ def test_corrupt_checkpoint(images, net, full, tmp_path):
     assert_same_store(store, full)
 
 
-def test_checkpoint_of_another_configuration(images, net, full, tmp_path, monkeypatch, capsys):
+def test_checkpoint_of_another_configuration(images, net, full, tmp_path, monkeypatch, caplog):
     store = tmp_path / "s.h5"
     crash_in_stream(monkeypatch, 2)
     with pytest.raises(RuntimeError):
@@ -247,7 +244,7 @@ def test_checkpoint_of_another_configuration(images, net, full, tmp_path, monkey
     # only the image list changed (new files arrived after the crash): start over, with a warning
     fewer = list_file(tmp_path / "l.txt", sorted(images.rglob("*.png"))[:9])
     r = run(cfg(fewer, store), net=net)
-    assert r.mode == "fresh" and "image list changed" in capsys.readouterr().err
+    assert r.mode == "fresh" and "image list changed" in caplog.text
     ref = tmp_path / "ref.h5"
     run(cfg(fewer, ref), net=net)
     assert_same_store(store, ref, ignore=("created", "seconds", "versions"))

@@ -69,10 +69,10 @@ def test_update_into_another_store_leaves_the_base(images, net, full, tmp_path):
     assert_same_store(out, full, ignore=UNION_IGNORE)
 
 
-def test_update_missing_store_starts_it(images, net, full, tmp_path, capsys):
+def test_update_missing_store_starts_it(images, net, full, tmp_path, caplog):
     store = tmp_path / "new.h5"
     r = run(cfg(images, None, update=str(store)), net=net)
-    assert r.mode == "fresh" and "no such store yet" in capsys.readouterr().err
+    assert r.mode == "fresh" and "no such store yet" in caplog.text
     assert_same_store(store, full, ignore=TIMING_ATTRS + ("inputs_id",))
 
 

@@ -7,6 +7,7 @@ Each module stands alone and is tested alone; import the public names from here.
 from .dataset import ImageDataset, collate, image_key, make_loader
 from .decode import BACKGROUND_RGB, MAX_IMAGE_PIXELS, BadImage, decode_image, decode_with_size
 from .preprocess import (
+    MAX_RESIZED_PIXELS,
     MODES,
     RESIZE_POLICIES,
     Preprocessing,
@@ -15,6 +16,7 @@ from .preprocess import (
     pad_color,
     to_pixels,
 )
+from .read import MAX_FILE_BYTES, Unreadable, read_file
 from .sources import (
     DATA_ROOT_ENV,
     IMAGE_EXTENSIONS,
@@ -32,11 +34,14 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "ImageSource",
+    "MAX_FILE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_RESIZED_PIXELS",
     "MODES",
     "Preprocessing",
     "RESIZE_POLICIES",
     "SourceError",
+    "Unreadable",
     "caltech_categories",
     "channel_order",
     "collate",
@@ -47,6 +52,7 @@ __all__ = [
     "make_loader",
     "normalize",
     "pad_color",
+    "read_file",
     "resolve_images",
     "to_pixels",
 ]

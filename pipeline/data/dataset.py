@@ -10,7 +10,9 @@ Why these choices:
   any file name, in any shard. The miner breaks ties by this id; deterministic ties across runs,
   resumes and merges depend on it. A file that could not even be read has no content, so its
   key hashes ``"unreadable:" + relative path`` instead (still a stable int63, never equal to
-  a content key in practice) and its ``sha256`` is ``""``.
+  a content key in practice) and its ``sha256`` is ``""``. Files are read by
+  :func:`~pipeline.data.read.read_file` (regular files only, bounded size, never blocking);
+  a file whose name is not UTF-8 is not read at all.
 * **uint8 out of the workers.** Pixels leave the loader as uint8 NHWC; normalisation happens on
   the device (:func:`~pipeline.data.preprocess.normalize`), 4x less copying than float32.
 * **Loader defaults.** ``shuffle=False`` (order is part of the contract), ``prefetch_factor=4``
@@ -28,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .decode import BadImage, decode_with_size
 from .preprocess import Preprocessing, to_pixels
-from .sources import ImageSource
+from .read import Unreadable, read_file
+from .sources import ImageSource, undecodable
 
 __all__ = ["ImageDataset", "collate", "image_key", "make_loader"]
 
@@ -80,12 +83,13 @@ class ImageDataset(Dataset):
             "height": 0,
         }
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
+            if undecodable(path):
+                raise Unreadable("bad file name: not valid UTF-8")
+            data = read_file(path)
+        except Unreadable as exc:
             token = "unreadable:" + self.source.relpath(path)
             record["key"] = image_key(hashlib.sha256(token.encode("utf-8")).hexdigest())
-            record["reason"] = f"unreadable: {exc.strerror or type(exc).__name__}"
+            record["reason"] = str(exc)
             return record
 
         digest = hashlib.sha256(data).hexdigest()

@@ -29,6 +29,9 @@ PIL images:
 * ``"pad"``: longer side to ``size``, centred on a canvas of the mean colour of the mode, which
   normalises to ~0 so the border adds (almost) no signal.
 
+Resizing never allocates more than :data:`MAX_RESIZED_PIXELS`: a larger intermediate is refused
+as a ``decompression bomb`` (:class:`~pipeline.data.decode.BadImage`) before resampling.
+
 An image that is already ``size x size`` passes through untouched under every policy (no
 resampling round trip), which keeps pre-cropped datasets bit-exact.
 """
@@ -43,8 +46,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .decode import BadImage
+
 __all__ = [
     "CAFFE_MEAN_BGR",
+    "MAX_RESIZED_PIXELS",
     "MODES",
     "Preprocessing",
     "RESIZE_POLICIES",
@@ -56,6 +62,12 @@ __all__ = [
     "pad_color",
     "to_pixels",
 ]
+
+#: Largest intermediate image a resize may produce (width x height). Only ``center-crop`` can
+#: exceed ``size x size``: it scales the *shorter* side to ``size``, so a 100000 x 1 strip (a
+#: few hundred bytes of PNG, well under the decoder's pixel limit) would become 6.4 G pixels at
+#: 224. 25 megapixels (75 MB of RGB) allows a 500:1 panorama at 224.
+MAX_RESIZED_PIXELS = 25_000_000
 
 MODES = ("torchvision", "caffe")
 RESIZE_POLICIES = ("center-crop", "squash", "pad")
@@ -159,6 +171,9 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
+    if new_w * new_h > MAX_RESIZED_PIXELS:  # checked before anything is allocated
+        raise BadImage("decompression bomb", f"{w}x{h} resized to {size} px would be {new_w}x{new_h}, "
+                                             f"over {MAX_RESIZED_PIXELS} pixels")
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left = int(round((new_w - size) / 2.0))

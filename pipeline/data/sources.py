@@ -28,6 +28,12 @@ an image's or when they have gone missing: the user asked for them, so the run r
 bad images instead of silently dropping them. Only when *none* of the listed files exists is it
 an error (almost always a list written on another machine).
 
+Files that are not regular (FIFOs, devices, sockets, also behind symlinks) are listed like any
+other file and recorded as skipped when read (``data.read``), never opened blocking. A file name
+that is not valid UTF-8 (the OS hands it over with surrogate escapes) is listed too: it is stored
+with its bad bytes written as ``\\xNN`` escapes (:func:`printable`) and recorded as skipped, never
+fatal; :func:`undecodable` tells such a path.
+
 Every failure raises :class:`SourceError` with one line that says what to do.
 """
 
@@ -50,7 +56,9 @@ __all__ = [
     "SourceError",
     "caltech_categories",
     "find_caltech_root",
+    "printable",
     "resolve_images",
+    "undecodable",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -93,7 +101,21 @@ def _relposix(abspath: str, root: str) -> str:
         rel = abspath[len(prefix) :]
     else:  # not under root (cannot happen for resolved paths): fall back to the general case
         rel = os.path.relpath(abspath, root)
-    return rel.replace(os.sep, "/")
+    return printable(rel.replace(os.sep, "/"))
+
+
+def undecodable(path: str | os.PathLike[str]) -> bool:
+    """True if the name holds bytes that are not UTF-8 (surrogate escapes from the OS)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes the OS could not decode become ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def resolve_images(spec: str, data_root: str | Path | None = None) -> ImageSource:
@@ -226,7 +248,7 @@ def _resolve_glob(spec: str, pattern: str) -> ImageSource:
     files = [
         f
         for f in glob.glob(absolute, recursive=True)
-        if os.path.isfile(f) and _is_image_name(f) and not _has_hidden_part(f, root)
+        if not os.path.isdir(f) and _is_image_name(f) and not _has_hidden_part(f, root)
     ]
     if not files:
         raise SourceError(f"no images match the pattern {pattern} ({_extensions_text()})")

@@ -154,10 +154,10 @@ class _KeptImages(Dataset):
         pause_point("finalize")
         r = self.rows[i]
         key = int(self.table["key"][r])
-        rec = self.providers[key].record_of(key)
-        return {"index": r, "key": key, "sha256": self.table["sha256"][r], "ok": bool(rec["ok"]),
-                "reason": rec["reason"], "pixels": rec["pixels"], "width": int(self.table["width"][r]),
-                "height": int(self.table["height"][r])}
+        rec = self.providers[key].record_of(key)  # a re-read file brings the key of what it holds now
+        return {"index": r, "key": int(rec.get("key", key)), "sha256": rec.get("sha256", self.table["sha256"][r]),
+                "ok": bool(rec["ok"]), "reason": rec["reason"], "pixels": rec["pixels"],
+                "width": int(self.table["width"][r]), "height": int(self.table["height"][r])}
 
 
 @dataclass
@@ -201,6 +201,6 @@ def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Pr
         return f"{layer} feature {c} rank {rank} ({table['path'][key_to_index[key]]})"
 
     fin = finalize(net, tops, key_to_index, lambda rows: _KeptImages(rows, table, providers, prep.size), prep,
-                   device, precision, workers=0, describe=describe)
+                   device, precision, workers=0, describe=describe, name_of=lambda row: table["path"][row])
     specs = list(dict.fromkeys(p.spec for p in parts))
     return Combined(root, " + ".join(specs), table, fin)

@@ -30,6 +30,10 @@ class CheckpointMismatch(JobError):
     """A checkpoint was written by a run with another configuration (exit code BAD_ARGS)."""
 
 
+class SourceChanged(JobError):
+    """Kept image files kept changing while they were mined (exit code MISSING_INPUT)."""
+
+
 class WriteError(JobError):
     """The output folder is unwritable or the disk is full; earlier files are left as they were."""
 

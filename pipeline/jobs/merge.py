@@ -35,7 +35,7 @@ from .checkpoint import fingerprint_id
 from .combine import check_compatible, combine, config_of_run, config_of_store, part_from_store
 from .errors import StoreExistsError
 from .lock import StoreLock
-from .output import remove_stale_temps, write_isolated
+from .output import remove_stale_temps, store_target, write_isolated
 from .record import JobStats
 
 
@@ -60,10 +60,12 @@ def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None 
     stats = stats if stats is not None else JobStats(command="merge")
     stats.mode = "merge"
     inputs = [Path(p) for p in inputs]
-    out = Path(out)
+    out = store_target(Path(out))
     stats.store = str(out)
     if len(inputs) < 2:
         raise ValueError("mine merge needs at least two stores")
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; name the merged store file, e.g. {out / 'merged.h5'}")
     if len({p.resolve() for p in inputs}) < len(inputs):
         raise ValueError("the same store is given twice")
     dev = resolve_device(device)

@@ -40,6 +40,14 @@ from .lock import pid_alive
 _ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)")
 
 
+def store_target(path: Path) -> Path:
+    """The file a store path names: a symlink (``latest.h5 -> 2026-11-25.h5``) is followed, so
+    the store is written over its target (the link stays a link) and locked under the target's
+    name, which every other name of the same store shares."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 def remove_stale_temps(store: Path) -> list[Path]:
     """Delete temp files of dead writers of ``store`` (store, checkpoint, lock record);
     returns what was removed."""

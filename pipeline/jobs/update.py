@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, image_key
+from ..data.read import Unreadable, read_file
+from ..data.sources import undecodable
 from .combine import CONTENT_OK, _s
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
@@ -41,10 +43,12 @@ class SkipKnown(ImageDataset):
     def __getitem__(self, i: int) -> dict:
         if self.known:
             index = self.indices[i]
+            path = self.source.paths[index]
             try:
-                with open(self.source.paths[index], "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            except OSError:
+                if undecodable(path):
+                    return super().__getitem__(i)  # records the bad name as usual
+                digest = hashlib.sha256(read_file(path)).hexdigest()
+            except Unreadable:
                 return super().__getitem__(i)  # records the unreadable file as usual
             key = image_key(digest)
             if key in self.known:

@@ -44,6 +44,12 @@ class ReproduceError(Exception):
     """A recorded activation was not reproduced by the float32 re-run."""
 
 
+class KeptImagesChanged(Exception):
+    """Kept images whose source no longer holds the content mined (edited, deleted or
+    unreadable files). Not a computation error: the mined state describes files that are
+    gone, so the caller must mine again."""
+
+
 @dataclass
 class LayerEntries:
     """Entries of one layer, (channels, k) each; ``kept`` indexes the kept images (-1 empty)."""
@@ -74,8 +80,14 @@ def finalize(
     precision: str = "fp32",
     workers: int = 0,
     describe=lambda layer, c, rank, key: f"{layer} feature {c} rank {rank} image key {key}",
+    name_of=lambda index: f"image {index}",
 ) -> Finalized:
-    """``dataset_factory(indices)`` builds an ``ImageDataset`` over those source indices."""
+    """``dataset_factory(indices)`` builds an ``ImageDataset`` over those source indices.
+
+    Every kept image must come back with the key it was mined under (the key is its
+    content hash): one that does not raises ``KeptImagesChanged`` naming them all
+    (``name_of(index)``) before any value is compared.
+    """
     layers = list(tops)
     res = {n: tops[n].result() for n in layers}
     all_keys = torch.cat([r["keys"].flatten() for r in res.values()])
@@ -105,11 +117,16 @@ def finalize(
 
     loader = make_loader(dataset_factory(list(kept_index)), FINAL_BATCH, workers, device.type == "cuda")
     start = 0
+    changed: list[tuple[int, str]] = []  # (index, why) of kept images whose file changed
     for batch in loader:
         b = len(batch["ok"])
-        if not bool(batch["ok"].all()):
-            bad = int(batch["index"][~batch["ok"]][0])
-            raise ReproduceError(f"kept image {bad} can no longer be read: {batch['reason']}")
+        moved = batch["key"].numpy() != kept_keys[start:start + b]
+        if moved.any() or not bool(batch["ok"].all()):
+            changed += [(int(i), "changed since it was mined" if m and sha else reason)
+                        for i, ok, m, sha, reason in zip(batch["index"], batch["ok"], moved, batch["sha256"],
+                                                         batch["reason"]) if m or not ok]
+            start += b
+            continue
         pixels[start:start + b] = batch["pixels"].numpy()
         x = normalize(batch["pixels"].to(device, non_blocking=True), prep).float()
         captured: dict = {}  # layer -> (slots, values, channel maxima)
@@ -144,6 +161,10 @@ def finalize(
                 maxima[name][sel] = m.numpy()
                 argmax[name][sel] = mp.numpy()
         start += b
+    if changed:
+        names = ", ".join(f"{name_of(i)} ({why})" for i, why in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise KeptImagesChanged(f"{len(changed)} kept image(s) no longer hold the content mined: {names}{more}")
 
     rtol = RTOL[precision]
     out_layers = {}

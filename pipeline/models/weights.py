@@ -48,8 +48,15 @@ def _load_file(path: Path) -> dict:
     try:
         return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # noqa: BLE001 - any load failure is one clear message
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"cannot load {path} as a state dict (weights_only=True): {first}") from None
+        raise WeightsError(f"cannot load {path} as a state dict (weights_only=True): {_load_failure(e)}") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's reason in one line, without its advice to retry with ``weights_only=False``
+    (which would run whatever code an untrusted file carries)."""
+    lines = [ln.split("WeightsUnpickler error:")[-1].strip() for ln in str(e).splitlines()]
+    kept = [ln for ln in lines if ln and "weights_only" not in ln and "torch.load" not in ln]
+    return " ".join(kept).rstrip(".") or type(e).__name__
 
 
 def _bundled_mobilenet_v2() -> Path | None:

@@ -1,12 +1,12 @@
 """Read a store: metadata, entries, crops and switches, without the source images.
 
 ``Store`` is what notebooks, ``mine info``/``mine top`` and ``mine render`` use.
-Opening validates the format and the completion status, so a truncated,
-half-written or foreign file is one clear ``StoreError`` and never a traceback.
+Opening validates the whole schema (``validate``: format, status, attributes,
+groups, datasets, shapes, dtypes, index ranges), so a truncated, half-written,
+damaged or foreign file is one clear ``StoreError`` and never a traceback.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 
 from ..models.geometry import Geometry, pad_crop
-from .schema import COMPLETE, FORMAT, SCHEMA_VERSION, StoreError
+from .schema import StoreError
+from .validate import plain, validate
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,6 @@ def strongest_channels(arrays: dict, n: int) -> list[int]:
     return [int(c) for c in order[:n] if best[c] > -np.inf]
 
 
-def _attr(v):
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str) and v[:1] in "[{":
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v.item() if isinstance(v, np.generic) else v
-
-
 class Store:
     """A read-only view of a finished store. Use as a context manager or call ``close``."""
 
@@ -63,20 +53,14 @@ class Store:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"store {self.path} does not exist")
+        if not self.path.is_file():  # HDF5 would block on a FIFO, read a device forever
+            raise StoreError(f"store {self.path} is not a regular file")
         try:
             self.f = h5py.File(self.path, "r")
         except OSError as e:
             raise StoreError(f"{self.path} is not a readable HDF5 store (corrupt or truncated?): {e}") from None
         try:
-            a = self.f.attrs
-            if _attr(a.get("format")) != FORMAT:
-                raise StoreError(f"{self.path} is not a mine store")
-            if int(a.get("schema_version", -1)) != SCHEMA_VERSION:
-                raise StoreError(f"{self.path} has schema {a.get('schema_version')}, this mine reads {SCHEMA_VERSION}")
-            if require_complete and _attr(a.get("status")) != COMPLETE:
-                raise StoreError(f"{self.path} is not complete (status {_attr(a.get('status'))!r}); "
-                                 "re-run `mine run` to finish it")
-            self.attrs = {k: _attr(v) for k, v in a.items()}
+            self.attrs = validate(self.f, self.path, require_complete)
             self.layers: list[str] = list(self.attrs["layers"])
             self.k = int(self.attrs["k"])
             self.size = int(self.attrs["input_size"])
@@ -101,7 +85,7 @@ class Store:
     # --- layers and entries -------------------------------------------------
     def layer_info(self, layer: str) -> dict:
         self._check_layer(layer)
-        return {k: _attr(v) for k, v in self.f["layers"][layer].attrs.items()}
+        return {k: plain(v) for k, v in self.f["layers"][layer].attrs.items()}
 
     def channels(self, layer: str) -> int:
         return int(self.layer_info(layer)["channels"])

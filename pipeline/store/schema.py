@@ -27,6 +27,10 @@
     /layers/<name>/box     (C, k, 4) int32 receptive field [top, left, bottom, right)
                            in input pixels, clipped, bottom/right exclusive; -1 empty
 
+Numeric datasets stored uncompressed (/images key/width/height, /kept image/key,
+/layers/*) carry HDF5's fletcher32 checksum; ``validate.py`` checks all of the
+above whenever a store is opened.
+
 Only /images grows with the number of images mined; everything else is bounded by
 layers x channels x k.
 """

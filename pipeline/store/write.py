@@ -2,7 +2,9 @@
 
 A reader therefore sees either the previous file or the complete new one, never a
 half-written store; ``status`` is set to complete only inside the temp file that
-becomes the store.
+becomes the store. Numeric datasets that are not compressed carry HDF5's fletcher32
+checksum (compressed ones have zlib's), so a flipped bit is an error when read
+(``validate``), not a wrong value.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..models.network import Network
 from .schema import COMPLETE, FORMAT, SCHEMA_VERSION
 
 STR = h5py.string_dtype()
+CHECKED = {"fletcher32": True}  # numeric datasets stored uncompressed: a flipped bit fails the read
 
 
 def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndarray], fin: Finalized) -> Path:
@@ -34,10 +37,13 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
                 f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
             g = f.create_group("images")
             for col, arr in images.items():
-                g.create_dataset(col, data=arr, dtype=STR if arr.dtype == object else arr.dtype)
+                if arr.dtype == object:  # variable-length strings take no HDF5 filters
+                    g.create_dataset(col, data=arr, dtype=STR)
+                else:
+                    g.create_dataset(col, data=arr, **CHECKED)
             kept = f.create_group("kept")
-            kept.create_dataset("image", data=fin.kept_index)  # source index == /images row
-            kept.create_dataset("key", data=fin.kept_keys)
+            kept.create_dataset("image", data=fin.kept_index, **CHECKED)  # source index == /images row
+            kept.create_dataset("key", data=fin.kept_keys, **CHECKED)
             size = fin.pixels.shape[1]
             kept.create_dataset("pixels", data=fin.pixels, chunks=(1, size, size, 3) if len(fin.pixels) else None,
                                 compression="gzip", compression_opts=4)
@@ -53,12 +59,12 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
                 g = lg.create_group(name)
                 g.attrs.update(module=li.module, kind=li.kind, channels=li.channels, rf=li.rf, stride=li.stride,
                                padding=li.padding, out_size=li.out_size)
-                g.create_dataset("value", data=e.values)
-                g.create_dataset("kept", data=e.kept)
-                g.create_dataset("key", data=e.keys)
-                g.create_dataset("y", data=e.y)
-                g.create_dataset("x", data=e.x)
-                g.create_dataset("box", data=li.geometry.boxes(e.y, e.x, size))
+                g.create_dataset("value", data=e.values, **CHECKED)
+                g.create_dataset("kept", data=e.kept, **CHECKED)
+                g.create_dataset("key", data=e.keys, **CHECKED)
+                g.create_dataset("y", data=e.y, **CHECKED)
+                g.create_dataset("x", data=e.x, **CHECKED)
+                g.create_dataset("box", data=li.geometry.boxes(e.y, e.x, size), **CHECKED)
             f.attrs["status"] = COMPLETE
         fsync_rename(tmp, path)
     except BaseException:
