@@ -21,6 +21,7 @@ fresh one except within that microsecond window.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from ..durable import write_fsync
 from .errors import LockedError, WriteError
+
+log = logging.getLogger("pipeline")
 
 GARBLED_GRACE_S = 30.0  # an unreadable lock younger than this may still be being written
 
@@ -148,7 +151,7 @@ class StoreLock:
             else:
                 reason = f"dead pid {info['pid']} (started {info.get('started')})"
             if self.path.exists() and self._read()[0] == raw:  # still the same stale lock
-                print(f"warning: taking over the stale lock {self.path} of {reason}", file=sys.stderr)
+                log.warning("taking over the stale lock %s of %s", self.path, reason)
                 self.took_over = info or {}
                 try:
                     self.path.unlink()

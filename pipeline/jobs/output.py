@@ -24,18 +24,20 @@ from __future__ import annotations
 import errno
 import faulthandler
 import json
+import logging
 import os
 import re
 import resource
 import shutil
 import signal
-import sys
 import traceback
 from pathlib import Path
 from typing import Callable
 
 from .errors import WriteError
 from .lock import pid_alive
+
+log = logging.getLogger("pipeline")
 
 _ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)")
 
@@ -66,8 +68,7 @@ def remove_stale_temps(store: Path) -> list[Path]:
                 except OSError:
                     pass
     if removed:
-        print(f"note: removed {len(removed)} temp file(s) left by an interrupted writer of {store.name}",
-              file=sys.stderr)
+        log.warning("removed %d temp file(s) left by an interrupted writer of %s", len(removed), store.name)
     return removed
 
 

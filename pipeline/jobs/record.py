@@ -32,15 +32,17 @@ Fields (all always present; ``null`` where unknown)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__, exitcodes
 from ..durable import write_fsync
+
+logger = logging.getLogger("pipeline")
 
 LOG_NAME = "mine-runs.jsonl"
 
@@ -110,5 +112,5 @@ def append_record(log: str | os.PathLike, record: dict) -> bool:
         write_fsync(log, line, os.O_APPEND | os.O_CREAT)
         return True
     except OSError as e:
-        print(f"warning: could not append the run record to {log}: {e.strerror or e}", file=sys.stderr)
+        logger.warning("could not append the run record to %s: %s", log, e.strerror or e)
         return False
