@@ -383,5 +383,40 @@ def _check_feature_ranges(store: Path, spec: str) -> None:
              f"{channels} channels (0-{channels - 1})", exitcodes.BAD_ARGS)
 
 
+@app.command()
+def reconstruct(
+    images: list[Path] = typer.Argument(..., help="One or more image files."),
+    model: str = typer.Option("vgg16", help="Any model --model takes (see `mine layers`)."),
+    weights: str = typer.Option("imagenet", help="imagenet | hed | random | PATH."),
+    layer: str = typer.Option(..., help="Layer(s), lower to upper: conv3_3 | conv1_2,conv3_3,conv5_3 | 'conv5*' | all."),
+    feature: Optional[int] = typer.Option(None, help="Only this feature map (default: every map of the layer)."),
+    top: Optional[int] = typer.Option(None, help="Only the N maps with the largest activation in the image."),
+    method: str = typer.Option("deconvnet", help="deconvnet (default) | guided | gradient, as in `mine render`."),
+    size: int = typer.Option(224, help="Network input size in pixels."),
+    resize: str = typer.Option("center-crop", help="center-crop | squash | pad, as in `mine run`."),
+    out: Path = typer.Option(Path("reconstruct"), help="Output folder."),
+    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB projections as .npy."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+) -> None:
+    """Project an image back to pixels from a layer: what the layer keeps of the image.
+
+    Writes IMAGE.LAYER.png (network input beside the projection) per image and layer, and
+    sheet.png (rows images, columns layers) when there are several.
+    """
+    from .analyses.reconstruct import reconstruct_images
+    from .devices import resolve_device
+    from .models.weights import load_network
+
+    if feature is not None and top is not None:
+        fail("give --feature or --top, not both", exitcodes.BAD_ARGS)
+
+    def job():
+        net = load_network(model, weights, size)
+        return reconstruct_images(net, [str(p) for p in images], net.select(layer), out, feature=feature, top=top,
+                                  method=method, resize=resize, save_arrays=save_arrays, device=resolve_device(device))
+
+    typer.echo(guarded(job).summary())
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -22,14 +22,28 @@ from .rules import rectifier_rules
 def project_graph(net: Network, layer: str, x: torch.Tensor, channel: torch.Tensor, y: torch.Tensor,
                   xx: torch.Tensor, value: torch.Tensor, method: str = "deconvnet") -> torch.Tensor:
     """Full-size projections (B, 3, H, W) of B entries of ``layer``; ``x`` the normalised inputs (B, 3, H, W)."""
+    def one_entry(out: torch.Tensor) -> torch.Tensor:
+        seed = torch.zeros_like(out)
+        seed[torch.arange(len(x), device=x.device), channel, y, xx] = value.to(out.dtype)
+        return seed
+
+    return backproject(net, layer, x, one_entry, method)
+
+
+def backproject(net: Network, layer: str, x: torch.Tensor, seed_of, method: str = "deconvnet") -> torch.Tensor:
+    """The walk down from ``layer`` for any signal: (B, 3, H, W) = d<seed, layer>/dx under ``method``.
+
+    ``seed_of(out)`` gets the layer's output (B, C, h, w) of the forward pass and returns the
+    signal to put there (same shape; it is used as a constant). One entry is a one-hot seed
+    (:func:`project_graph`); a whole layer is the layer's own detached activations
+    (``analyses.reconstruct``).
+    """
     x = x.detach().float().requires_grad_(True)
     captured: dict[str, torch.Tensor] = {}
     with torch.enable_grad(), rectifier_rules(method), hooked(net, [layer], lambda n, out: captured.setdefault(n, out)):
         run_to(net, x)
     out = captured[layer]
-    seed = torch.zeros_like(out)
-    seed[torch.arange(len(x), device=x.device), channel, y, xx] = value.to(out.dtype)
-    (grad,) = torch.autograd.grad(out, x, seed)
+    (grad,) = torch.autograd.grad(out, x, seed_of(out.detach()))
     return grad
 
 

@@ -1,0 +1,39 @@
+"""Image files a user names on the command line, as the network sees them (uint8 RGB, S x S).
+
+The same decode + resize as ``mine run`` (``data.decode`` and ``data.preprocess.to_pixels``), so
+a reconstruction or an occlusion map lines up with what mining ranked. A file that cannot be
+decoded is one clear error (these commands take a handful of named files: skipping one silently
+would hide a typo).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import BadImage, Preprocessing, decode_image, normalize, to_pixels
+from ..models.network import Network
+
+
+def preprocessing(net: Network, resize: str = "center-crop") -> Preprocessing:
+    """The weights' convention at the network's input size."""
+    return Preprocessing(net.preprocessing_mode, net.input_size, resize)
+
+
+def load_pixels(paths: list[str | Path], prep: Preprocessing) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB network inputs of the files, in the order given."""
+    out = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise FileNotFoundError(f"image {p} does not exist")
+        try:
+            out.append(to_pixels(decode_image(p.read_bytes(), prep.size), prep))
+        except BadImage as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
+    return np.stack(out) if out else np.zeros((0, prep.size, prep.size, 3), np.uint8)
+
+
+def as_input(pixels: np.ndarray, prep: Preprocessing, device) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> normalised float32 (N, 3, S, S) on ``device``."""
+    return normalize(torch.from_numpy(np.ascontiguousarray(pixels)).to(device), prep)
