@@ -418,5 +418,41 @@ def reconstruct(
     typer.echo(guarded(job).summary())
 
 
+@app.command()
+def occlude(
+    inputs: list[Path] = typer.Argument(..., metavar="IMAGE... | STORE", help="Image files, or one store (the unit's top-k images)."),
+    layer: Optional[str] = typer.Option(None, help="Layer of the unit, e.g. conv5_3 or layer4.1."),
+    feature: Optional[int] = typer.Option(None, help="Channel of the unit: the map is its maximum activation."),
+    klass: Optional[int] = typer.Option(None, "--class", help="Class index of a classifier (resnet18, mobilenet_v2, ...): the map is its probability."),
+    model: str = typer.Option("vgg16", help="Model for image files (a store names its own)."),
+    weights: Optional[str] = typer.Option(None, help="imagenet (default for images) | hed | random | PATH; for a store, where its weights are now."),
+    patch: int = typer.Option(32, help="Side of the grey (mean-colour) square in input pixels."),
+    stride: int = typer.Option(8, help="Step of the square in input pixels."),
+    size: int = typer.Option(224, help="Network input size in pixels (image files)."),
+    resize: str = typer.Option("center-crop", help="center-crop | squash | pad (image files)."),
+    batch_size: int = typer.Option(32, help="Occluded copies per forward pass."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: occlude/, or <store>-render/occlude for a store)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+) -> None:
+    """Occlusion sensitivity: slide a grey square over the image and map how much a unit (or a class) drops.
+
+    Writes one PNG (picture with the unit's receptive-field box, heatmap: red where hiding the
+    region lowers the score) and a .npy per image of the (n, n) scores, one per square position.
+    """
+    from .analyses.occlude import occlude_images, occlude_store
+    from .devices import resolve_device
+    from .models.weights import load_network
+
+    if batch_size < 1:
+        fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
+    kw = dict(layer=layer, feature=feature, klass=klass, patch=patch, stride=stride, batch_size=batch_size)
+    if len(inputs) == 1 and inputs[0].suffix.lower() in (".h5", ".hdf5"):
+        res = guarded(lambda: occlude_store(inputs[0], out, weights, device=resolve_device(device), **kw))
+    else:
+        res = guarded(lambda: occlude_images(load_network(model, weights or "imagenet", size), [str(p) for p in inputs],
+                                             out or Path("occlude"), resize=resize, device=resolve_device(device), **kw))
+    typer.echo(res.summary())
+
+
 def main() -> None:  # pragma: no cover
     app()

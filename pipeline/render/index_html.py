@@ -124,6 +124,7 @@ class UnitView:
     page: str | None = None  # set when rendered
     pair: str | None = None
     array: str | None = None
+    occlusion: str | None = None  # the unit's occlusion maps (`mine occlude STORE`), when they exist
     level: float | None = None
     level_note: str = ""
     hist: dict | None = None  # {"edges": [...], "counts": [...], "over": "all" | "top-k"}
@@ -319,6 +320,7 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
     body = [f'<p class="nav">{"".join(nav)}</p>', f"<h1>{_text(lay.name)} · unit {u.unit}</h1>",
             f'<p class="meta">{_text("; ".join(facts))}</p>', hist_svg(u.hist, u.level)]
     links = [f'<a href="{_url(u.pair)}">montage</a>'] + ([f'<a href="{_url(u.array)}">npy</a>'] if u.array else [])
+    links += [f'<a href="{_url(u.occlusion)}">occlusion</a>'] if u.occlusion else []
     body.append(f'<p class="meta">{" · ".join(links)}</p>')
     rows, cols = meta.grid
     t = u.tile

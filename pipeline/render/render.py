@@ -351,6 +351,7 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
                 rec = recorded.get(str(c), {})
                 unit.page, unit.pair = fs["page"], fs["pair"]
                 unit.array = fs["array"] if (out / fs["array"]).exists() else None
+                unit.occlusion = fs["occlusion"] if (out / fs["occlusion"]).exists() else None  # `mine occlude STORE`
                 unit.level, unit.hist = rec.get("level"), rec.get("hist")
                 unit.level_note = LEVEL_SOURCES.get(rec.get("source", ""), "")
                 unit.feat, unit.im, unit.overlay = fs["feat"], fs["im"], fs["overlay"]
