@@ -118,6 +118,7 @@ def run(
     discard_checkpoint: bool = typer.Option(False, "--discard-checkpoint", help="Delete STORE.ckpt instead of resuming from it."),
     log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to the store)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    pooled: Optional[str] = typer.Option(None, help="Also store per image the global average and max of these layer(s) (float16, /images/pooled_<L>) for `mine embed`."),
 ) -> None:
     """Stream images through the model and store each channel's top-k activations.
 
@@ -134,7 +135,7 @@ def run(
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
                      data_root=data_root, out=out, precision=precision, update=update, force=force or None,
                      checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log,
-                     quiet=quiet or None)
+                     quiet=quiet or None, pooled=pooled)
     stats = JobStats(command="run", store=out or update)
     loaded = {}
 

@@ -83,6 +83,7 @@ class RunConfig:
     checkpoint_every: str = "5m"  # N batches, or a time: 90s, 5m, 1h; 0 = only at the end / on signals
     discard_checkpoint: bool = False  # delete a checkpoint instead of resuming from it
     log: str | None = None  # run record log (the CLI appends it; default mine-runs.jsonl by the store)
+    pooled: str | None = None  # also store per image the global average and max of these layers (``mine embed``)
 
 
 @dataclass
@@ -210,6 +211,7 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
         source = resolve_images(cfg.images, cfg.data_root)
         net = net or load_network(cfg.model, cfg.weights, cfg.size)
         layers = net.select(cfg.layer)
+        pooled = net.select(cfg.pooled) if cfg.pooled else []
         prep = Preprocessing(net.preprocessing_mode, cfg.size, cfg.resize)
         if cfg.limit:
             source = type(source)(source.spec, source.root, source.paths[: cfg.limit])
@@ -217,11 +219,11 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
         stats.store, stats.images_seen = str(path), len(source.paths)
         with StoreLock(path):
             remove_stale_temps(path)
-            return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard)
+            return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled)
 
 
 def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0,
-                guard: InterruptGuard) -> RunResult:
+                guard: InterruptGuard, pooled: list[str] = ()) -> RunResult:
     ck_path = checkpoint_path(path)
     ck = None
     if ck_path.exists():
@@ -231,7 +233,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
         else:
             ck = load_checkpoint(ck_path)
     base_path = store_target(Path(cfg.update)) if cfg.update else None
-    run_config = config_of_run(net, prep, cfg.k, layers, cfg.precision)
+    run_config = config_of_run(net, prep, cfg.k, layers, cfg.precision, pooled)
     fingerprint = {**run_config, "images": image_list_id(str(source.root), [source.relpath(p) for p in source.paths]),
                    "base": None}
     if (ck is not None and not cfg.force and path.exists() and _store_inputs_id(path) == fingerprint_id(ck.fingerprint)
@@ -257,7 +259,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             fingerprint["base"] = {"path": str(base_path.resolve()),
                                    "id": base.attrs.get("inputs_id") or base.attrs.get("created")}
 
-        state = new_state(net, layers, cfg.k, device)
+        state = new_state(net, layers, cfg.k, device, pooled)
         complete = False
         if ck is not None:
             diff = differences(ck.fingerprint, fingerprint)
@@ -271,7 +273,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
                     f"{ck_path} belongs to a run with a different {', '.join(diff)}; re-run that command to "
                     f"finish it, or pass --discard-checkpoint to delete it and start over")
             else:
-                state.restore(ck.records, ck.tops)
+                state.restore(ck.records, ck.tops, ck.pooled)
                 state.batches = ck.batches
                 complete = ck.complete
         if ck is None and path.exists() and not cfg.force and not (base_path and base_path.resolve() == path.resolve()):
@@ -307,7 +309,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
                         f"{e}; they changed again while being mined: stop whatever writes to them and re-run "
                         f"(the checkpoint was deleted, the next run mines from the start)") from None
                 _warn(f"{e}; mining all images again from the start")
-                state, complete, guard.hint = new_state(net, layers, cfg.k, device), False, ""
+                state, complete, guard.hint = new_state(net, layers, cfg.k, device, pooled), False, ""
                 stats.mode, stats.images_resumed = ("update" if base_part else "fresh"), 0
         if base is not None:
             base.close()  # the output may replace it
@@ -320,6 +322,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
             "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
+            **({"pooled": list(pooled)} if pooled else {}),
         }
         write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
                        f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
@@ -351,7 +354,8 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
         first = next(records)
         return first if first["key"] == key else next((r for r in records if r["key"] == key), first)
 
-    return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files))
+    return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files),
+                {n: p.as_dict() for n, p in state.pooled.items()})
 
 
 def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
@@ -364,7 +368,8 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
 
     def save(done: bool) -> None:
         save_checkpoint(ck_path, Checkpoint(fingerprint, done, state.batches, state.records,
-                                            {n: t.state_dict() for n, t in state.tops.items()}))
+                                            {n: t.state_dict() for n, t in state.tops.items()},
+                                            {n: p.state_dict() for n, p in state.pooled.items()}))
 
     def stopped(sig: str) -> Interrupted:
         return Interrupted(f"interrupted by {sig}: progress saved to {ck_path} ({len(state.records)} of {total} "

@@ -75,7 +75,8 @@ def test_class_map_equals_captum_and_brute_force(resnet):
     m = occlusion_map(class_score(resnet, k), x, PATCH, STRIDE, batch_size=16)
     captum = pytest.importorskip("captum.attr")
     ref = captum.Occlusion(lambda z: resnet.model(z).softmax(1)).attribute(
-        x[None], sliding_window_shapes=(3, PATCH, PATCH), strides=(3, STRIDE, STRIDE), baselines=0.0, target=k, perturbations_per_eval=25)
+        x[None], sliding_window_shapes=(3, PATCH, PATCH), strides=(3, STRIDE, STRIDE), baselines=0.0, target=k,
+        perturbations_per_eval=25)
     np.testing.assert_allclose(m.pixels, ref[0, 0].numpy(), rtol=1e-4, atol=1e-7)
     with torch.no_grad():
         y = x.clone()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class Checkpoint:
     batches: int
     records: dict[int, ImageRecord]
     tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state_dict()
+    pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> PooledVectors.state_dict()
 
 
 def image_list_id(root: str, relpaths: list[str]) -> dict:
@@ -107,11 +108,14 @@ def _records_from_arrays(z) -> dict[int, ImageRecord]:
 def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
     meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
-            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops)}
+            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled)}
     arrays = {"meta": np.array(json.dumps(meta)), **_records_to_arrays(ck.records)}
     for j, (layer, sd) in enumerate(ck.tops.items()):
         for n in ("values", "keys", "pos"):
             arrays[f"top{j}_{n}"] = sd[n].cpu().numpy()
+    for j, sd in enumerate(ck.pooled.values()):
+        for n in ("keys", "rows"):
+            arrays[f"pooled{j}_{n}"] = sd[n].cpu().numpy()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -136,9 +140,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
             records = _records_from_arrays(z)
             tops = {layer: {n: torch.from_numpy(z[f"top{j}_{n}"].copy()) for n in ("values", "keys", "pos")}
                     for j, layer in enumerate(meta["layers"])}
+            pooled = {layer: {n: torch.from_numpy(z[f"pooled{j}_{n}"].copy()) for n in ("keys", "rows")}
+                      for j, layer in enumerate(meta.get("pooled", []))}
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any damage is one clear line
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); {hint}") from None
     return Checkpoint(meta["fingerprint"], bool(meta["complete"]), int(meta["batches"]),
-                      records, tops)
+                      records, tops, pooled)

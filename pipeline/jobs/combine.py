@@ -42,6 +42,7 @@ from .errors import IncompatibleError
 from .faults import pause_point
 
 CONTENT_OK = ("ok", "duplicate")
+POOLED = "pooled_"  # /images/pooled_<layer>: (N, 2, C) float16 per image, see mining.pooled
 COLUMNS = ("path", "sha256", "key", "status", "width", "height")
 
 
@@ -60,6 +61,7 @@ class Part:
     tops: dict[str, RunningTopK]
     record_of: Callable[[int], dict]
     pixel_keys: set[int] = field(default_factory=set)  # keys ``record_of`` can serve
+    pooled: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # ``--pooled``: layer -> key -> (2, C)
 
 
 # --- configuration identity --------------------------------------------------------------
@@ -67,19 +69,23 @@ class Part:
 def config_of_store(attrs: dict) -> dict:
     return {"model": attrs.get("model"), "weights_hash": attrs.get("weights_hash"),
             "preprocessing": attrs.get("preprocessing"), "k": int(attrs.get("k", -1)),
-            "layers": sorted(attrs.get("layers") or []), "precision": attrs.get("precision", "fp32")}
+            "layers": sorted(attrs.get("layers") or []), "precision": attrs.get("precision", "fp32"),
+            **({"pooled": sorted(attrs["pooled"])} if attrs.get("pooled") else {})}
 
 
-def config_of_run(net: Network, prep: Preprocessing, k: int, layers: list[str], precision: str) -> dict:
+def config_of_run(net: Network, prep: Preprocessing, k: int, layers: list[str], precision: str,
+                  pooled: list[str] = ()) -> dict:
+    """The identity of a run's results (``pooled`` only when given, so older ids stay valid)."""
     return {"model": net.arch, "weights_hash": net.weights_hash,
             "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
-            "k": int(k), "layers": sorted(layers), "precision": precision}
+            "k": int(k), "layers": sorted(layers), "precision": precision,
+            **({"pooled": sorted(pooled)} if pooled else {})}
 
 
 def check_compatible(ref: dict, ref_name: str, other: dict, other_name: str) -> None:
     """Refuse to combine results of different configurations, naming every difference."""
     diffs = []
-    for f in ("model", "weights_hash", "preprocessing", "k", "layers", "precision"):
+    for f in ("model", "weights_hash", "preprocessing", "k", "layers", "precision", "pooled"):
         if ref.get(f) != other.get(f):
             a, b = ref.get(f), other.get(f)
             if f == "weights_hash":
@@ -114,7 +120,34 @@ def part_from_store(store, layers: list[str]) -> Part:
         return {"ok": True, "reason": "", "pixels": torch.from_numpy(np.ascontiguousarray(store.pixels(kept_row[key])))}
 
     return Part(str(store.path), str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")),
-                table, tops_from_store(store, layers), record_of, set(kept_row))
+                table, tops_from_store(store, layers), record_of, set(kept_row), pooled_from_store(store, table))
+
+
+def pooled_from_store(store, table: dict) -> dict[str, dict[int, np.ndarray]]:
+    """A store's pooled vectors by image key (the rows of used contents)."""
+    out = {}
+    for layer in store.attrs.get("pooled") or []:
+        rows = store.pooled(layer)
+        out[layer] = {int(k): rows[j] for j, (k, s) in enumerate(zip(table["key"], table["status"]))
+                      if _s(s) in CONTENT_OK}
+    return out
+
+
+def pooled_columns(parts: list[Part], table: dict) -> dict[str, np.ndarray]:
+    """``pooled_<layer>`` (N, 2, C) float16 columns of the union's images table: each used row
+    gets the vector of its content from whichever part computed it, skipped rows NaN."""
+    cols = {}
+    for layer in parts[0].pooled if parts else []:
+        by_key: dict[int, np.ndarray] = {}
+        for p in parts:
+            by_key.update(p.pooled.get(layer, {}))
+        c = next(iter(by_key.values())).shape[-1] if by_key else 0
+        col = np.full((len(table["key"]), 2, c), np.nan, np.float16)
+        for j, (k, s) in enumerate(zip(table["key"], table["status"])):
+            if _s(s) in CONTENT_OK and int(k) in by_key:
+                col[j] = by_key[int(k)]
+        cols[f"{POOLED}{layer}"] = col
+    return cols
 
 
 # --- union --------------------------------------------------------------------------------
@@ -203,4 +236,4 @@ def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Pr
     fin = finalize(net, tops, key_to_index, lambda rows: _KeptImages(rows, table, providers, prep.size), prep,
                    device, precision, workers=0, describe=describe, name_of=lambda row: table["path"][row])
     specs = list(dict.fromkeys(p.spec for p in parts))
-    return Combined(root, " + ".join(specs), table, fin)
+    return Combined(root, " + ".join(specs), {**table, **pooled_columns(parts, table)}, fin)

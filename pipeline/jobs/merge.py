@@ -90,7 +90,7 @@ def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None 
             layers = list(a["layers"])
             pp = a["preprocessing"]
             prep = Preprocessing(pp["mode"], int(pp["size"]), pp["resize"])
-            if config_of_run(net, prep, ref.k, layers, a.get("precision", "fp32")) != ref_cfg:
+            if config_of_run(net, prep, ref.k, layers, a.get("precision", "fp32"), a.get("pooled") or []) != ref_cfg:
                 raise WeightsError(f"the network rebuilt from {ref.path} does not match its attributes")
             net.to(dev)
             parts = [part_from_store(s, layers) for s in stores]
@@ -101,7 +101,7 @@ def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None 
                 s.close()
         stats.images_seen, stats.images_skipped = combined.images_seen, combined.images_skipped
         attrs = {k: a[k] for k in ("model", "weights", "weights_hash", "preprocessing", "k", "input_size",
-                                   "layers", "precision") if k in a}
+                                   "layers", "precision", "pooled") if k in a}
         attrs.update({
             "images_spec": combined.spec, "images_root": combined.root, "versions": versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

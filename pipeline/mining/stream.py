@@ -15,7 +15,8 @@ import torch
 from ..data import normalize
 from ..data.preprocess import Preprocessing
 from ..models.network import Network
-from .taps import layer_maxima
+from .pooled import PooledVectors
+from .taps import layer_stats
 from .topk import RunningTopK
 
 
@@ -47,19 +48,23 @@ class StreamState:
     dirty: bool = False
     batches: int = 0
     fed: int = 0  # images run through the network by this process (not restored)
+    pooled: dict[str, PooledVectors] = field(default_factory=dict)  # ``--pooled``: one row per image content
 
-    def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict]) -> None:
+    def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None) -> None:
         """Load a checkpoint: records and top-k states; seen keys follow from the records."""
         if set(tops) != set(self.tops):
             raise ValueError(f"checkpoint layers {sorted(tops)} differ from {sorted(self.tops)}")
         for name, sd in tops.items():
             self.tops[name].load_state_dict(sd)
+        for name, sd in (pooled or {}).items():
+            self.pooled[name].load_state_dict(sd)
         self.records = dict(records)
         self.seen_keys = {r.key for r in records.values() if r.ok}
 
 
-def new_state(net: Network, layers: list[str], k: int, device: torch.device) -> StreamState:
-    return StreamState({n: RunningTopK(net.layers[n].channels, k, device) for n in layers})
+def new_state(net: Network, layers: list[str], k: int, device: torch.device, pooled: list[str] = ()) -> StreamState:
+    return StreamState({n: RunningTopK(net.layers[n].channels, k, device) for n in layers},
+                       pooled={n: PooledVectors(net.layers[n].channels) for n in pooled})
 
 
 def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -105,17 +110,19 @@ def stream(
                 new_keys.add(key)
             records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
                                        int(batch["width"][i]), int(batch["height"][i])))
-        maxima, kd = {}, None
+        maxima, vectors, kd = {}, {}, None
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             x = _as_input(pixels, prep, device, channels_last)
             kd = keys[ok].to(device, non_blocking=True)
             # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                maxima = layer_maxima(net, layers, x)
+                maxima, vectors = layer_stats(net, layers, list(state.pooled), x)
         state.dirty = True
         for name, (values, pos) in maxima.items():
             state.tops[name].add(values.float(), kd, pos)
+        for name, rows in vectors.items():
+            state.pooled[name].add(kd, rows)
         for r in records:
             state.records[r.index] = r
         state.seen_keys |= new_keys

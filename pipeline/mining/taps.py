@@ -68,11 +68,24 @@ def run_to(net: Network, x: torch.Tensor) -> None:
 
 def layer_maxima(net: Network, layers: list[str], x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """For each layer: (values, flat positions), both (B, C), on x's device."""
+    return layer_stats(net, layers, [], x)[0]
+
+
+def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Tensor):
+    """One forward for both: maxima of ``layers`` (as :func:`layer_maxima`) and pooled vectors
+    (B, 2, C) of ``pooled`` (``mining.pooled.pool``)."""
+    from .pooled import pool
+
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    vectors: dict[str, torch.Tensor] = {}
+    want, pools = set(layers), set(pooled)
 
     def take(name, out):
-        found[name] = spatial_max(out)
+        if name in want:
+            found[name] = spatial_max(out)
+        if name in pools:
+            vectors[name] = pool(out)
 
-    with torch.inference_mode(), hooked(net, layers, take):
+    with torch.inference_mode(), hooked(net, list(dict.fromkeys([*layers, *pooled])), take):
         run_to(net, x)
-    return found
+    return found, vectors

@@ -140,7 +140,18 @@ class Store:
         return self._paths[int(self._kept_image[kept])]
 
     def images(self) -> dict[str, np.ndarray]:
-        return {k: self.f["images"][k][()] for k in self.f["images"]}
+        """The per-file columns (path, sha256, key, status, width, height); not the pooled vectors."""
+        return {k: self.f["images"][k][()] for k in self.f["images"] if not k.startswith("pooled_")}
+
+    def pooled(self, layer: str) -> np.ndarray:
+        """(N, 2, C) float16 per /images row: spatial mean [0] and max [1] of ``layer``, NaN where the
+        file was skipped (``mine run --pooled``)."""
+        name = f"pooled_{layer}"
+        if name not in self.f["images"]:
+            have = self.attrs.get("pooled") or []
+            raise ValueError(f"{self.path} has no pooled vectors of {layer!r} (it has: {', '.join(have) or 'none'}); "
+                             f"mine with `mine run ... --pooled {layer}`")
+        return self.f["images"][name][()]
 
     def pixels(self, kept) -> np.ndarray:
         """uint8 (S, S, 3) RGB network input of a kept image (or a batch for a sorted index list)."""
