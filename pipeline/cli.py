@@ -455,5 +455,36 @@ def occlude(
     typer.echo(res.summary())
 
 
+@app.command()
+def embed(
+    store: Path = typer.Argument(..., help="A store mined with `mine run ... --pooled LAYER`."),
+    layer: Optional[str] = typer.Option(None, help="Pooled layer (default: the store's first)."),
+    method: str = typer.Option("tsne", help="tsne (default; PCA to 50 dimensions first) | pca."),
+    pool: str = typer.Option("avg", help="avg (default) | max | both: which pooled vector."),
+    labels: Optional[Path] = typer.Option(None, help="CSV of path,category rows (default: each file's folder)."),
+    seed: int = typer.Option(0, help="Seed of t-SNE, the baseline sample and the thumbnail choice."),
+    perplexity: Optional[float] = typer.Option(None, help="t-SNE perplexity (default min(30, (n-1)/3))."),
+    k: int = typer.Option(5, help="Neighbours of the leave-one-out k-NN accuracy."),
+    baseline: int = typer.Option(500, help="Images (a seeded sample) re-read for the random-weight k-NN baseline; 0: none."),
+    thumbnails: int = typer.Option(300, help="At most this many thumbnails on the map."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render/embed)."),
+    no_write: bool = typer.Option(False, "--no-write", help="Do not write the coordinates into the store."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (for the random-weight baseline)."),
+) -> None:
+    """Map a collection in 2-D by a layer's pooled features; report k-NN category accuracy.
+
+    Writes /embed/LAYER (N, 2) into the store, LAYER_map.png (thumbnails at their positions) and
+    LAYER_categories.png (points coloured by category, with a legend).
+    """
+    from .analyses.embed import embed_store
+    from .devices import resolve_device
+
+    if k < 1:
+        fail("--k must be >= 1", exitcodes.BAD_ARGS)
+    res = guarded(lambda: embed_store(store, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails,
+                                      out, resolve_device(device), write=not no_write))
+    typer.echo(res.summary())
+
+
 def main() -> None:  # pragma: no cover
     app()
