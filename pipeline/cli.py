@@ -241,6 +241,8 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
         for name in s.layers:
             li = s.layer_info(name)
             typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={li['rf']} S={li['stride']} P={li['padding']}")
+        if a.get("pooled"):
+            typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
 
 
@@ -432,6 +434,7 @@ def occlude(
     size: int = typer.Option(224, help="Network input size in pixels (image files)."),
     resize: str = typer.Option("center-crop", help="center-crop | squash | pad (image files)."),
     batch_size: int = typer.Option(32, help="Occluded copies per forward pass."),
+    limit: Optional[int] = typer.Option(None, help="Store: only the unit's N best images (default all k)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: occlude/, or <store>-render/occlude for a store)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
@@ -448,7 +451,7 @@ def occlude(
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
     kw = dict(layer=layer, feature=feature, klass=klass, patch=patch, stride=stride, batch_size=batch_size)
     if len(inputs) == 1 and inputs[0].suffix.lower() in (".h5", ".hdf5"):
-        res = guarded(lambda: occlude_store(inputs[0], out, weights, device=resolve_device(device), **kw))
+        res = guarded(lambda: occlude_store(inputs[0], out, weights, limit=limit, device=resolve_device(device), **kw))
     else:
         res = guarded(lambda: occlude_images(load_network(model, weights or "imagenet", size), [str(p) for p in inputs],
                                              out or Path("occlude"), resize=resize, device=resolve_device(device), **kw))

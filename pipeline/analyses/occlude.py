@@ -187,7 +187,8 @@ def occlude_images(net: Network, images: list[str | Path], out: Path, resize: st
     return occlude_pixels(net, pixels, prep, names, out, stem, **kw)
 
 
-def occlude_store(store_path: str | Path, out: Path | None = None, weights: str | None = None, **kw) -> OccludeResult:
+def occlude_store(store_path: str | Path, out: Path | None = None, weights: str | None = None,
+                  limit: int | None = None, **kw) -> OccludeResult:
     """``mine occlude STORE``: the unit's top-k images from the store's kept pixels, written to
     ``<store>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
     links it from the unit."""
@@ -199,7 +200,7 @@ def occlude_store(store_path: str | Path, out: Path | None = None, weights: str 
         layer, feature = kw.get("layer"), kw.get("feature")
         if layer is None or feature is None:
             raise ValueError("mine occlude STORE needs --layer and --feature: the unit whose top images to occlude")
-        entries = s.entries(layer, feature)
+        entries = s.entries(layer, feature)[:limit]
         if not entries:
             raise ValueError(f"{layer} feature {feature} has no entries in {s.path}")
         net = load_store_network(s, weights)

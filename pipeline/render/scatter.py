@@ -62,7 +62,16 @@ def thumbnail_map(xy: np.ndarray, thumbs: dict[int, np.ndarray], labels: list[st
         h = t.shape[0] // 2
         img.paste(Image.fromarray(t), (int(x - h), int(y - h)))
         d.rectangle([x - h - 1, y - h - 1, x - h + t.shape[1], y - h + t.shape[0]], outline=col[labels[i]], width=2)
+    _legend(d, names, [labels.count(n) for n in names], col, 8, 8)
     return np.asarray(img)
+
+
+def _legend(d: ImageDraw.ImageDraw, names, counts, col, x0: int, y0: int) -> None:
+    font = ImageFont.load_default()
+    for j, (name, n) in enumerate(zip(names, counts)):
+        y = y0 + 16 * j
+        d.rectangle([x0, y, x0 + 10, y + 10], fill=col[name])
+        d.text((x0 + 16, y - 1), f"{name} ({n})"[:32], fill=(0, 0, 0), font=font)
 
 
 def category_scatter(xy: np.ndarray, labels: list[str], size: int = 900, title: str = "") -> np.ndarray:
@@ -79,8 +88,5 @@ def category_scatter(xy: np.ndarray, labels: list[str], size: int = 900, title: 
         d.ellipse([x - r, y - r, x + r, y + r], fill=col[str(lab)])
     if title:
         d.text((8, 4), title, fill=(0, 0, 0), font=font)
-    for j, (name, n) in enumerate(zip(names, counts)):
-        y = 24 + 16 * j
-        d.rectangle([size + 8, y, size + 18, y + 10], fill=col[name])
-        d.text((size + 24, y - 1), f"{name} ({n})"[:32], fill=(0, 0, 0), font=font)
+    _legend(d, list(names), list(counts), col, size + 8, 24)
     return np.asarray(img)

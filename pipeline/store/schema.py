@@ -13,6 +13,10 @@
     /images/key            (N,) int64 stable image id (from the hash)
     /images/status         (N,) str   "ok", "duplicate", or "skipped: <reason>"
     /images/width, height  (N,) int32 original size (0 when unreadable)
+    /images/pooled_<L>     (N, 2, C) float16, only with ``mine run --pooled L`` (attr
+                           ``pooled`` lists them): spatial mean and max per image, NaN
+                           for skipped files
+    /embed/<L>             (N, 2) float32, written by ``mine embed``: map coordinates
     /kept/image            (M,) int64 row in /images of each kept (distinct) image
     /kept/key              (M,) int64
     /kept/pixels           (M, S, S, 3) uint8 network input before normalisation, RGB
