@@ -24,7 +24,7 @@ import numpy as np
 from ..data.preprocess import Preprocessing
 from .schema import COMPLETE, FORMAT, SCHEMA_VERSION, StoreError
 
-JSON_ATTRS = ("preprocessing", "layers", "versions")
+JSON_ATTRS = ("preprocessing", "layers", "versions", "pooled")  # pooled: `mine run --pooled`
 PRECISIONS = ("fp32", "bf16", "fp16")
 IMAGE_COLUMNS = {"path": "str", "sha256": "str", "key": "int", "status": "str", "width": "int", "height": "int"}
 LAYER_ARRAYS = {"value": "float", "kept": "int", "key": "int", "y": "int", "x": "int", "box": "int"}
