@@ -319,6 +319,7 @@ def render(
     overview: Optional[int] = typer.Option(None, help="Also make each layer's top-9 across feature maps and an overview "
                                            "grid of its N strongest feature maps (default 16 when no feature is selected)."),
     force: bool = typer.Option(False, help="Re-render even what is up to date."),
+    visualize: int = typer.Option(0, metavar="STEPS", help="Also synthesise, with STEPS optimisation steps (e.g. 512), an image that maximises each rendered unit (mine visualize) and show it on the unit's page."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations."""
@@ -342,7 +343,7 @@ def render(
     result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
                      contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
                      overview_features=overview, progress=not quiet, force=force, method=method, show=show,
-                     quantile=quantile)
+                     quantile=quantile, visualize=visualize)
     typer.echo(result.summary())
 
 

@@ -110,3 +110,19 @@ def test_cli_writes_pngs_grid_and_arrays(tmp_path):
     bad = CliRunner().invoke(app, ["visualize", "--model", "vgg16", "--weights", "random", "--layer", "conv1_2",
                                    "--features", "64", "--steps", "1", "--size", "32", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "out of range" in bad.output
+
+
+def test_render_visualize_links_the_images_on_unit_pages(tmp_path):
+    from jobs_util import make_images
+
+    from pipeline import RunConfig, run
+
+    store = run(RunConfig(images=str(make_images(tmp_path / "imgs")), layer="conv1_2", model="vgg16", weights="random",
+                          size=32, k=3, workers=0, device="cpu", progress=False, out=str(tmp_path / "s.h5"))).store
+    out = tmp_path / "render"
+    r = CliRunner().invoke(app, ["render", str(store), "--features", "0-1", "--visualize", "4", "--device", "cpu",
+                                 "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    for c in (0, 1):
+        assert np.asarray(Image.open(out / f"conv1_2_vis_{c}.png")).shape == (32, 32, 3)
+        assert f'src="conv1_2_vis_{c}.png"' in (out / f"conv1_2_unit_{c}.html").read_text()

@@ -125,6 +125,7 @@ class UnitView:
     pair: str | None = None
     array: str | None = None
     occlusion: str | None = None  # the unit's occlusion maps (`mine occlude STORE`), when they exist
+    visual: str | None = None  # what the unit wants to see (`mine render --visualize`), when it exists
     level: float | None = None
     level_note: str = ""
     hist: dict | None = None  # {"edges": [...], "counts": [...], "over": "all" | "top-k"}
@@ -322,6 +323,10 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
     links = [f'<a href="{_url(u.pair)}">montage</a>'] + ([f'<a href="{_url(u.array)}">npy</a>'] if u.array else [])
     links += [f'<a href="{_url(u.occlusion)}">occlusion</a>'] if u.occlusion else []
     body.append(f'<p class="meta">{" · ".join(links)}</p>')
+    if u.visual:
+        body.append(f'<figure><img src="{_url(u.visual)}" width="224" alt="visualisation of unit {u.unit}">'
+                    '<figcaption class="label">what the unit wants to see (activation maximisation)</figcaption>'
+                    '</figure>')
     rows, cols = meta.grid
     t = u.tile
     mw, mh = cols * t + (cols - 1) * GAP, rows * t + (rows - 1) * GAP

@@ -153,6 +153,7 @@ def render_store(
     show: str = "patch",
     quantile: float = DEFAULT_QUANTILE,
     shared_scale: bool | None = None,
+    visualize: int = 0,
 ) -> RenderResult:
     """Render a store: every channel of every layer by default, or the selected ones.
 
@@ -167,6 +168,8 @@ def render_store(
     (default), max or shared (see ``normalise``); ``show``: what goes beside the projections,
     patch (default), heatmap or both, with the heatmap level at the unit's ``quantile`` (see
     ``heatmap``). ``shared_scale=True`` is the deprecated spelling of ``contrast="shared"``.
+    ``visualize=N``: also optimise, with N steps, an image that maximises each rendered unit
+    (``mine visualize``; kept when it exists) and show it on the unit's page.
     """
     t0 = time.perf_counter()
     feats = parse_features(features)
@@ -221,6 +224,8 @@ def render_store(
                         save_manifest(out_dir, man)
                         res.rendered += len(chunk)
                         bar.update(len(chunk))
+                if visualize:
+                    _visualize(net, store, layer, plan[layer], out_dir, visualize)
                 if layer in todo_layers:
                     res.projections += _render_layer(rnd, layer, arrays, out_dir, opts.contrast, k, n_overview)
                     man["layers"] = sorted(set(man["layers"]) | {layer})
@@ -230,6 +235,20 @@ def render_store(
         _site(store, man, out_dir, opts)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _visualize(net, store: Store, layer: str, chans: list[int], out: Path, steps: int) -> None:
+    """Feature visualisations of the rendered units that do not have one yet (16 units per batch)."""
+    from ..data.preprocess import Preprocessing
+    from ..visualize import VisualizeConfig, visualize_units
+    from ..visualize.files import write_unit_images
+
+    missing = [c for c in chans if not (out / feature_files(layer, c)["vis"]).exists()]
+    prep = Preprocessing(net.preprocessing_mode, store.size)
+    for s in range(0, len(missing), 16):
+        chunk = missing[s:s + 16]
+        write_unit_images(out, layer, chunk, visualize_units(net, layer, chunk, prep, VisualizeConfig(steps=steps))
+                          .numpy(), save_arrays=False)
 
 
 def _unit_maps(rnd: Renderer, layer: str, chans: list[int], arrays: dict) -> dict[int, np.ndarray]:
@@ -352,6 +371,7 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
                 unit.page, unit.pair = fs["page"], fs["pair"]
                 unit.array = fs["array"] if (out / fs["array"]).exists() else None
                 unit.occlusion = fs["occlusion"] if (out / fs["occlusion"]).exists() else None  # `mine occlude STORE`
+                unit.visual = fs["vis"] if (out / fs["vis"]).exists() else None  # --visualize
                 unit.level, unit.hist = rec.get("level"), rec.get("hist")
                 unit.level_note = LEVEL_SOURCES.get(rec.get("source", ""), "")
                 unit.feat, unit.im, unit.overlay = fs["feat"], fs["im"], fs["overlay"]

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from ..render.montage import grid, grid_shape, save_png
-from ..render.names import safe_name
+from ..render.names import feature_files, safe_name
 
 
 def vis_files(layer: str, c: int) -> dict[str, str]:
-    n = safe_name(layer)
-    return {"png": f"{n}_vis_{c}.png", "array": f"{n}_vis_{c}.npy"}
+    fs = feature_files(layer, c)  # one naming for render and visualize: unit pages link these
+    return {"png": fs["vis"], "array": fs["vis_array"]}
 
 
 def layer_vis_file(layer: str) -> str:
