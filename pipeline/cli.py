@@ -146,7 +146,10 @@ def run(
         return run_job(cfg, stats=stats)
 
     result = _recorded(job, stats, lambda: log or getattr(loaded.get("cfg"), "log", None))
-    typer.echo(result.summary())
+    from .jobs.distributed import is_secondary
+
+    if not is_secondary():
+        typer.echo(result.summary())
 
 
 def _recorded(job, stats, log_path):
@@ -154,6 +157,7 @@ def _recorded(job, stats, log_path):
     success, a mapped failure (one line on stderr + its exit code) or a bug (traceback)."""
     import time
 
+    from .jobs.distributed import is_secondary
     from .jobs.record import append_record, default_log, make_record
 
     t0 = time.perf_counter()
@@ -172,7 +176,7 @@ def _recorded(job, stats, log_path):
         # Next to the store; a run that failed before it knew its store (no --out, e.g. images
         # not found) has nowhere sensible to log unless --log was given.
         target = log_path() or (default_log(stats.store) if stats.store else None)
-        if target:
+        if target and not is_secondary():  # a torchrun job's record is written by rank 0
             append_record(target, make_record(stats, code, msg, time.perf_counter() - t0))
     fail(msg, code)
 

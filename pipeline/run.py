@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .config import check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .devices import resolve_device
+from .jobs import distributed
 from .jobs.checkpoint import (
     Checkpoint,
     checkpoint_path,
@@ -46,6 +47,7 @@ from .jobs.output import remove_stale_temps, store_target, write_isolated
 from .jobs.record import JobStats
 from .jobs.signals import InterruptGuard
 from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
+from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
 from .mining.stream import ImageRecord, StreamState, new_state, stream
 from .models.network import Network
@@ -202,9 +204,10 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
     if cfg.update and cfg.force:
         raise ValueError("--update and --force exclude each other: --update extends a store, --force replaces it")
     every = parse_every(cfg.checkpoint_every)
-    device = resolve_device(cfg.device)
     # Signals end the run at once until the streaming pass, which stops them at a batch boundary.
     with InterruptGuard(graceful=False) as guard:
+        dist = distributed.join(cfg.device)  # distributed: None outside torchrun
+        device = dist.device if dist else resolve_device(cfg.device)
         path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else None
         if path is not None and store_target(path).is_dir():
             raise ValueError(f"{path} is a folder; name the store file, e.g. {path / 'store.h5'}")
@@ -217,16 +220,24 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
             source = type(source)(source.spec, source.root, source.paths[: cfg.limit])
         path = store_target(path or default_store_path(cfg, layers))
         stats.store, stats.images_seen = str(path), len(source.paths)
+        if dist is not None:  # distributed: rank 0 holds the lock for every rank
+            with dist.store_lock(path):
+                return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled,
+                                   dist)
         with StoreLock(path):
             remove_stale_temps(path)
             return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled)
 
 
 def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0,
-                guard: InterruptGuard, pooled: list[str] = ()) -> RunResult:
-    ck_path = checkpoint_path(path)
+                guard: InterruptGuard, pooled: list[str] = (), dist=None) -> RunResult:
+    ck_path = checkpoint_path(path) if dist is None else dist.checkpoint_path(path)
     ck = None
-    if ck_path.exists():
+    if dist is not None:  # distributed: every rank reads every rank's checkpoint
+        ck = dist.load_checkpoints(path, cfg.discard_checkpoint)
+    elif distributed.rank_checkpoints(path):  # a torchrun job's, resumed by one process
+        ck = distributed.load_all(path, cfg.discard_checkpoint)
+    elif ck_path.exists():
         if cfg.discard_checkpoint:
             _warn(f"deleting the checkpoint {ck_path} (--discard-checkpoint)")
             ck_path.unlink()
@@ -240,7 +251,11 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             and set(differences(ck.fingerprint, fingerprint)) <= {"base"}):
         # Killed after the store was written but before the checkpoint was removed. (For an
         # in-place --update the base is that new store now, hence "base" may differ.)
-        ck_path.unlink()
+        if dist is not None:
+            dist.barrier()
+        if dist is None or dist.rank == 0:
+            distributed.remove_checkpoints(path)
+        ck_path.unlink(missing_ok=True)
         stats.mode = "already-complete"
         with Store(path) as s:
             return RunResult(path, len(source.paths), int(s.attrs["images_skipped"]),
@@ -260,6 +275,8 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
                                    "id": base.attrs.get("inputs_id") or base.attrs.get("created")}
 
         state = new_state(net, layers, cfg.k, device, pooled)
+        if dist is None:  # finalize: capture pixels, and switches where that is exact (mining.capture)
+            state.capture = new_capture(net, layers, prep, device, cfg)
         complete = False
         if ck is not None:
             diff = differences(ck.fingerprint, fingerprint)
@@ -287,10 +304,13 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
 
         for attempt in (1, 2):
             _stream_with_checkpoints(cfg, net, state, prep, source, device, known, ck_path, fingerprint,
-                                     every, complete, stats, guard)
+                                     every, complete, stats, guard, dist)
+            if dist is not None:  # distributed: every rank gets the global top-k and records
+                dist.combine_stream(state, stats)
             # The checkpoint is complete from here on: a signal stops at once (guard.graceful is off).
             guard.hint = f"the streaming pass is saved in {ck_path}; re-run the same command to finish"
-            _warn_skipped(source, state.records)
+            if dist is None or dist.rank == 0:
+                _warn_skipped(source, state.records)
             table = images_table(source, state.records)
             stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
             stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
@@ -298,18 +318,26 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
                 table = resolve_known_rows(table, base_part.table)
             parts = ([base_part] if base_part else []) + [fresh_part(cfg.images, source, prep, state, table)]
             try:
-                combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision)
+                combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision, dist=dist)
                 break
             except KeptImagesChanged as e:
                 # The mined state describes file contents that are gone: it cannot be finalized, and
                 # a resume from it never could. Drop it and mine the files as they are now.
+                # (Distributed: every rank gets the error and drops its own checkpoint.)
                 ck_path.unlink(missing_ok=True)
+                if dist is None or dist.rank == 0:
+                    distributed.remove_checkpoints(path)  # every rank's too
+                if dist is not None:
+                    dist.barrier()
                 if attempt == 2:
                     raise SourceChanged(
                         f"{e}; they changed again while being mined: stop whatever writes to them and re-run "
                         f"(the checkpoint was deleted, the next run mines from the start)") from None
-                _warn(f"{e}; mining all images again from the start")
+                if dist is None or dist.rank == 0:
+                    _warn(f"{e}; mining all images again from the start")
                 state, complete, guard.hint = new_state(net, layers, cfg.k, device, pooled), False, ""
+                if dist is None:
+                    state.capture = new_capture(net, layers, prep, device, cfg)
                 stats.mode, stats.images_resumed = ("update" if base_part else "fresh"), 0
         if base is not None:
             base.close()  # the output may replace it
@@ -324,15 +352,34 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
             **({"pooled": list(pooled)} if pooled else {}),
         }
-        write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
-                       f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
+        if dist is None or dist.rank == 0:  # distributed: rank 0 writes the one store
+            write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
+                           f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
+        if dist is not None:  # the others wait for the outcome
+            dist.agree(None)
         pause_point("store-written")
         ck_path.unlink(missing_ok=True)
+        if dist is None or dist.rank == 0:
+            distributed.remove_checkpoints(path)
     finally:
         if base is not None:
             base.close()
     return RunResult(path, len(source.paths), stats.images_skipped, time.perf_counter() - t0, layers,
                      stats.images_new, stats.images_known, stats.images_resumed, stats.mode)
+
+
+def new_capture(net: Network, layers: list[str], prep: Preprocessing, device, cfg: RunConfig) -> Capture | None:
+    """Pixels of the top-k candidates always (budget ``MINE_CAPTURE_MB``, default 2048; 0 turns
+    capture off); their switches and values too when the streaming pass is float32, contiguous
+    and batch-invariant, so finalize need not re-run them."""
+    import os
+
+    budget = float(os.environ.get("MINE_CAPTURE_MB", "2048"))
+    if budget <= 0:
+        return None
+    exact = (cfg.precision == "fp32" and not (cfg.channels_last or device.type == "cuda")
+             and batch_invariant(net, layers, prep, device))
+    return Capture(net.pools_through(layers), exact, budget)
 
 
 def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table: dict) -> Part:
@@ -348,19 +395,24 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
         if r.ok or r.reason == "duplicate":
             files.setdefault(r.key, []).append(i)
     dataset = ImageDataset(source, prep)
+    cap = state.capture
 
     def record_of(key: int) -> dict:
+        px = cap.pixels(key) if cap is not None else None  # no second decode of a captured image
+        if px is not None:  # the pixels mined: no check needed
+            return {"ok": True, "reason": "", "pixels": torch.from_numpy(px)}
         records = (dataset[i] for i in files[key])
         first = next(records)
         return first if first["key"] == key else next((r for r in records if r["key"] == key), first)
 
+    captured = {k: v for k, v in cap.items.items() if v[1] is not None} if cap is not None else {}
     return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files),
-                {n: p.as_dict() for n, p in state.pooled.items()})
+                {n: p.as_dict() for n, p in state.pooled.items()}, captured)
 
 
 def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
                              fingerprint: dict, every, complete: bool, stats: JobStats,
-                             guard: InterruptGuard) -> None:
+                             guard: InterruptGuard, dist=None) -> None:
     """The streaming pass over the images without a record, checkpointed; on return the
     checkpoint is complete and later signals interrupt at once (see ``jobs.signals``)."""
     total = len(source.paths)
@@ -382,11 +434,15 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
         if channels_last:
             net.model.to(memory_format=torch.channels_last)
         dataset = (SkipKnown(source, prep, todo, known) if known else ImageDataset(source, prep, todo))
-        loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
+        batch_size = cfg.batch_size
+        if dist is not None:  # distributed: read every file, decode this rank's share
+            dataset, batch_size = dist.dataset(source, prep, todo, known), cfg.batch_size * dist.world
+        loader = make_loader(dataset, batch_size, cfg.workers, device.type == "cuda")
         schedule = _Schedule(every)
         saved_at = state.batches
-        bar = tqdm(total=total, initial=total - len(todo), unit="img", desc="mining",
-                   disable=not cfg.progress, smoothing=0.1)
+        bar = (tqdm(total=total, initial=total - len(todo), unit="img", desc="mining",
+                    disable=not cfg.progress, smoothing=0.1) if dist is None
+               else dist.progress(state, total, total - len(todo), cfg.progress))
 
         def on_batch(n: int, bad: int) -> None:
             nonlocal saved_at

@@ -8,13 +8,20 @@ Prints, on the same decoded images and batch size:
     for the model's default layer set (``--layer all``), and their ratios to the bare pass,
     for each model of ``--models`` (vgg16, resnet50, mobilenet_v2 by default),
   - decode-only throughput of the data path (files -> uint8 tensors),
-  - peak RSS of a full `mine run` over 1k and 10k generated JPEGs (child processes).
+  - peak RSS of a full `mine run` over 1k and 10k generated JPEGs (child processes),
+  - end to end (``--e2e``, also part of the default run): the whole `mine run` (start-up,
+    decoding workers, streaming, finalize, store write) over N distinct JPEGs against the bare
+    forward pass over the same images already decoded, in the same run, with the time split
+    into phases (``--device cuda`` runs both on the GPU; ``--distributed N`` also launches
+    ``torchrun --nproc-per-node N`` on the same set, gloo on CPU, NCCL on GPU).
 
 Targets on the 2-core CPU: all default layers >= 0.90 x bare, one layer >= 0.95 x,
 peak RSS for 10k within 10% of 1k.
 
     python scripts/bench_mine.py                 # defaults: vgg16, 224 px, 32 images, batch 16
     python scripts/bench_mine.py --quick         # smaller, for a smoke test
+    python scripts/bench_mine.py --e2e-only --e2e-images 512 --e2e-size 112 --distributed 2
+    python scripts/bench_mine.py --e2e-only --device cuda --distributed 8   # on a GPU node
 """
 from __future__ import annotations
 
@@ -82,6 +89,102 @@ def rss_child(n: int, folder: str, size: int) -> None:
     print(json.dumps({"n": n, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def e2e(a) -> None:
+    """The whole `mine run` vs the bare forward pass over already-decoded images (ratios)."""
+    import os
+    import shutil
+
+    from pipeline import RunConfig, run
+    from pipeline.mining import finalize as fin_mod
+    from pipeline.store.read import Store
+
+    dev = torch.device(a.device)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    make_jpegs(tmp / "imgs", a.e2e_images, distinct_bases=a.e2e_images)
+    prep = Preprocessing("torchvision", a.e2e_size)
+    src = resolve_images(str(tmp / "imgs"))
+    batches = list(make_loader(ImageDataset(src, prep), a.batch_size, 0, False))
+    net = load_network("vgg16", "random", a.e2e_size)
+    print(f"\nend to end: vgg16 random, {a.e2e_images} distinct JPEGs 500x375 at {a.e2e_size} px, batch "
+          f"{a.batch_size}, {a.workers} decoding workers, {a.device}, {torch.get_num_threads()} threads")
+    print(f"{'':<26}{'bare img/s':>11}{'stream img/s':>13}{'mine run img/s':>15}{'stream/bare':>12}"
+          f"{'e2e/bare':>9}{'kept':>7}   phases of mine run (s)")
+    for layer in a.e2e_layers.split(","):
+        layers = net.select(layer)
+        label = f"{len(layers)} layers ({layer})" if len(layers) > 1 else f"1 layer ({layer})"
+        deepest = max(layers, key=lambda n: net.layers[n].order)
+        trunk = create_feature_extractor(net.model, return_nodes=[net.layers[deepest].module]).eval().to(dev)
+        on_dev = [b["pixels"].to(dev) for b in batches]
+
+        def bare():
+            with torch.inference_mode():
+                for px in on_dev:
+                    trunk(normalize(px, prep))
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        def streaming():
+            net.to(dev)
+            st = new_state(net, layers, 9, dev)
+            stream(net, st, batches, prep, dev)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        phases: dict[str, float] = {}
+        real_finalize = fin_mod.finalize
+
+        def timed_finalize(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return real_finalize(*args, **kw)
+            finally:
+                phases["finalize"] = time.perf_counter() - t
+
+        def whole():
+            out = tmp / "e2e.h5"
+            for p in tmp.glob("e2e.h5*"):
+                p.unlink()
+            t = time.perf_counter()
+            import pipeline.jobs.combine as comb
+            comb.finalize = timed_finalize
+            try:
+                run(RunConfig(images=str(tmp / "imgs"), layer=layer, model="vgg16", weights="random",
+                              size=a.e2e_size, batch_size=a.batch_size, workers=a.workers, device=a.device,
+                              progress=False, out=str(out)))
+            finally:
+                comb.finalize = real_finalize
+            phases["total"] = time.perf_counter() - t
+            with Store(out) as s:
+                phases["kept"] = len(s.kept_keys())
+
+        tb, ts = timed_pair(bare, streaming, a.repeat)
+        whole()
+        n = a.e2e_images
+        rest = phases["total"] - phases["finalize"]
+        print(f"{label:<26}{n / tb:11.2f}{n / ts:13.2f}{n / phases['total']:15.2f}{tb / ts:12.3f}"
+              f"{tb / phases['total']:9.3f}{phases['kept']:>7}   total {phases['total']:.1f} = finalize "
+              f"{phases['finalize']:.1f} + start-up/stream/write {rest:.1f}", flush=True)
+        if a.distributed:
+            out = tmp / "dist.h5"
+            for p in tmp.glob("dist.h5*"):
+                p.unlink()
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                   str(a.distributed), "-m", "pipeline", "run", "--images", str(tmp / "imgs"), "--layer", layer,
+                   "--model", "vgg16", "--weights", "random", "--size", str(a.e2e_size), "--batch-size",
+                   str(a.batch_size), "--workers", str(a.workers), "--device", a.device, "--quiet", "--out", str(out)]
+            # (no --log: torchrun's own parser takes it for its --log-dir; the record goes next to the store)
+            env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            wall = time.perf_counter() - t
+            rec = json.loads((tmp / "mine-runs.jsonl").read_text().splitlines()[-1])
+            per = ", ".join(f"rank {r['rank']} {r['images_per_s']:.2f}" for r in rec["ranks"])
+            print(f"{'  torchrun x' + str(a.distributed):<26}{'':11}{'':13}{n / rec['seconds']:15.2f}{'':12}"
+                  f"{tb / rec['seconds']:9.3f}{'':7}   job {rec['seconds']:.1f} s (command {wall:.1f} s with "
+                  f"interpreter start-up); streaming img/s per rank: {per}", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32)
@@ -92,13 +195,24 @@ def main() -> None:
     ap.add_argument("--rss-size", type=int, default=32, help="input size for the RSS runs (keeps 10k fast)")
     ap.add_argument("--models", default="vgg16,resnet50,mobilenet_v2")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end section")
+    ap.add_argument("--e2e-images", type=int, default=512)
+    ap.add_argument("--e2e-size", type=int, default=112)
+    ap.add_argument("--e2e-layers", default="all,conv5_3", help="comma-separated --layer values, one row each")
+    ap.add_argument("--workers", type=int, default=2, help="decoding workers of the end-to-end runs")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (end-to-end section)")
+    ap.add_argument("--distributed", type=int, default=0, metavar="N",
+                    help="also run the end-to-end job under torchrun with N processes")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rss_child:
         return rss_child(a.rss_child, a.folder, a.rss_size)
     if a.quick:
-        a.images, a.size, a.rss, a.repeat = 16, 96, [200, 2000], 1
+        a.images, a.size, a.rss, a.repeat, a.e2e_images = 16, 96, [200, 2000], 1, 64
+    if a.e2e_only:
+        torch.set_grad_enabled(False)
+        return e2e(a)
 
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
@@ -152,6 +266,7 @@ def main() -> None:
         print(f"peak RSS, mine run over {n:>6} images (all conv, {a.rss_size}px): {rec['maxrss_mb']:8.1f} MB"
               f"  ({n / (time.perf_counter() - t):.0f} img/s end to end)")
     print(f"RSS ratio {large}/{small}: {rss[1] / rss[0]:.3f}   (target <= 1.10)")
+    e2e(a)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def test_edited_original_of_a_duplicate_is_read_from_the_duplicate(mine_dir, net
 
 
 def test_kept_file_deleted_during_the_run(mine_dir, net, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MINE_CAPTURE_MB", "0")  # finalize re-reads every kept file (no capture)
     real = run_module.combine
 
     def delete_then_combine(*a, **kw):
@@ -185,6 +186,7 @@ def test_kept_file_deleted_during_the_run(mine_dir, net, tmp_path, monkeypatch, 
 
 
 def test_kept_file_that_keeps_changing_is_exit_3_and_never_a_stuck_resume(mine_dir, net, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINE_CAPTURE_MB", "0")  # finalize re-reads every kept file (no capture)
     real, seeds = run_module.combine, iter(range(100, 200))
 
     def edit_then_combine(*a, **kw):

@@ -62,6 +62,7 @@ class Part:
     record_of: Callable[[int], dict]
     pixel_keys: set[int] = field(default_factory=set)  # keys ``record_of`` can serve
     pooled: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # ``--pooled``: layer -> key -> (2, C)
+    captured: dict = field(default_factory=dict)  # key -> (pixels, switches) from the streaming pass
 
 
 # --- configuration identity --------------------------------------------------------------
@@ -198,7 +199,7 @@ class Combined:
     root: str
     spec: str
     table: dict[str, np.ndarray]
-    fin: Finalized
+    fin: Finalized | None
 
     @property
     def images_seen(self) -> int:
@@ -210,8 +211,9 @@ class Combined:
 
 
 def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Preprocessing,
-            device: torch.device, precision: str) -> Combined:
-    """Union of ``parts`` finalized into what ``write_store`` writes."""
+            device: torch.device, precision: str, dist=None) -> Combined:
+    """Union of ``parts`` finalized into what ``write_store`` writes (``dist``: finalize is
+    split across the ranks and ``fin`` is None except on rank 0)."""
     root, table = union_table(parts)
     tops = {n: RunningTopK(net.layers[n].channels, k) for n in layers}
     for part in parts:
@@ -233,7 +235,9 @@ def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Pr
     def describe(layer, c, rank, key):
         return f"{layer} feature {c} rank {rank} ({table['path'][key_to_index[key]]})"
 
+    captured = {key: item for p in parts for key, item in p.captured.items()}
     fin = finalize(net, tops, key_to_index, lambda rows: _KeptImages(rows, table, providers, prep.size), prep,
-                   device, precision, workers=0, describe=describe, name_of=lambda row: table["path"][row])
+                   device, precision, workers=0, describe=describe, name_of=lambda row: table["path"][row],
+                   dist=dist, captured=captured)
     specs = list(dict.fromkeys(p.spec for p in parts))
     return Combined(root, " + ".join(specs), {**table, **pooled_columns(parts, table)}, fin)

@@ -5,6 +5,7 @@ with sleeps. Instead it sets::
 
     MINE_TEST_PAUSE_AT=checkpoint-write:2     # the 2nd time that point is reached
     MINE_TEST_PAUSE_FILE=/tmp/x/ready         # created (holding the pid) when paused
+    MINE_TEST_PAUSE_RANK=1                    # torchrun jobs: only that rank pauses (default 0)
 
 The process then blocks at that point until it is killed, or until ``until()``
 says to go on (e.g. a SIGINT was received). Points used by ``mine run``:
@@ -23,6 +24,7 @@ from typing import Callable
 
 PAUSE_ENV = "MINE_TEST_PAUSE_AT"
 READY_ENV = "MINE_TEST_PAUSE_FILE"
+RANK_ENV = "MINE_TEST_PAUSE_RANK"
 _hits: dict[str, int] = {}
 
 
@@ -31,7 +33,7 @@ def pause_point(name: str, until: Callable[[], bool] | None = None) -> None:
     if not spec:
         return
     point, _, nth = spec.partition(":")
-    if point != name:
+    if point != name or os.environ.get("RANK", "0") != os.environ.get(RANK_ENV, "0"):
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] != int(nth or 1):

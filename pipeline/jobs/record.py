@@ -27,6 +27,9 @@ Fields (all always present; ``null`` where unknown)::
     images_known        images skipped because the store already held their content (--update)
     images_resumed      images restored from a checkpoint instead of being mined again
     seconds, images_per_s   wall time of this invocation; images_new / seconds
+    world_size, ranks   processes of a torchrun job and, per rank, its rank, host, pid, device,
+                        images_new, seconds (its streaming pass) and images_per_s; ranks is null
+                        for a single process
     version, host, pid
 """
 from __future__ import annotations
@@ -73,6 +76,7 @@ class JobStats:
     images_new: int = 0
     images_known: int = 0
     images_resumed: int = 0
+    ranks: list[dict] | None = None  # torchrun jobs: one entry per process (see jobs.distributed)
     start: str = field(default_factory=now_iso)
 
 
@@ -98,6 +102,8 @@ def make_record(stats: JobStats, exit_code: int, error: str | None, seconds: flo
         "images_resumed": stats.images_resumed,
         "seconds": round(seconds, 3),
         "images_per_s": round(stats.images_new / seconds, 3) if seconds > 0 else None,
+        "world_size": len(stats.ranks) if stats.ranks else 1,
+        "ranks": stats.ranks,
         "version": __version__,
         "host": socket.gethostname(),
         "pid": os.getpid(),

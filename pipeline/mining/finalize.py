@@ -81,12 +81,22 @@ def finalize(
     workers: int = 0,
     describe=lambda layer, c, rank, key: f"{layer} feature {c} rank {rank} image key {key}",
     name_of=lambda index: f"image {index}",
-) -> Finalized:
+    dist=None,
+    captured: dict | None = None,
+) -> Finalized | None:
     """``dataset_factory(indices)`` builds an ``ImageDataset`` over those source indices.
 
-    Every kept image must come back with the key it was mined under (the key is its
+    Every re-run kept image must come back with the key it was mined under (the key is its
     content hash): one that does not raises ``KeptImagesChanged`` naming them all
     (``name_of(index)``) before any value is compared.
+
+    ``captured`` (key -> (pixels, switches), see ``mining.capture``): images whose float32
+    streaming pass already gave what finalize computes; they are not re-run (nor checked:
+    their pixels are the ones mined).
+
+    ``dist`` (a ``jobs.distributed.Dist``): this process re-runs only its share of the fixed
+    batches and rank 0 gathers, checks and returns the result (None on the other ranks); a
+    changed kept image on any rank raises ``KeptImagesChanged`` on every rank.
     """
     layers = list(tops)
     res = {n: tops[n].result() for n in layers}
@@ -115,58 +125,123 @@ def finalize(
     maxima = {name: np.full(rows[name].shape, np.nan, np.float32) for name in layers}
     argmax = {name: np.full(rows[name].shape, -1, np.int64) for name in layers}
 
-    loader = make_loader(dataset_factory(list(kept_index)), FINAL_BATCH, workers, device.type == "cuda")
-    start = 0
-    changed: list[tuple[int, str]] = []  # (index, why) of kept images whose file changed
-    for batch in loader:
-        b = len(batch["ok"])
-        moved = batch["key"].numpy() != kept_keys[start:start + b]
-        if moved.any() or not bool(batch["ok"].all()):
-            changed += [(int(i), "changed since it was mined" if m and sha else reason)
-                        for i, ok, m, sha, reason in zip(batch["index"], batch["ok"], moved, batch["sha256"],
-                                                         batch["reason"]) if m or not ok]
-            start += b
-            continue
-        pixels[start:start + b] = batch["pixels"].numpy()
-        x = normalize(batch["pixels"].to(device, non_blocking=True), prep).float()
-        captured: dict = {}  # layer -> (slots, values, channel maxima)
-        offsets: dict[str, torch.Tensor] = {}  # pool -> switches
-
-        def take(name, out):
-            r = rows[name]
-            sel = np.nonzero((r >= start) & (r < start + b))
-            if sel[0].size:
-                i, c, y, xx = (torch.as_tensor(a[sel], device=out.device)
-                               for a in (r - start, chans[name], ys[name], xs[name]))
-                vmax, vpos = spatial_max(out)
-                captured[name] = (sel, out[i, c, y, xx].float().cpu(), vmax[i, c].float().cpu(), vpos[i, c].cpu())
-
-        def switch_hook(p):
-            st = step_of(net.module(p))
-            return lambda _m, inp: offsets.__setitem__(p, pool_offsets(inp[0], st))
-
-        pre = [net.module(p).register_forward_pre_hook(switch_hook(p)) for p in pools]
-        try:
-            with torch.inference_mode(), hooked(net, layers, take):
-                run_to(net, x)
-        finally:
-            for h in pre:
-                h.remove()
-        for p in pools:
-            switches[p][start:start + b] = offsets[p].cpu().numpy()
+    # Captured images: the streaming pass's float32 values are the re-run's (batch invariance).
+    captured = captured or {}
+    cap_rows = [r for r, key in enumerate(kept_keys.tolist()) if key in captured]
+    if cap_rows:
+        is_cap = np.zeros(n, bool)
+        is_cap[cap_rows] = True
+        for r in cap_rows:
+            px, sw = captured[int(kept_keys[r])]
+            pixels[r] = px
+            for p in pools:
+                switches[p][r] = sw[p]
         for name in layers:
-            if name in captured:
-                sel, v, m, mp = captured[name]
-                final[name][sel] = v.numpy()
-                maxima[name][sel] = m.numpy()
-                argmax[name][sel] = mp.numpy()
-        start += b
+            sel = np.nonzero((rows[name] >= 0) & is_cap[np.maximum(rows[name], 0)])
+            final[name][sel] = maxima[name][sel] = recorded[name][sel]
+            argmax[name][sel] = res[name]["pos"].numpy()[sel]
+    # The others in fixed batches of FINAL_BATCH in key order, whoever runs them: a float32
+    # convolution may round differently with other batch companions.
+    todo = [r for r in range(n) if not is_cap[r]] if cap_rows else list(range(n))
+    n_batches = -(-len(todo) // FINAL_BATCH)
+    mine = list(range(n_batches)) if dist is None else dist.share(n_batches)
+    my_rows = [todo[i] for j in mine for i in range(j * FINAL_BATCH, min(len(todo), (j + 1) * FINAL_BATCH))]
+    loader = make_loader(dataset_factory([int(kept_index[r]) for r in my_rows]), FINAL_BATCH, workers,
+                         device.type == "cuda")
+    partials, done, err = [], 0, None
+    changed: list[tuple[int, str]] = []  # (index, why) of kept images whose file changed
+    try:
+        for batch in loader:
+            b = len(batch["ok"])
+            batch_rows = np.array(my_rows[done:done + b], dtype=np.int64)
+            done += b
+            moved = batch["key"].numpy() != kept_keys[batch_rows]
+            if moved.any() or not bool(batch["ok"].all()):
+                changed += [(int(i), "changed since it was mined" if m and sha else reason)
+                            for i, ok, m, sha, reason in zip(batch["index"], batch["ok"], moved, batch["sha256"],
+                                                             batch["reason"]) if m or not ok]
+                continue
+            if changed:  # the job fails anyway: only the remaining files are still read
+                continue
+            partials.append(_rerun(net, batch, batch_rows, n, rows, chans, ys, xs, layers, pools, prep, device))
+    except ReproduceError as e:
+        err = e
+    if dist is not None:  # every rank learns of every changed file, and fails alike
+        changed = [c for cs in dist.gather_all(changed) for c in cs]
     if changed:
         names = ", ".join(f"{name_of(i)} ({why})" for i, why in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise KeptImagesChanged(f"{len(changed)} kept image(s) no longer hold the content mined: {names}{more}")
+    if dist is not None:
+        dist.agree(err)
+        gathered = dist.gather_to_root(partials)
+        if gathered is None:
+            dist.agree(None)  # rank 0's check below
+            return None
+        partials = [p for ps in gathered for p in ps]
+    elif err is not None:
+        raise err
+    for batch_rows, px, sw, found in partials:
+        pixels[batch_rows] = px
+        for p in pools:
+            switches[p][batch_rows] = sw[p]
+        for name, (sel, v, m, mp) in found.items():
+            final[name][sel] = v
+            maxima[name][sel] = m
+            argmax[name][sel] = mp
 
     rtol = RTOL[precision]
+    out_layers = {}
+    try:
+        out_layers = _check(net, layers, res, rows, recorded, final, maxima, argmax, ys, xs, precision, rtol,
+                            describe)
+    except ReproduceError as e:
+        err = e
+    if dist is not None:
+        dist.agree(err)
+    elif err is not None:
+        raise err
+    return Finalized(kept_keys.astype(np.int64), kept_index, pixels, switches, out_layers)
+
+
+def _rerun(net, batch, batch_rows, n, rows, chans, ys, xs, layers, pools, prep, device):
+    """One fixed batch of kept rows ``batch_rows``: (batch_rows, pixels, switches, found values)."""
+    at = np.full(n + 1, -1, np.int64)  # kept row -> place in this batch (last: empty slots)
+    at[batch_rows] = np.arange(len(batch_rows))
+    if not bool(batch["ok"].all()):
+        bad = int(batch["index"][~batch["ok"]][0])
+        raise ReproduceError(f"kept image {bad} can no longer be read: {batch['reason']}")
+    px = batch["pixels"].numpy()
+    x = normalize(batch["pixels"].to(device, non_blocking=True), prep).float()
+    captured: dict = {}  # layer -> (slots, values, channel maxima)
+    offsets: dict[str, torch.Tensor] = {}  # pool -> switches
+
+    def take(name, out):
+        place = at[rows[name]]  # rows -1 (empty) map to the last element, -1
+        sel = np.nonzero(place >= 0)
+        if sel[0].size:
+            i, c, y, xx = (torch.as_tensor(a[sel], device=out.device)
+                           for a in (place, chans[name], ys[name], xs[name]))
+            vmax, vpos = spatial_max(out)
+            captured[name] = (sel, out[i, c, y, xx].float().cpu(), vmax[i, c].float().cpu(), vpos[i, c].cpu())
+
+    def switch_hook(p):
+        st = step_of(net.module(p))
+        return lambda _m, inp: offsets.__setitem__(p, pool_offsets(inp[0], st))
+
+    pre = [net.module(p).register_forward_pre_hook(switch_hook(p)) for p in pools]
+    try:
+        with torch.inference_mode(), hooked(net, layers, take):
+            run_to(net, x)
+    finally:
+        for h in pre:
+            h.remove()
+    return (batch_rows, px, {p: offsets[p].cpu().numpy() for p in pools},
+            {name: (sel, v.numpy(), m.numpy(), mp.numpy()) for name, (sel, v, m, mp) in captured.items()})
+
+
+def _check(net, layers, res, rows, recorded, final, maxima, argmax, ys, xs, precision, rtol, describe):
+    """Every recorded value reproduced (else ``ReproduceError``); entries re-sorted."""
     out_layers = {}
     for name in layers:
         filled = rows[name] >= 0
@@ -188,7 +263,7 @@ def finalize(
             final[name] = maxima[name]
             ys[name], xs[name] = np.where(filled, argmax[name] // w, -1), np.where(filled, argmax[name] % w, -1)
         out_layers[name] = _reorder(final[name], res[name]["keys"].numpy(), rows[name], ys[name], xs[name])
-    return Finalized(kept_keys.astype(np.int64), kept_index, pixels, switches, out_layers)
+    return out_layers
 
 
 def _reorder(values, keys, rows, ys, xs) -> LayerEntries:

@@ -49,6 +49,7 @@ class StreamState:
     batches: int = 0
     fed: int = 0  # images run through the network by this process (not restored)
     pooled: dict[str, PooledVectors] = field(default_factory=dict)  # ``--pooled``: one row per image content
+    capture: object | None = None  # a ``mining.capture.Capture``: what finalize needs, kept as we go
 
     def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None) -> None:
         """Load a checkpoint: records and top-k states; seen keys follow from the records."""
@@ -95,6 +96,7 @@ def stream(
     still be checkpointed. Only the commit itself runs with ``state.dirty`` set.
     """
     layers = list(state.tops)
+    cap = state.capture
     for batch in batches:
         ok = batch["ok"].clone()
         keys = batch["key"]
@@ -110,14 +112,19 @@ def stream(
                 new_keys.add(key)
             records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
                                        int(batch["width"][i]), int(batch["height"][i])))
-        maxima, vectors, kd = {}, {}, None
+        maxima, vectors, kd, offsets = {}, {}, None, {}
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             x = _as_input(pixels, prep, device, channels_last)
             kd = keys[ok].to(device, non_blocking=True)
+            offsets, handles = cap.hooks(net) if cap is not None else ({}, [])
             # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                maxima, vectors = layer_stats(net, layers, list(state.pooled), x)
+            try:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x)
+            finally:
+                for h in handles:
+                    h.remove()
         state.dirty = True
         for name, (values, pos) in maxima.items():
             state.tops[name].add(values.float(), kd, pos)
@@ -129,6 +136,8 @@ def stream(
         state.batches += 1
         state.fed += len(new_keys)
         state.dirty = False
+        if cap is not None and maxima:
+            cap.add(keys[ok], pixels, offsets, state.tops)
         if on_batch is not None:
             on_batch(len(ok), int((~batch["ok"]).sum()))
     return state

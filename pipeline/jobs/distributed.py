@@ -1,0 +1,396 @@
+"""`mine run` over several processes (one per GPU) under torch.distributed -> one store.
+
+Launched by ``torchrun`` (``torchrun --nproc-per-node 8 -m pipeline run ...``, or with
+``--nnodes`` and a rendezvous endpoint across machines). ``join()`` reads the torchrun
+environment (RANK, WORLD_SIZE, LOCAL_RANK), opens the process group (gloo for CPU runs;
+NCCL for CUDA tensors plus gloo for host objects on GPU runs) and returns the rank's
+``Dist``; outside torchrun (or with one process) it returns None and nothing changes.
+
+Who does what (the hooks in ``run.py`` are marked "distributed"):
+
+* **Share by content.** Rank r mines the images whose key (first 63 bits of the file's
+  sha256) satisfies ``key % world == r``. The key is only known once the file is read, so
+  every rank reads and hashes every file (in its loader workers) but decodes and runs
+  through the network only its own share; the others become ``other-rank`` records. The
+  trade-off: each file is read ``world`` times (on one node the page cache serves all but
+  the first read; across nodes that is world x the collection's bytes from the shared
+  storage; hashing runs at ~1 GB/s per worker, far above decoding), in exchange for a split
+  that depends on content only: not on file order or names, identical copies fall to the
+  same rank (so "duplicate" is decided as in one process), and ``--update`` stays
+  incremental (known content is recognised and skipped by whichever rank reads it). The
+  loader takes ``batch_size x world`` files per batch, so each rank feeds about
+  ``batch_size`` images per forward pass.
+* **No collective while streaming.** Ranks stream independently (a dead rank cannot hang
+  the others mid-pass); progress goes through the rendezvous key-value store, so rank 0's
+  bar shows the global count and rate.
+* **Exact combination.** After the pass, every rank all-gathers the (channels, k) top-k
+  states of every layer (NCCL/gloo ``all_gather``) and folds them with
+  ``RunningTopK.merge`` (exact, associative, a key seen twice kept once), and all-gathers
+  the image records. Every rank then holds the state one process would have had.
+* **Finalize split.** Finalize runs the kept images in fixed batches (key order); rank r
+  re-runs batches r, r + world, ... (whole batches, so every float32 value and switch is
+  computed exactly as in one process) and sends its results to rank 0, which checks them
+  and writes the one store. The store equals the single-process store.
+* **Nightly guarantees.** Rank 0 holds ``STORE.lock`` (a refusal reaches every rank);
+  each rank checkpoints to ``STORE.ckpt.rankR``; on start every rank reads every
+  checkpoint file there is (any world size, also a single-process ``STORE.ckpt``) and
+  merges them (top-k exactly, records by image), so a job killed anywhere resumes with the
+  same or another number of processes. Rank 0 removes them all once the store is written.
+  One run record is written, by rank 0, with every rank's throughput.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import itertools
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from ..data import image_key
+from ..devices import resolve_device
+from ..mining.stream import ImageRecord, StreamState
+from ..mining.topk import RunningTopK
+from .checkpoint import Checkpoint, checkpoint_path, differences, load_checkpoint
+from .errors import CheckpointError, Interrupted
+from .lock import StoreLock
+from .output import remove_stale_temps
+from .update import SkipKnown
+
+log = logging.getLogger("pipeline")
+
+OTHER = "other-rank"  # record reason: another rank owns this image
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class PeerLost(Interrupted):
+    """Another rank stopped (killed, failed): this rank's progress is in its checkpoint."""
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def is_secondary() -> bool:
+    """True on ranks other than 0 of a torchrun job (they write no run record, print nothing)."""
+    return under_torchrun() and int(os.environ["RANK"]) != 0
+
+
+def rank_checkpoint(store: Path, rank: int) -> Path:
+    return store.with_name(f"{store.name}.ckpt.rank{rank}")
+
+
+def checkpoint_files(store: Path) -> list[Path]:
+    """Every checkpoint of ``store`` there is: per-rank files of any world size, and the
+    single-process ``STORE.ckpt``."""
+    files = sorted(store.parent.glob(f"{store.name}.ckpt.rank*"), key=lambda p: p.name)
+    files = [p for p in files if p.name[len(f"{store.name}.ckpt.rank"):].isdigit()]
+    single = checkpoint_path(store)
+    return files + ([single] if single.exists() else [])
+
+
+def rank_checkpoints(store: Path) -> list[Path]:
+    return [p for p in checkpoint_files(store) if p != checkpoint_path(store)]
+
+
+def load_all(store: Path, discard: bool) -> Checkpoint | None:
+    """One process resuming a torchrun job: the union of every checkpoint there is."""
+    files = checkpoint_files(store)
+    if discard:
+        log.warning(f"deleting the checkpoints {', '.join(p.name for p in files)} (--discard-checkpoint)")
+        for p in files:
+            p.unlink(missing_ok=True)
+        return None
+    return merge_checkpoints([load_checkpoint(p) for p in files])
+
+
+def remove_checkpoints(store: Path) -> None:
+    """Once the store is written: every checkpoint of any world size."""
+    for p in checkpoint_files(store):
+        p.unlink(missing_ok=True)
+
+
+def merge_checkpoints(cks: list[Checkpoint]) -> Checkpoint | None:
+    """One checkpoint equal to the union of ``cks`` (top-k merged exactly, real records by
+    image; merging is idempotent, so overlapping checkpoints are fine); ``complete`` when
+    every image of the list has a record. ``run.py`` then compares its fingerprint."""
+    if not cks:
+        return None
+    for ck in cks[1:]:
+        if ck.fingerprint != cks[0].fingerprint:
+            diff = ", ".join(differences(cks[0].fingerprint, ck.fingerprint))
+            raise CheckpointError(f"the checkpoints of this store belong to different runs ({diff} differ); "
+                                  f"pass --discard-checkpoint to delete them and start over")
+    records: dict[int, ImageRecord] = {}
+    tops: dict[str, RunningTopK] = {}
+    for ck in cks:
+        for i, r in ck.records.items():
+            if r.reason != OTHER:
+                records.setdefault(i, r)
+        for name, sd in ck.tops.items():
+            t = RunningTopK(*sd["values"].shape)
+            t.load_state_dict(sd)
+            if name in tops:
+                tops[name].merge(t)
+            else:
+                tops[name] = t
+    complete = len(records) == int(cks[0].fingerprint["images"]["count"])
+    return Checkpoint(cks[0].fingerprint, complete, max(ck.batches for ck in cks), records,
+                      {n: t.state_dict() for n, t in tops.items()}, merge_pooled([ck.pooled for ck in cks]))
+
+
+def merge_pooled(states: list[dict]) -> dict:
+    """Union of ``PooledVectors.state_dict()``s by layer (rows are keyed by content, so an
+    image in several of them is kept once)."""
+    out = {}
+    for name in dict.fromkeys(n for sd in states for n in sd):
+        parts = [sd[name] for sd in states if name in sd]
+        keys = torch.cat([torch.as_tensor(p["keys"]) for p in parts]).numpy()
+        rows = torch.cat([torch.as_tensor(p["rows"]) for p in parts]).numpy()
+        keys, first = np.unique(keys, return_index=True)
+        out[name] = {"keys": torch.from_numpy(keys.astype(np.int64)), "rows": torch.from_numpy(rows[first])}
+    return out
+
+
+class RankShare(SkipKnown):
+    """The loader's view for one rank: every file is read and hashed; the files of other
+    ranks come back as ``ok=False, reason=other-rank`` records without being decoded."""
+
+    def __init__(self, source, prep, indices, known, rank: int, world: int) -> None:
+        super().__init__(source, prep, indices, known)
+        self.rank, self.world = rank, world
+        self._blank = torch.zeros((prep.size, prep.size, 3), dtype=torch.uint8)
+
+    def owner(self, index: int) -> tuple[int, str, int]:
+        path = self.source.paths[index]
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            sha = digest
+        except OSError:
+            digest, sha = hashlib.sha256(("unreadable:" + self.source.relpath(path)).encode()).hexdigest(), ""
+        key = image_key(digest)
+        return key % self.world, sha, key
+
+    def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        rank, sha, key = self.owner(index)
+        if rank != self.rank:
+            return {"index": index, "key": key, "sha256": sha, "ok": False, "reason": OTHER,
+                    "pixels": self._blank, "width": 0, "height": 0}
+        return super().__getitem__(i)
+
+
+class _Progress:
+    """Rank 0's bar over all files, fed by every rank through the rendezvous store."""
+
+    KEY = "mine/progress"
+
+    def __init__(self, d: "Dist", state: StreamState, total: int, initial: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.d, self.state, self.shown = d, state, initial
+        self.store = None
+        try:
+            self.store = tdist.distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001 - no store: rank 0 estimates from its own share
+            pass
+        self.bar = tqdm(total=total, initial=initial, unit="img", desc=f"mining ({d.world} processes)",
+                        disable=not enabled or d.rank != 0, smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        mine = sum(r.reason != OTHER for r in itertools.islice(reversed(self.state.records.values()), n))
+        done = None
+        if self.store is not None:
+            try:
+                done = self.bar.initial + int(self.store.add(self.KEY, mine))  # add returns the new sum
+            except Exception:  # noqa: BLE001 - progress must never fail a run
+                self.store = None
+        if done is None:
+            done = self.bar.n + mine * self.d.world  # estimate from this rank's share
+        if self.d.rank == 0 and done > self.bar.n:
+            self.bar.update(min(done, self.bar.total) - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    t0: float = field(default_factory=time.perf_counter)
+    ranks: list[dict] = field(default_factory=list)
+
+    # --- collectives that turn a lost peer into one clear error -----------------------
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (RuntimeError, tdist.DistBackendError) as e:
+            why = str(e).splitlines()[0].split("] ")[-1][:100]
+            raise PeerLost(f"rank {self.rank}: another process of this job stopped ({why}); the progress of "
+                           f"every rank is checkpointed: re-run the same command") from None
+
+    def agree(self, error: BaseException | None) -> None:
+        """Every rank passes its own failure (or None); if any rank failed, every rank raises
+        (its own error, or the first rank's), so the job fails as one."""
+        errors: list = [None] * self.world
+        self._call(tdist.all_gather_object, errors, None if error is None else (type(error), str(error)))
+        if error is not None:
+            raise error
+        for r, e in enumerate(errors):
+            if e is not None:
+                cls, msg = e
+                try:
+                    raise cls(f"rank {r}: {msg}")
+                except TypeError:
+                    raise RuntimeError(f"rank {r}: {msg}") from None
+
+    def barrier(self) -> None:
+        self.agree(None)
+
+    # --- lock and checkpoints ------------------------------------------------------------
+    @contextmanager
+    def store_lock(self, store: Path):
+        """Rank 0 holds ``STORE.lock`` for the whole job; its refusal is every rank's."""
+        lock, err = None, None
+        if self.rank == 0:
+            try:
+                lock = StoreLock(store).acquire()
+                remove_stale_temps(store)
+                for p in store.parent.glob(f".{store.name}.ckpt.rank*.tmp-*"):  # the old job is gone
+                    p.unlink(missing_ok=True)
+            except Exception as e:  # noqa: BLE001 - passed to every rank
+                err = e
+        try:
+            self.agree(err)
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def checkpoint_path(self, store: Path) -> Path:
+        return rank_checkpoint(store, self.rank)
+
+    def load_checkpoints(self, store: Path, discard: bool) -> Checkpoint | None:
+        """The union of every checkpoint of ``store`` (see ``merge_checkpoints``); all ranks
+        have read them before any rank may remove one."""
+        files, err, ck = checkpoint_files(store), None, None
+        try:
+            if discard:
+                if self.rank == 0 and files:
+                    log.warning(f"deleting the checkpoints {', '.join(p.name for p in files)} "
+                                f"(--discard-checkpoint)")
+            else:
+                ck = merge_checkpoints([load_checkpoint(p) for p in files])
+        except CheckpointError as e:
+            err = e
+        self.agree(err)
+        if discard and self.rank == 0:
+            for p in files:
+                p.unlink(missing_ok=True)
+        if discard:
+            self.barrier()
+        return ck
+
+    def remove_checkpoints(self, store: Path) -> None:
+        if self.rank == 0:
+            remove_checkpoints(store)
+
+    # --- streaming -----------------------------------------------------------------------
+    def dataset(self, source, prep, todo, known) -> RankShare:
+        return RankShare(source, prep, todo, known, self.rank, self.world)
+
+    def progress(self, state: StreamState, total: int, initial: int, enabled: bool) -> _Progress:
+        return _Progress(self, state, total, initial, enabled)
+
+    def combine_stream(self, state: StreamState, stats) -> None:
+        """Every rank ends with the global state: top-k merged exactly, records of all ranks,
+        and rank 0 knows every rank's throughput (for the run record)."""
+        seconds = time.perf_counter() - self.t0
+        for name, t in state.tops.items():
+            merged = RunningTopK(t.channels, t.k, t.values.device)
+            gathered = {}
+            for part in ("values", "keys", "pos"):
+                mine = getattr(t, part).contiguous()
+                bufs = [torch.empty_like(mine) for _ in range(self.world)]
+                self._call(tdist.all_gather, bufs, mine)
+                gathered[part] = bufs
+            for r in range(self.world):
+                other = RunningTopK(t.channels, t.k, t.values.device)
+                other.values, other.keys, other.pos = (gathered[p][r] for p in ("values", "keys", "pos"))
+                merged.merge(other)
+            state.tops[name] = merged
+        if state.pooled:  # pooled vectors of every rank's images
+            merged_pooled = merge_pooled(self.gather_all({n: p.state_dict() for n, p in state.pooled.items()}))
+            for name, p in state.pooled.items():
+                p.load_state_dict(merged_pooled[name])
+        own = [r for r in state.records.values() if r.reason != OTHER]
+        info = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
+                "images_new": state.fed, "seconds": round(seconds, 3),
+                "images_per_s": round(state.fed / seconds, 3) if seconds > 0 else None}
+        everything: list = [None] * self.world
+        self._call(tdist.all_gather_object, everything, (own, info))
+        records: dict[int, ImageRecord] = {}
+        for recs, _ in everything:
+            for r in recs:
+                records.setdefault(r.index, r)
+        state.records = records
+        state.seen_keys = {r.key for r in records.values() if r.ok}
+        self.ranks = [i for _, i in everything]
+        stats.images_new = sum(i["images_new"] for i in self.ranks)
+        stats.ranks = self.ranks
+
+    # --- finalize --------------------------------------------------------------------------
+    def share(self, n_batches: int) -> list[int]:
+        """Finalize batches this rank re-runs."""
+        return list(range(self.rank, n_batches, self.world))
+
+    def gather_all(self, obj) -> list:
+        """``obj`` of every rank, on every rank (a list by rank)."""
+        out: list = [None] * self.world
+        self._call(tdist.all_gather_object, out, obj)
+        return out
+
+    def gather_to_root(self, obj):
+        """``obj`` of every rank on rank 0 (a list by rank), None elsewhere."""
+        out = [None] * self.world if self.rank == 0 else None
+        self._call(tdist.gather_object, obj, out, 0)
+        return out
+
+
+def join(device_name: str) -> Dist | None:
+    """The rank's ``Dist`` under torchrun (process group opened here), else None."""
+    if not under_torchrun():
+        return None
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name in ("auto", "cuda") or device_name.startswith("cuda"):
+        cuda = torch.cuda.is_available() and device_name != "cpu"
+    else:
+        cuda = False
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        resolve_device(device_name)  # raises the usual one-line error
+    if cuda:
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = resolve_device("cpu")
+    if not tdist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+        tdist.init_process_group(backend, timeout=datetime.timedelta(hours=2),
+                                 device_id=device if cuda else None)
+    return Dist(rank, world, local, device)
