@@ -1,7 +1,8 @@
 """Checkpoints of the streaming pass: ``STORE.ckpt``, replaced atomically.
 
 What is saved is exactly what the pass has learnt so far, ``StreamState``: the
-per-layer top-k state (values, keys, positions), one record per image already
+per-layer top-k state (values, keys, positions), the per-layer unit statistics
+(histogram counts, firing counts, images counted), one record per image already
 streamed (key, sha256, ok, reason, size), plus a *fingerprint* of everything that
 decides the result. Resuming restores the state and streams only the images
 without a record; because checkpoints are taken between whole batches and the
@@ -21,6 +22,8 @@ Format: an uncompressed ``.npz`` (numpy arrays only, loaded with
 ``allow_pickle=False``, so a checkpoint can never execute code), written to
 ``.STORE.ckpt.tmp-PID``, fsynced, renamed over the previous one, folder fsynced.
 A crash at any moment leaves the previous checkpoint or the new one, never a mix.
+A checkpoint written before mine kept unit statistics has none (``stats`` None):
+it still resumes, and the store is written without statistics.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from .errors import CheckpointError
 from .faults import pause_point
 from .output import write_error
 
+STAT_FIELDS = ("hist", "fired", "images")
 FORMAT = "mine-checkpoint"
 VERSION = 1
 
@@ -55,6 +59,7 @@ class Checkpoint:
     records: dict[int, ImageRecord]
     tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state_dict()
     pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> PooledVectors.state_dict()
+    stats: dict[str, dict[str, torch.Tensor]] | None = None  # layer -> UnitStats.state_dict()
 
 
 def image_list_id(root: str, relpaths: list[str]) -> dict:
@@ -108,11 +113,15 @@ def _records_from_arrays(z) -> dict[int, ImageRecord]:
 def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
     meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
-            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled)}
+            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled),
+            "stats": ck.stats is not None}
     arrays = {"meta": np.array(json.dumps(meta)), **_records_to_arrays(ck.records)}
     for j, (layer, sd) in enumerate(ck.tops.items()):
         for n in ("values", "keys", "pos"):
             arrays[f"top{j}_{n}"] = sd[n].cpu().numpy()
+        if ck.stats is not None:
+            for n, v in ck.stats[layer].items():
+                arrays[f"stat{j}_{n}"] = np.asarray(v)
     for j, sd in enumerate(ck.pooled.values()):
         for n in ("keys", "rows"):
             arrays[f"pooled{j}_{n}"] = sd[n].cpu().numpy()
@@ -142,9 +151,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
                     for j, layer in enumerate(meta["layers"])}
             pooled = {layer: {n: torch.from_numpy(z[f"pooled{j}_{n}"].copy()) for n in ("keys", "rows")}
                       for j, layer in enumerate(meta.get("pooled", []))}
+            stats = ({layer: {n: torch.from_numpy(np.array(z[f"stat{j}_{n}"])) for n in STAT_FIELDS}
+                      for j, layer in enumerate(meta["layers"])} if meta.get("stats") else None)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any damage is one clear line
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); {hint}") from None
     return Checkpoint(meta["fingerprint"], bool(meta["complete"]), int(meta["batches"]),
-                      records, tops, pooled)
+                      records, tops, pooled, stats)
