@@ -141,7 +141,7 @@ def test_overlapping_merge_and_update_give_identical_statistics(images, net, ful
             f.with_suffix(".gone").rename(f)
     with Store(tmp_path / "m2.h5") as m, Store(full) as s:
         twice = m.stats_state(m.layers[0])["images"] - s.stats_state(s.layers[0])["images"]
-    assert twice == 5 and "counted twice" in caplog.text  # files[4:10]: 5 contents (img03 twice)
+    assert twice == 5 and "count them twice" in caplog.text  # files[4:10]: 5 contents (img03 twice)
     res = CliRunner().invoke(app, ["info", str(tmp_path / "m2.h5")])
     assert "(5 counted twice" in res.output
 
