@@ -48,11 +48,10 @@ def brute_force(net, images, layers):
             seen.add(r["key"])
             pix.append(r["pixels"])
     acts = {}
-    hooks = [net.modules[net.layers[n].end].register_forward_hook(
-        lambda m, i, o, n=n: acts.__setitem__(n, o.clone())) for n in layers]
+    hooks = [net.module(n).register_forward_hook(lambda m, i, o, n=n: acts.setdefault(n, o.clone())) for n in layers]
     try:
         with torch.inference_mode():
-            net.features(normalize(torch.stack(pix), Preprocessing(net.preprocessing_mode, SIZE)))
+            net.model(normalize(torch.stack(pix), Preprocessing(net.preprocessing_mode, SIZE)))
     finally:
         for h in hooks:
             h.remove()
@@ -182,7 +181,8 @@ def test_old_store_without_statistics(images, net, full, tmp_path, caplog):
 
 def test_info_lists_dead_units(images, tmp_path):
     net = load_network("vgg16", "random", SIZE)
-    conv = net.modules[net.layers["conv1_2"].end - 1]
+    conv = net.model.get_submodule("features.2")  # conv1_2 of VGG16, before its ReLU
+    assert isinstance(conv, torch.nn.Conv2d) and net.layers["conv1_2"].module == "features.3"
     with torch.no_grad():
         conv.bias[[3, 17]] = -1e6  # never positive after the ReLU
     out = run(cfg(images, tmp_path / "d.h5", layer="conv1_2"), net=net).store

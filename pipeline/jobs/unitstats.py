@@ -102,7 +102,7 @@ def _stream_stats(fetch: list, net: Network, layers: list[str], prep: Preprocess
     if fetch:
         channels_last = device.type == "cuda"  # the streaming pass's rule (run.py)
         if channels_last:
-            net.features.to(memory_format=torch.channels_last)
+            net.model.to(memory_format=torch.channels_last)
         loader = make_loader(_Records(fetch), BATCH, 0, device.type == "cuda")
         stream(net, state, loader, prep, device, DTYPES[precision], channels_last)
     return state.stats
