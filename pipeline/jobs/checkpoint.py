@@ -2,7 +2,7 @@
 
 What is saved is exactly what the pass has learnt so far, ``StreamState``: the
 per-layer top-k state (values, keys, positions), the per-layer unit statistics
-(histogram counts, firing counts, images counted), one record per image already
+(histogram counts, zlib-packed; firing counts; images counted), one record per image already
 streamed (key, sha256, ok, reason, size), plus a *fingerprint* of everything that
 decides the result. Resuming restores the state and streams only the images
 without a record; because checkpoints are taken between whole batches and the
@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +38,12 @@ import numpy as np
 import torch
 
 from ..durable import fsync_rename
+from ..mining.stats import NBINS
 from ..mining.stream import ImageRecord
 from .errors import CheckpointError
 from .faults import pause_point
 from .output import write_error
 
-STAT_FIELDS = ("hist", "fired", "images")
 FORMAT = "mine-checkpoint"
 VERSION = 1
 
@@ -110,6 +111,15 @@ def _records_from_arrays(z) -> dict[int, ImageRecord]:
     return out
 
 
+def _pack(hist: np.ndarray) -> np.ndarray:
+    """(C, bins) int64 histogram -> zlib bytes: mostly empty bins, 20-50x smaller (26 MB raw for VGG16's 13 convs)."""
+    return np.frombuffer(zlib.compress(np.ascontiguousarray(hist, "<i8").tobytes(), 1), np.uint8)
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(packed.tobytes()), "<i8").reshape(-1, NBINS).copy()
+
+
 def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
     meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
@@ -122,6 +132,7 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
         if ck.stats is not None:
             for n, v in ck.stats[layer].items():
                 arrays[f"stat{j}_{n}"] = np.asarray(v)
+            arrays[f"stat{j}_hist"] = _pack(arrays[f"stat{j}_hist"])
     for j, sd in enumerate(ck.pooled.values()):
         for n in ("keys", "rows"):
             arrays[f"pooled{j}_{n}"] = sd[n].cpu().numpy()
@@ -151,7 +162,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
                     for j, layer in enumerate(meta["layers"])}
             pooled = {layer: {n: torch.from_numpy(z[f"pooled{j}_{n}"].copy()) for n in ("keys", "rows")}
                       for j, layer in enumerate(meta.get("pooled", []))}
-            stats = ({layer: {n: torch.from_numpy(np.array(z[f"stat{j}_{n}"])) for n in STAT_FIELDS}
+            stats = ({layer: {"hist": torch.from_numpy(_unpack(z[f"stat{j}_hist"])),
+                              **{n: torch.from_numpy(np.array(z[f"stat{j}_{n}"])) for n in ("fired", "images")}}
                       for j, layer in enumerate(meta["layers"])} if meta.get("stats") else None)
     except CheckpointError:
         raise
