@@ -168,7 +168,7 @@ class Store:
         if int(a.get("bins_version", -1)) != unit_stats.BINS_VERSION:
             raise StoreError(f"{self.path} has unit statistics of bins version {a.get('bins_version')}, "
                              f"this mine reads {unit_stats.BINS_VERSION}")
-        return {"hist": g["hist"][()], "fired": g["fired"][()], "images": int(a["images"])}
+        return {"hist": g["hist"][()], "fired": g["fires"][()], "images": int(a["images"])}
 
     def unit_stats(self, layer: str, q: float = 0.99) -> UnitSummary | None:
         """Quantile (default 0.99), mean, firing fraction and dead units of every channel."""

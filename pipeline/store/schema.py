@@ -31,12 +31,12 @@
     /layers/<name>/box     (C, k, 4) int32 receptive field [top, left, bottom, right)
                            in input pixels, clipped, bottom/right exclusive; -1 empty
     /layers/<name>/hist    (C, 773) int64 every activation of every image counted
-                           into the fixed bins /stats/edges (mining/stats.py)
-    /layers/<name>/fired   (C,) int64 images whose spatial maximum is > 0
+                           into fixed bins (mining/stats.py); attr edges (774,)
+                           float64, the bin boundaries in value order
+    /layers/<name>/fires   (C,) int64 images whose spatial maximum is > 0
     /stats                 attrs images (counted), bins_version, per_octave,
                            min_exp, max_exp
-    /stats/edges           (774,) float64 bin boundaries in value order
-    (/stats, hist and fired are absent in stores written before mine kept unit
+    (/stats, hist and fires are absent in stores written before mine kept unit
     statistics, and in updates/merges of such stores)
 
 Numeric datasets stored uncompressed (/images key/width/height, /kept image/key,

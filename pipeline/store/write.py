@@ -85,12 +85,12 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
     g = f.create_group("stats")
     g.attrs.update(images=images.pop(), bins_version=unit_stats.BINS_VERSION, per_octave=unit_stats.PER_OCTAVE,
                    min_exp=unit_stats.MIN_EXP, max_exp=unit_stats.MAX_EXP)
-    g.create_dataset("edges", data=unit_stats.BINS.edges)
     for name, r in stats.items():
         lg = f["layers"][name]
-        lg.create_dataset("hist", data=np.asarray(r["hist"], np.int64), compression="gzip", compression_opts=4,
-                          shuffle=True)
-        lg.create_dataset("fired", data=np.asarray(r["fired"], np.int64))
+        h = lg.create_dataset("hist", data=np.asarray(r["hist"], np.int64), compression="gzip", compression_opts=4,
+                              shuffle=True)
+        h.attrs["edges"] = unit_stats.BINS.edges
+        lg.create_dataset("fires", data=np.asarray(r["fired"], np.int64))
 
 
 def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict[str, np.ndarray]:
