@@ -27,13 +27,14 @@ TINY = 2.0 ** -129
 
 
 def numpy_hist(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The documented bins with numpy: magnitudes in [lo, hi) per sign, zero |x| < 2^-129."""
+    """The documented bins with numpy: magnitudes in [lo, hi) per sign, zero |x| < 2^-129, overflow with inf."""
     x = x.astype(np.float64)
     mag = edges[ZERO + 1:]  # 2^-129, 2^-24, ..., 2^24, inf
     out = np.zeros(NBINS, np.int64)
     out[ZERO] = np.sum(np.abs(x) < TINY)
-    out[ZERO + 1:] = np.histogram(x[x >= TINY], mag)[0]
-    out[:ZERO] = np.histogram(-x[x <= -TINY], mag)[0][::-1]
+    big = 2.0 ** 127  # the overflow bins end at 2^128 and also hold +-inf
+    out[ZERO + 1:] = np.histogram(np.minimum(x[x >= TINY], big), mag)[0]
+    out[:ZERO] = np.histogram(np.minimum(-x[x <= -TINY], big), mag)[0][::-1]
     return out
 
 

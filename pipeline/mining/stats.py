@@ -15,13 +15,13 @@ Bins (``BINS``, fixed for every layer of every network, version 1)
     which covers activations from 1e-3 (deep BatchNorm nets) to 1e5 (Caffe-scale
     HED weights) with room to spare. In value order::
 
-        0            overflow  x <= -2^24 (also -inf, negative NaN)
+        0            overflow  x <= -2^24 (also -inf, negative NaN; edge -2^128)
         1 .. 384     negative regular bins, largest magnitude first
         385          negative underflow  -2^-24 < x <= -2^-129
         386          zero      |x| < 2^-129 (0, -0 and the subnormals below 1.5e-39)
         387          positive underflow  2^-129 <= x < 2^-24
         388 .. 771   positive regular bins
-        772          overflow  x >= 2^24 (also +inf, NaN)
+        772          overflow  x >= 2^24 (also +inf, NaN; edge 2^128)
 
     A positive regular bin is [lo, hi) with lo = 2^e (1 + j/8), hi = 2^e (1 + (j+1)/8);
     a negative one is its mirror image (-hi, -lo]: bins are half-open away from
@@ -89,8 +89,10 @@ class Bins:
 def _make_bins() -> Bins:
     mag = _magnitude_edges()
     tiny, small = np.ldexp(1.0, -129), np.ldexp(1.0, MIN_EXP)
-    pos = np.concatenate([[tiny], mag, [np.inf]])  # upper edges of zero, underflow, regular...; overflow to inf
-    edges = np.concatenate([-pos[::-1], pos])  # -inf, -2^24, ..., -2^-24, -2^-129, 2^-129, 2^-24, ..., 2^24, inf
+    # upper edges of zero, underflow, regular bins; overflow up to 2^128, beyond every finite float32
+    # (finite, so plots and interpolation need no special case; the overflow bins also count inf and NaN)
+    pos = np.concatenate([[tiny], mag, [np.ldexp(1.0, 128)]])
+    edges = np.concatenate([-pos[::-1], pos])  # -2^128, -2^24, ..., -2^-24, -2^-129, 2^-129, 2^-24, ..., 2^24, 2^128
     edges[ZERO + 1] = tiny  # (already) zero bin is (-tiny, tiny)
     assert len(edges) == NBINS + 1 and edges[ZERO] == -tiny and edges[ZERO + 2] == small
     # magnitude key m = exponent field * 8 + top mantissa bits (0..2047)
