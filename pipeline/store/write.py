@@ -90,7 +90,7 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
         h = lg.create_dataset("hist", data=np.asarray(r["hist"], np.int64), compression="gzip", compression_opts=4,
                               shuffle=True)
         h.attrs["edges"] = unit_stats.BINS.edges
-        lg.create_dataset("fires", data=np.asarray(r["fired"], np.int64))
+        lg.create_dataset("fires", data=np.asarray(r["fired"], np.int64), **CHECKED)
 
 
 def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict[str, np.ndarray]:
