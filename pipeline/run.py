@@ -47,7 +47,7 @@ from .jobs.record import JobStats
 from .jobs.signals import InterruptGuard
 from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
 from .mining.finalize import KeptImagesChanged
-from .mining.stream import ImageRecord, StreamState, new_state, stream
+from .mining.stream import DTYPES, ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .store.read import Store
@@ -56,7 +56,6 @@ from .store.write import images_table as store_images_table
 from .store.write import write_store
 from .versions import versions
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("pipeline")
 
 
@@ -273,7 +272,10 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
                     f"{ck_path} belongs to a run with a different {', '.join(diff)}; re-run that command to "
                     f"finish it, or pass --discard-checkpoint to delete it and start over")
             else:
-                state.restore(ck.records, ck.tops, ck.pooled)
+                state.restore(ck.records, ck.tops, ck.pooled, ck.stats)
+                if ck.stats is None:
+                    _warn(f"{ck_path} was written before mine kept unit statistics; the store will have none "
+                          f"(re-run with --force to get them)")
                 state.batches = ck.batches
                 complete = ck.complete
         if ck is None and path.exists() and not cfg.force and not (base_path and base_path.resolve() == path.resolve()):
@@ -324,7 +326,8 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
             **({"pooled": list(pooled)} if pooled else {}),
         }
-        write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
+        write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin,
+                                                      combined.stats),
                        f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
         pause_point("store-written")
         ck_path.unlink(missing_ok=True)
@@ -355,7 +358,8 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
         return first if first["key"] == key else next((r for r in records if r["key"] == key), first)
 
     return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files),
-                {n: p.as_dict() for n, p in state.pooled.items()})
+                {n: p.as_dict() for n, p in state.pooled.items()}, state.stats,
+                {r.key for r in state.records.values() if r.ok})
 
 
 def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
@@ -367,9 +371,10 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
     todo = [i for i in range(total) if i not in state.records]
 
     def save(done: bool) -> None:
+        stats = None if state.stats is None else {n: s.state_dict() for n, s in state.stats.items()}
         save_checkpoint(ck_path, Checkpoint(fingerprint, done, state.batches, state.records,
                                             {n: t.state_dict() for n, t in state.tops.items()},
-                                            {n: p.state_dict() for n, p in state.pooled.items()}))
+                                            {n: p.state_dict() for n, p in state.pooled.items()}, stats))
 
     def stopped(sig: str) -> Interrupted:
         return Interrupted(f"interrupted by {sig}: progress saved to {ck_path} ({len(state.records)} of {total} "
