@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from jobs_util import LAYERS, SIZE, all_images, cfg, list_file
 from typer.testing import CliRunner
 
 from pipeline import Store, run
@@ -20,8 +21,6 @@ from pipeline.data.preprocess import Preprocessing
 from pipeline.jobs.merge import merge_stores
 from pipeline.mining.stats import BINS, NBINS, ZERO, UnitStats
 from pipeline.models.weights import load_network
-
-from jobs_util import LAYERS, SIZE, all_images, cfg, list_file
 
 TINY = 2.0 ** -129
 
