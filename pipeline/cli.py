@@ -247,7 +247,22 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
             typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={li['rf']} S={li['stride']} P={li['padding']}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
+        _echo_unit_stats(s, st.count("ok"))
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
+
+
+def _echo_unit_stats(s, used: int) -> None:
+    """``mine info``'s statistics lines: images counted, and the dead units of each layer."""
+    if not s.has_stats():
+        typer.echo("statistics   no statistics (store written before mine kept unit statistics)")
+        return
+    n = int(s.f["stats"].attrs["images"])
+    note = f" ({n - used} counted twice: see mine merge in README)" if n != used else ""
+    typer.echo(f"statistics   activation histograms over {n} images{note}")
+    for name in s.layers:
+        dead = s.unit_stats(name).dead
+        shown = ", ".join(map(str, dead[:20])) + (", ..." if len(dead) > 20 else "")
+        typer.echo(f"dead units   {name:<8} {len(dead):>4}" + (f"  ({shown})" if dead else ""))
 
 
 def source_file(root: str, path: str) -> str:

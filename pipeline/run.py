@@ -49,7 +49,7 @@ from .jobs.signals import InterruptGuard
 from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
-from .mining.stream import ImageRecord, StreamState, new_state, stream
+from .mining.stream import DTYPES, ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .store.read import Store
@@ -58,7 +58,6 @@ from .store.write import images_table as store_images_table
 from .store.write import write_store
 from .versions import versions
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("pipeline")
 
 
@@ -290,7 +289,10 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
                     f"{ck_path} belongs to a run with a different {', '.join(diff)}; re-run that command to "
                     f"finish it, or pass --discard-checkpoint to delete it and start over")
             else:
-                state.restore(ck.records, ck.tops, ck.pooled)
+                state.restore(ck.records, ck.tops, ck.pooled, ck.stats)
+                if ck.stats is None:
+                    _warn(f"{ck_path} was written before mine kept unit statistics; the store will have none "
+                          f"(re-run with --force to get them)")
                 state.batches = ck.batches
                 complete = ck.complete
         if ck is None and path.exists() and not cfg.force and not (base_path and base_path.resolve() == path.resolve()):
@@ -353,7 +355,8 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             **({"pooled": list(pooled)} if pooled else {}),
         }
         if dist is None or dist.rank == 0:  # distributed: rank 0 writes the one store
-            write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin),
+            write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin,
+                                                          combined.stats),
                            f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
         if dist is not None:  # the others wait for the outcome
             dist.agree(None)
@@ -407,7 +410,8 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
 
     captured = {k: v for k, v in cap.items.items() if v[1] is not None} if cap is not None else {}
     return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files),
-                {n: p.as_dict() for n, p in state.pooled.items()}, captured)
+                {n: p.as_dict() for n, p in state.pooled.items()}, state.total_stats(),
+                {r.key for r in state.records.values() if r.ok}, captured)
 
 
 def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
@@ -421,7 +425,8 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
     def save(done: bool) -> None:
         save_checkpoint(ck_path, Checkpoint(fingerprint, done, state.batches, state.records,
                                             {n: t.state_dict() for n, t in state.tops.items()},
-                                            {n: p.state_dict() for n, p in state.pooled.items()}))
+                                            {n: p.state_dict() for n, p in state.pooled.items()},
+                                            state.stats_parts()))
 
     def stopped(sig: str) -> Interrupted:
         return Interrupted(f"interrupted by {sig}: progress saved to {ck_path} ({len(state.records)} of {total} "

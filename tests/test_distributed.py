@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from jobs_util import TIMING_ATTRS, all_images, assert_same_store, cli_args, list_file, mine_argv, wait_for
@@ -226,3 +227,43 @@ def test_merge_checkpoints_keeps_pooled_vectors():
     m = merge_pooled([a, b])["l"]
     assert m["keys"].tolist() == [1, 3, 5]
     assert m["rows"][:, 0, 0].tolist() == [1.0, 2.0, 1.0]
+
+
+def test_statistics_of_overlapping_checkpoints_count_every_image_once(tmp_path):
+    """A job of 2 ranks killed, resumed by 2 ranks, killed again before rank 1 saved: the
+    files then are rank 0's new checkpoint (both first-run contributions inherited plus its
+    own) and rank 1's stale one. Their union counts every image once: the reference is the
+    histogram of all images' activations counted directly."""
+    from pipeline.jobs.checkpoint import Checkpoint, save_checkpoint
+    from pipeline.jobs.distributed import merge_checkpoints
+    from pipeline.mining.stats import UnitStats
+    from pipeline.mining.stream import StreamState
+    from pipeline.mining.topk import RunningTopK
+
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.randn(2, 3, 4, 4, generator=g) for _ in range(3)]  # first run r0, r1; resumed r0
+    fp = {"images": {"count": 6}}
+
+    def rank_state(base: dict, out: torch.Tensor) -> StreamState:
+        s = StreamState({"l": RunningTopK(3, 2)}, {"l": UnitStats(3)}, stats_base=dict(base))
+        s.stats["l"].add(out)
+        return s
+
+    def saved(state: StreamState, name: str) -> Checkpoint:
+        ck = Checkpoint(fp, False, 1, {}, {"l": state.tops["l"].state_dict()}, {}, state.stats_parts())
+        save_checkpoint(tmp_path / name, ck)
+        return load_checkpoint(tmp_path / name)
+
+    first0, first1 = rank_state({}, outs[0]), rank_state({}, outs[1])
+    a0, a1 = saved(first0, "a0"), saved(first1, "a1")
+    inherited = merge_checkpoints([a0, a1]).stats
+    b0 = saved(rank_state(inherited, outs[2]), "b0")
+    resumed = StreamState({"l": RunningTopK(3, 2)}, {"l": UnitStats(3)})
+    resumed.restore({}, merge_checkpoints([b0, a1]).tops, None, merge_checkpoints([b0, a1]).stats)
+    total = resumed.total_stats()["l"].result()
+
+    ref = UnitStats(3)
+    ref.add(torch.cat(outs))
+    np.testing.assert_array_equal(total["hist"], ref.result()["hist"])
+    np.testing.assert_array_equal(total["fired"], ref.result()["fired"])
+    assert total["images"] == 6

@@ -233,7 +233,8 @@ def test_rendered_files_sizes_and_arrays(rendered, store_path):
                               "heat": f"{layer}_heat_{c}.png", "pair": f"{layer}_{c}.png",
                               "array": f"{layer}_feat_{c}.npy", "page": f"{layer}_unit_{c}.html",
                               "overlay": f"units/{layer}_{c}_heat.png",
-                              "occlusion": f"occlude/{layer}_occ_{c}.png"}  # written by `mine occlude STORE`
+                              "occlusion": f"occlude/{layer}_occ_{c}.png",  # written by `mine occlude STORE`
+                              "vis": f"{layer}_vis_{c}.png", "vis_array": f"{layer}_vis_{c}.npy"}  # --visualize
                 side = 3 * t + 2 * GAP
                 assert Image.open(out / fs["feat"]).size == (side, side)
                 assert Image.open(out / fs["im"]).size == (side, side)

@@ -18,6 +18,10 @@ def test_channels_last_gives_same_store(images, full, tmp_path):
     for n in a:
         if n.endswith("/value"):  # float32 convs in another memory layout: last-bit differences
             np.testing.assert_allclose(a[n], b[n], rtol=1e-5, atol=1e-7, err_msg=n)
+        elif n.endswith("/hist"):  # ... which move the rare activation lying on a bin edge next door
+            np.testing.assert_array_equal(a[n].sum(1), b[n].sum(1), err_msg=n)
+            moved = np.abs(np.cumsum(a[n] - b[n], 1)).sum()  # counts that crossed an edge
+            assert moved <= 1e-4 * a[n].sum(), (n, moved)
         else:
             np.testing.assert_array_equal(a[n], b[n], err_msg=n)
 

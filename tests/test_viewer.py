@@ -108,8 +108,9 @@ def test_heatmap_level_is_the_brute_force_quantile(small, site):
     units = json.loads((site / MANIFEST).read_text())["units"]["conv2_1"]
     for c in range(6):
         want = np.quantile(maps[:, c].astype(np.float64), 0.99)  # every position of every image
-        assert units[str(c)]["level"] == pytest.approx(want, rel=1e-5, abs=1e-6)
-        assert units[str(c)]["source"] == "top-k"
+        # from the store's unit histograms: within their stated bound (mining/stats.py: 1/8 of the value)
+        assert abs(units[str(c)]["level"] - want) <= abs(want) / 8
+        assert units[str(c)]["source"] == "histogram"
     # The overlay marks exactly the upsampled map above the level.
     c, rank = 2, 0
     m = a["kept"][c, rank]

@@ -1,7 +1,8 @@
 """Checkpoints of the streaming pass: ``STORE.ckpt``, replaced atomically.
 
 What is saved is exactly what the pass has learnt so far, ``StreamState``: the
-per-layer top-k state (values, keys, positions), one record per image already
+per-layer top-k state (values, keys, positions), the per-layer unit statistics
+(histogram counts, zlib-packed; firing counts; images counted), one record per image already
 streamed (key, sha256, ok, reason, size), plus a *fingerprint* of everything that
 decides the result. Resuming restores the state and streams only the images
 without a record; because checkpoints are taken between whole batches and the
@@ -21,12 +22,18 @@ Format: an uncompressed ``.npz`` (numpy arrays only, loaded with
 ``allow_pickle=False``, so a checkpoint can never execute code), written to
 ``.STORE.ckpt.tmp-PID``, fsynced, renamed over the previous one, folder fsynced.
 A crash at any moment leaves the previous checkpoint or the new one, never a mix.
+A checkpoint written before mine kept unit statistics has none (``stats`` None):
+it still resumes, and the store is written without statistics. Statistics are saved
+as contributions by id (one per process that streamed; ``StreamState``), so that the
+per-rank checkpoints of a torchrun job, which overlap once a job was resumed, unite
+exactly; a checkpoint of the first format with statistics holds one contribution.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,7 @@ import numpy as np
 import torch
 
 from ..durable import fsync_rename
+from ..mining.stats import NBINS
 from ..mining.stream import ImageRecord
 from .errors import CheckpointError
 from .faults import pause_point
@@ -55,6 +63,7 @@ class Checkpoint:
     records: dict[int, ImageRecord]
     tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state_dict()
     pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> PooledVectors.state_dict()
+    stats: dict[str, dict[str, dict[str, torch.Tensor]]] | None = None  # id -> layer -> UnitStats.state_dict()
 
 
 def image_list_id(root: str, relpaths: list[str]) -> dict:
@@ -105,14 +114,28 @@ def _records_from_arrays(z) -> dict[int, ImageRecord]:
     return out
 
 
+def _pack(hist: np.ndarray) -> np.ndarray:
+    """(C, bins) int64 histogram -> zlib bytes: mostly empty bins, 20-50x smaller (26 MB raw for VGG16's 13 convs)."""
+    return np.frombuffer(zlib.compress(np.ascontiguousarray(hist, "<i8").tobytes(), 1), np.uint8)
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(packed.tobytes()), "<i8").reshape(-1, NBINS).copy()
+
+
 def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
     meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
-            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled)}
+            "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled),
+            "stats": ck.stats is not None, "stat_parts": list(ck.stats or {})}
     arrays = {"meta": np.array(json.dumps(meta)), **_records_to_arrays(ck.records)}
     for j, (layer, sd) in enumerate(ck.tops.items()):
         for n in ("values", "keys", "pos"):
             arrays[f"top{j}_{n}"] = sd[n].cpu().numpy()
+        for i, part in enumerate((ck.stats or {}).values()):
+            arrays[f"stat{i}_{j}_hist"] = _pack(np.asarray(part[layer]["hist"]))
+            for n in ("fired", "images"):
+                arrays[f"stat{i}_{j}_{n}"] = np.asarray(part[layer][n])
     for j, sd in enumerate(ck.pooled.values()):
         for n in ("keys", "rows"):
             arrays[f"pooled{j}_{n}"] = sd[n].cpu().numpy()
@@ -130,6 +153,20 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
         raise
 
 
+def _load_stats(z, meta: dict) -> dict | None:
+    if not meta.get("stats"):
+        return None
+
+    def part(prefix: str) -> dict:
+        return {layer: {"hist": torch.from_numpy(_unpack(z[f"{prefix}{j}_hist"])),
+                        **{n: torch.from_numpy(np.array(z[f"{prefix}{j}_{n}"])) for n in ("fired", "images")}}
+                for j, layer in enumerate(meta["layers"])}
+
+    if "stat_parts" not in meta:  # the first format: one total
+        return {"first-format": part("stat")}
+    return {cid: part(f"stat{i}_") for i, cid in enumerate(meta["stat_parts"])}
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     hint = f"pass --discard-checkpoint to delete {path} and start over"
     try:
@@ -142,9 +179,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
                     for j, layer in enumerate(meta["layers"])}
             pooled = {layer: {n: torch.from_numpy(z[f"pooled{j}_{n}"].copy()) for n in ("keys", "rows")}
                       for j, layer in enumerate(meta.get("pooled", []))}
+            stats = _load_stats(z, meta)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any damage is one clear line
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); {hint}") from None
     return Checkpoint(meta["fingerprint"], bool(meta["complete"]), int(meta["batches"]),
-                      records, tops, pooled)
+                      records, tops, pooled, stats)

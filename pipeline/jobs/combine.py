@@ -12,6 +12,8 @@ Why the result equals one run over the union of the images:
 * images table: rows are (path, content key) pairs; the union drops repeated
   pairs, is sorted by path as a run sorts its files, and "ok"/"duplicate" is
   decided again by path order (the first path of each content is "ok").
+* unit statistics: sums of counts, see ``unitstats`` (images shared by parts are
+  subtracted again, so each counts once).
 * values, switches, pixels: ``finalize`` runs once over the union's kept images,
   in key order and fixed batches, from the same uint8 pixels a single run would
   read, so float32 values and switches are those of a single run bit for bit.
@@ -35,11 +37,13 @@ from torch.utils.data import Dataset
 
 from ..data.preprocess import Preprocessing
 from ..mining.finalize import Finalized, finalize
+from ..mining.stats import UnitStats
 from ..mining.topk import RunningTopK
 from ..models.network import Network
 from ..store.write import images_table
 from .errors import IncompatibleError
 from .faults import pause_point
+from .unitstats import union_stats
 
 CONTENT_OK = ("ok", "duplicate")
 POOLED = "pooled_"  # /images/pooled_<layer>: (N, 2, C) float16 per image, see mining.pooled
@@ -52,7 +56,10 @@ def _s(v) -> str:
 
 @dataclass
 class Part:
-    """One mined part (see module docstring). ``record_of(key)`` returns a dataset record."""
+    """One mined part (see module docstring). ``record_of(key)`` returns a dataset record.
+
+    ``stats``: its unit statistics (None if unknown), which count the images ``counted``.
+    """
 
     name: str
     spec: str
@@ -62,6 +69,8 @@ class Part:
     record_of: Callable[[int], dict]
     pixel_keys: set[int] = field(default_factory=set)  # keys ``record_of`` can serve
     pooled: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # ``--pooled``: layer -> key -> (2, C)
+    stats: dict[str, UnitStats] | None = None
+    counted: set[int] = field(default_factory=set)
     captured: dict = field(default_factory=dict)  # key -> (pixels, switches) from the streaming pass
 
 
@@ -120,8 +129,12 @@ def part_from_store(store, layers: list[str]) -> Part:
     def record_of(key: int) -> dict:
         return {"ok": True, "reason": "", "pixels": torch.from_numpy(np.ascontiguousarray(store.pixels(kept_row[key])))}
 
+    states = {n: store.stats_state(n) for n in layers}
+    stats = None if any(v is None for v in states.values()) else {n: UnitStats.from_state(v) for n, v in states.items()}
+    counted = {int(k) for k, st in zip(table["key"], table["status"]) if st == "ok"}
     return Part(str(store.path), str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")),
-                table, tops_from_store(store, layers), record_of, set(kept_row), pooled_from_store(store, table))
+                table, tops_from_store(store, layers), record_of, set(kept_row), pooled_from_store(store, table),
+                stats, counted)
 
 
 def pooled_from_store(store, table: dict) -> dict[str, dict[int, np.ndarray]]:
@@ -200,6 +213,7 @@ class Combined:
     spec: str
     table: dict[str, np.ndarray]
     fin: Finalized | None
+    stats: dict[str, dict] | None = None  # layer -> UnitStats.result()
 
     @property
     def images_seen(self) -> int:
@@ -215,6 +229,7 @@ def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Pr
     """Union of ``parts`` finalized into what ``write_store`` writes (``dist``: finalize is
     split across the ranks and ``fin`` is None except on rank 0)."""
     root, table = union_table(parts)
+    stats = union_stats(parts, layers, net, root, table, prep, device, precision)
     tops = {n: RunningTopK(net.layers[n].channels, k) for n in layers}
     for part in parts:
         for n in layers:
@@ -240,4 +255,4 @@ def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Pr
                    device, precision, workers=0, describe=describe, name_of=lambda row: table["path"][row],
                    dist=dist, captured=captured)
     specs = list(dict.fromkeys(p.spec for p in parts))
-    return Combined(root, " + ".join(specs), {**table, **pooled_columns(parts, table)}, fin)
+    return Combined(root, " + ".join(specs), {**table, **pooled_columns(parts, table)}, fin, stats)

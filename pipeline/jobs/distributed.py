@@ -25,8 +25,10 @@ Who does what (the hooks in ``run.py`` are marked "distributed"):
   bar shows the global count and rate.
 * **Exact combination.** After the pass, every rank all-gathers the (channels, k) top-k
   states of every layer (NCCL/gloo ``all_gather``) and folds them with
-  ``RunningTopK.merge`` (exact, associative, a key seen twice kept once), and all-gathers
-  the image records. Every rank then holds the state one process would have had.
+  ``RunningTopK.merge`` (exact, associative, a key seen twice kept once), all-gathers
+  the image records and the unit statistics (integer counts: contributions by process,
+  united by id, see ``StreamState``). Every rank then holds the state one process would
+  have had.
 * **Finalize split.** Finalize runs the kept images in fixed batches (key order); rank r
   re-runs batches r, r + world, ... (whole batches, so every float32 value and switch is
   computed exactly as in one process) and sends its results to rank 0, which checks them
@@ -34,7 +36,7 @@ Who does what (the hooks in ``run.py`` are marked "distributed"):
 * **Nightly guarantees.** Rank 0 holds ``STORE.lock`` (a refusal reaches every rank);
   each rank checkpoints to ``STORE.ckpt.rankR``; on start every rank reads every
   checkpoint file there is (any world size, also a single-process ``STORE.ckpt``) and
-  merges them (top-k exactly, records by image), so a job killed anywhere resumes with the
+  merges them (top-k exactly, records by image, statistics by contribution), so a job killed anywhere resumes with the
   same or another number of processes. Rank 0 removes them all once the store is written.
   One run record is written, by rank 0, with every rank's throughput.
 """
@@ -57,7 +59,7 @@ import torch.distributed as tdist
 
 from ..data import image_key
 from ..devices import resolve_device
-from ..mining.stream import ImageRecord, StreamState
+from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
 from .checkpoint import Checkpoint, checkpoint_path, differences, load_checkpoint
 from .errors import CheckpointError, Interrupted
@@ -144,7 +146,8 @@ def merge_checkpoints(cks: list[Checkpoint]) -> Checkpoint | None:
                 tops[name] = t
     complete = len(records) == int(cks[0].fingerprint["images"]["count"])
     return Checkpoint(cks[0].fingerprint, complete, max(ck.batches for ck in cks), records,
-                      {n: t.state_dict() for n, t in tops.items()}, merge_pooled([ck.pooled for ck in cks]))
+                      {n: t.state_dict() for n, t in tops.items()}, merge_pooled([ck.pooled for ck in cks]),
+                      unite_contributions([ck.stats for ck in cks]))
 
 
 def merge_pooled(states: list[dict]) -> dict:
@@ -338,6 +341,8 @@ class Dist:
             merged_pooled = merge_pooled(self.gather_all({n: p.state_dict() for n, p in state.pooled.items()}))
             for name, p in state.pooled.items():
                 p.load_state_dict(merged_pooled[name])
+        # unit statistics: every rank's contributions (its own and those it restored), united
+        state.rebase_stats(unite_contributions(self.gather_all(state.stats_parts())))
         own = [r for r in state.records.values() if r.reason != OTHER]
         info = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
                 "images_new": state.fed, "seconds": round(seconds, 3),

@@ -108,7 +108,7 @@ def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None 
             "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
             "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id({"merge": ids}),
         })
-        write_isolated(out, lambda: write_store(out, net, attrs, combined.table, combined.fin),
+        write_isolated(out, lambda: write_store(out, net, attrs, combined.table, combined.fin, combined.stats),
                        "the input stores and any previous output are unchanged")
     return MergeResult(out, len(inputs), combined.images_seen, combined.images_skipped,
                        len(combined.fin.kept_keys), time.perf_counter() - t0)

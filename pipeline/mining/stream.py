@@ -1,4 +1,5 @@
-"""The streaming pass: images -> named-layer maxima -> running top-k per channel.
+"""The streaming pass: images -> named-layer maxima -> running top-k per channel,
+and every activation -> per-unit statistics (``stats.UnitStats``).
 
 Everything per batch stays on the model's device; the host only sees the CPU-side
 bookkeeping the loader already has (keys, ok flags), so there is no per-batch
@@ -7,6 +8,7 @@ already seen (same key) is fed once.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -16,8 +18,11 @@ from ..data import normalize
 from ..data.preprocess import Preprocessing
 from ..models.network import Network
 from .pooled import PooledVectors
+from .stats import UnitStats
 from .taps import layer_stats
 from .topk import RunningTopK
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision of the pass
 
 
 @dataclass
@@ -33,9 +38,22 @@ class ImageRecord:
     height: int
 
 
+def new_contribution_id() -> str:
+    """A fresh id for the statistics one process counts (see ``StreamState``)."""
+    return os.urandom(8).hex()
+
+
 @dataclass
 class StreamState:
-    """Everything a resumable pass needs: per-layer top-k and the records so far.
+    """Everything a resumable pass needs: per-layer top-k, unit statistics and the records so far.
+
+    ``stats`` counts the images this process streams; ``stats_base`` holds the
+    statistics restored from checkpoints, as *contributions* by id (one per process that
+    streamed, see ``jobs.checkpoint``). A contribution only grows, so checkpoints that
+    overlap (per-rank files of a torchrun job, a resume with another world size) unite
+    exactly: by id, keeping the snapshot with the most images. ``total_stats()`` is their
+    sum. ``stats`` is None when they are unknown (restored from a checkpoint written
+    before mine counted them): the pass then goes on without them.
 
     ``dirty`` is True only while a batch is being committed (top-k updated, records
     not yet): a checkpoint must never be taken then. ``batches`` counts folded
@@ -43,6 +61,7 @@ class StreamState:
     """
 
     tops: dict[str, RunningTopK]
+    stats: dict[str, UnitStats] | None = None
     records: dict[int, ImageRecord] = field(default_factory=dict)
     seen_keys: set[int] = field(default_factory=set)
     dirty: bool = False
@@ -50,21 +69,73 @@ class StreamState:
     fed: int = 0  # images run through the network by this process (not restored)
     pooled: dict[str, PooledVectors] = field(default_factory=dict)  # ``--pooled``: one row per image content
     capture: object | None = None  # a ``mining.capture.Capture``: what finalize needs, kept as we go
+    stats_base: dict[str, dict[str, dict]] = field(default_factory=dict)  # id -> layer -> UnitStats state
+    stats_id: str = field(default_factory=new_contribution_id)
 
-    def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None) -> None:
-        """Load a checkpoint: records and top-k states; seen keys follow from the records."""
+    def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None,
+                stats: dict[str, dict[str, dict]] | None = None) -> None:
+        """Load a checkpoint: records, top-k, pooled and statistics contributions (id -> layer ->
+        state); seen keys follow from the records."""
         if set(tops) != set(self.tops):
             raise ValueError(f"checkpoint layers {sorted(tops)} differ from {sorted(self.tops)}")
         for name, sd in tops.items():
             self.tops[name].load_state_dict(sd)
         for name, sd in (pooled or {}).items():
             self.pooled[name].load_state_dict(sd)
+        if stats is None:
+            self.stats = None
+        else:
+            self.stats_base = dict(stats)
         self.records = dict(records)
         self.seen_keys = {r.key for r in records.values() if r.ok}
+
+    def stats_parts(self) -> dict[str, dict[str, dict]] | None:
+        """What a checkpoint saves: every contribution, this process's own included."""
+        if self.stats is None:
+            return None
+        return {**self.stats_base, self.stats_id: {n: s.state_dict() for n, s in self.stats.items()}}
+
+    def rebase_stats(self, parts: dict[str, dict[str, dict]] | None) -> None:
+        """Take ``parts`` (every contribution, this process's own included) as the base and go
+        on counting under a new id (a torchrun job after combining the ranks' statistics)."""
+        if self.stats is None or parts is None:
+            self.stats = None
+            return
+        self.stats_base = dict(parts)
+        self.stats = {n: UnitStats(s.channels, s.base.device) for n, s in self.stats.items()}
+        self.stats_id = new_contribution_id()
+
+    def total_stats(self) -> dict[str, UnitStats] | None:
+        """Every contribution summed: the statistics of every image with a record."""
+        if self.stats is None:
+            return None
+        total = {n: UnitStats(s.channels) for n, s in self.stats.items()}
+        for part in self.stats_parts().values():
+            for n, sd in part.items():
+                total[n].merge(UnitStats.from_state(sd))
+        return total
+
+
+def unite_contributions(many: list[dict[str, dict[str, dict]] | None]) -> dict[str, dict[str, dict]] | None:
+    """Union by id of statistics contributions (None if any is unknown): a contribution seen
+    several times is one process's count at several moments, the one with most images is latest."""
+    if any(m is None for m in many):
+        return None
+    out: dict[str, dict[str, dict]] = {}
+    for parts in many:
+        for cid, part in parts.items():
+            if cid not in out or _images(part) > _images(out[cid]):
+                out[cid] = part
+    return out
+
+
+def _images(part: dict[str, dict]) -> int:
+    return max((int(sd["images"]) for sd in part.values()), default=0)
 
 
 def new_state(net: Network, layers: list[str], k: int, device: torch.device, pooled: list[str] = ()) -> StreamState:
     return StreamState({n: RunningTopK(net.layers[n].channels, k, device) for n in layers},
+                       {n: UnitStats(net.layers[n].channels, device) for n in layers},
                        pooled={n: PooledVectors(net.layers[n].channels) for n in pooled})
 
 
@@ -90,10 +161,17 @@ def stream(
     causes is measured by tests/test_speed_options.py); ``channels_last`` is the
     memory format the caller put the network in.
 
-    Each batch is computed first and committed to ``state`` last (top-k, then records
-    and seen keys), so an exception in decoding or in the forward pass (out of
+    Each batch is computed first and committed to ``state`` last (top-k and statistics,
+    then records and seen keys), so an exception in decoding or in the forward pass (out of
     memory, a signal) leaves ``state`` as it was after the previous batch: it can
     still be checkpointed. Only the commit itself runs with ``state.dirty`` set.
+
+    An image's activations must not depend on the batch it is in (the statistics
+    count them into bins, and a last-bit change moves a value lying on a bin edge).
+    They do not, across positions and batch sizes, except that convolution
+    libraries pick another kernel for a batch of exactly one image (oneDNN on CPU
+    does: float32 results then differ in the last bit). So a lone image (the last
+    batch, a batch of mostly known or bad files) is run paired with a copy of itself.
     """
     layers = list(state.tops)
     cap = state.capture
@@ -116,18 +194,30 @@ def stream(
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             x = _as_input(pixels, prep, device, channels_last)
+            n = x.shape[0]
+            if n == 1:  # never a batch of one: see ``stream``'s docstring
+                x = torch.cat([x, x])
             kd = keys[ok].to(device, non_blocking=True)
             offsets, handles = cap.hooks(net) if cap is not None else ({}, [])
+            observe = None if state.stats is None else lambda name, out: state.stats[name].observe(out[:n])
             # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
             try:
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x)
+                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x, observe)
+            except BaseException:
+                for st in (state.stats or {}).values():
+                    st.discard()
+                raise
             finally:
                 for h in handles:
                     h.remove()
+            maxima = {name: (v[:n], p[:n]) for name, (v, p) in maxima.items()}
+            vectors = {name: rows[:n] for name, rows in vectors.items()}
         state.dirty = True
         for name, (values, pos) in maxima.items():
             state.tops[name].add(values.float(), kd, pos)
+            if state.stats is not None:
+                state.stats[name].commit(values)
         for name, rows in vectors.items():
             state.pooled[name].add(kd, rows)
         for r in records:

@@ -71,9 +71,10 @@ def layer_maxima(net: Network, layers: list[str], x: torch.Tensor) -> dict[str, 
     return layer_stats(net, layers, [], x)[0]
 
 
-def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Tensor):
+def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Tensor, observe=None):
     """One forward for both: maxima of ``layers`` (as :func:`layer_maxima`) and pooled vectors
-    (B, 2, C) of ``pooled`` (``mining.pooled.pool``)."""
+    (B, 2, C) of ``pooled`` (``mining.pooled.pool``). ``observe(name, output)``, if given, also
+    sees each full output of ``layers`` while it exists (the unit statistics count every position)."""
     from .pooled import pool
 
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,6 +84,8 @@ def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Ten
     def take(name, out):
         if name in want:
             found[name] = spatial_max(out)
+            if observe is not None:
+                observe(name, out)
         if name in pools:
             vectors[name] = pool(out)
 

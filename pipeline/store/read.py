@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..mining import stats as unit_stats
 from ..models.geometry import Geometry, pad_crop
 from .schema import StoreError
 from .validate import plain, validate
@@ -37,6 +38,32 @@ class Entry:
         d = asdict(self)
         d["box"] = list(self.box)
         return d
+
+
+@dataclass(frozen=True)
+class UnitSummary:
+    """A layer's unit statistics (``mining/stats.py`` has the bins and error bounds).
+
+    ``quantile``/``quantile_lo``/``quantile_hi``: the q-quantile of each channel over
+    every position of every image counted (estimate and the bin that holds the exact
+    value); ``mean`` from the bins; ``firing``: fraction of images whose spatial
+    maximum is > 0; ``dead``: channels never positive on any image.
+    """
+
+    layer: str
+    q: float
+    images: int
+    hist: np.ndarray  # (C, bins) int64
+    fired: np.ndarray  # (C,) int64
+    quantile: np.ndarray
+    quantile_lo: np.ndarray
+    quantile_hi: np.ndarray
+    mean: np.ndarray
+    firing: np.ndarray
+
+    @property
+    def dead(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(self.fired == 0)]
 
 
 def strongest_channels(arrays: dict, n: int) -> list[int]:
@@ -125,6 +152,34 @@ class Store:
         return {"values": np.where(empty, -np.inf, a["value"]).astype(np.float32),
                 "keys": np.where(empty, -1, a["key"]).astype(np.int64),
                 "pos": np.where(empty, -1, a["y"].astype(np.int64) * w + a["x"]).astype(np.int64)}
+
+    # --- unit statistics --------------------------------------------------------
+    def has_stats(self) -> bool:
+        """False for stores written before mine kept unit statistics (or merged from one)."""
+        return "stats" in self.f
+
+    def stats_state(self, layer: str) -> dict | None:
+        """The layer's statistics as a ``UnitStats`` state (hist, fired, images), None if absent."""
+        self._check_layer(layer)
+        g = self.f["layers"][layer]
+        if not self.has_stats() or "hist" not in g:
+            return None
+        a = self.f["stats"].attrs
+        if int(a.get("bins_version", -1)) != unit_stats.BINS_VERSION:
+            raise StoreError(f"{self.path} has unit statistics of bins version {a.get('bins_version')}, "
+                             f"this mine reads {unit_stats.BINS_VERSION}")
+        return {"hist": g["hist"][()], "fired": g["fires"][()], "images": int(a["images"])}
+
+    def unit_stats(self, layer: str, q: float = 0.99) -> UnitSummary | None:
+        """Quantile (default 0.99), mean, firing fraction and dead units of every channel."""
+        st = self.stats_state(layer)
+        if st is None:
+            return None
+        qs = unit_stats.quantile(st["hist"], q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            firing = st["fired"] / st["images"] if st["images"] else np.full(len(st["fired"]), np.nan)
+        return UnitSummary(layer, q, st["images"], st["hist"], st["fired"], qs["value"], qs["lo"], qs["hi"],
+                           unit_stats.mean(st["hist"]), firing)
 
     def kept_keys(self) -> np.ndarray:
         """(M,) int64 image key of each row of /kept (sorted ascending)."""

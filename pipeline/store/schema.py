@@ -30,13 +30,21 @@
     /layers/<name>/y, x    (C, k) int32 arg-max position in the layer's map, -1 empty
     /layers/<name>/box     (C, k, 4) int32 receptive field [top, left, bottom, right)
                            in input pixels, clipped, bottom/right exclusive; -1 empty
+    /layers/<name>/hist    (C, 773) int64 every activation of every image counted
+                           into fixed bins (mining/stats.py); attr edges (774,)
+                           float64, the bin boundaries in value order
+    /layers/<name>/fires   (C,) int64 images whose spatial maximum is > 0
+    /stats                 attrs images (counted), bins_version, per_octave,
+                           min_exp, max_exp
+    (/stats, hist and fires are absent in stores written before mine kept unit
+    statistics, and in updates/merges of such stores)
 
 Numeric datasets stored uncompressed (/images key/width/height, /kept image/key,
 /layers/*) carry HDF5's fletcher32 checksum; ``validate.py`` checks all of the
 above whenever a store is opened.
 
 Only /images grows with the number of images mined; everything else is bounded by
-layers x channels x k.
+layers x channels x k (or x bins).
 """
 
 FORMAT = "mine-store"

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from ..durable import fsync_rename
+from ..mining import stats as unit_stats
 from ..mining.finalize import Finalized
 from ..models.geometry import step_of
 from ..models.network import Network
@@ -25,8 +26,10 @@ STR = h5py.string_dtype()
 CHECKED = {"fletcher32": True}  # numeric datasets stored uncompressed: a flipped bit fails the read
 
 
-def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndarray], fin: Finalized) -> Path:
-    """``images``: columns path/sha256/key/status/width/height over every file of the source."""
+def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndarray], fin: Finalized,
+                stats: dict[str, dict] | None = None) -> Path:
+    """``images``: columns path/sha256/key/status/width/height over every file of the source;
+    ``stats``: layer -> ``UnitStats.result()`` (None: the store has no unit statistics)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -65,12 +68,29 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
                 g.create_dataset("y", data=e.y, **CHECKED)
                 g.create_dataset("x", data=e.x, **CHECKED)
                 g.create_dataset("box", data=li.geometry.boxes(e.y, e.x, size), **CHECKED)
+            if stats is not None:
+                _write_stats(f, stats)
             f.attrs["status"] = COMPLETE
         fsync_rename(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
+    images = {int(r["images"]) for r in stats.values()}
+    if len(images) != 1:  # every layer sees the same images
+        raise ValueError(f"unit statistics of different image counts per layer: {sorted(images)}")
+    g = f.create_group("stats")
+    g.attrs.update(images=images.pop(), bins_version=unit_stats.BINS_VERSION, per_octave=unit_stats.PER_OCTAVE,
+                   min_exp=unit_stats.MIN_EXP, max_exp=unit_stats.MAX_EXP)
+    for name, r in stats.items():
+        lg = f["layers"][name]
+        h = lg.create_dataset("hist", data=np.asarray(r["hist"], np.int64), compression="gzip", compression_opts=4,
+                              shuffle=True)
+        h.attrs["edges"] = unit_stats.BINS.edges
+        lg.create_dataset("fires", data=np.asarray(r["fired"], np.int64), **CHECKED)
 
 
 def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict[str, np.ndarray]:
