@@ -107,13 +107,15 @@ def _make_bins() -> Bins:
 BINS = _make_bins()
 
 
-def _keys(out: torch.Tensor) -> torch.Tensor:
-    """int32 raw key (0..4095) of every element: the top 12 bits of its float32 pattern."""
+def _keys(out: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+    """int32 raw key of every element (the top 12 bits of its float32 pattern, read as a
+    signed integer: -2048..2047), written ``into`` a buffer of ``out``'s shape."""
     if out.dtype == torch.bfloat16:
-        return (out.view(torch.int16) >> SHIFT16).to(torch.int32)
+        into.copy_(out.view(torch.int16))
+        return into.bitwise_right_shift_(SHIFT16)
     if out.dtype != torch.float32:
         out = out.float()
-    return out.view(torch.int32) >> SHIFT32
+    return torch.bitwise_right_shift(out.view(torch.int32), SHIFT32, out=into)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -141,6 +143,7 @@ class UnitStats:
         self.fired = torch.zeros(channels, dtype=torch.int64, device=dev)
         self.images = 0
         self._pending: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None
         self._observed = False
         self._fold = torch.as_tensor(BINS.fold, device=dev)
         # raw key r of channel c counts at c * RAW + r; the key is bits >> 20 in [-2048, 2047]
@@ -156,10 +159,24 @@ class UnitStats:
         elif not self._observed:
             self._pending.zero_()
         self._observed = True
-        keys = _keys(out.detach())
+        keys = _keys(out.detach(), self._scratch_for(out))
         keys += self._offset.view(1, -1, *([1] * (out.dim() - 2)))
         ones = torch.ones(1, dtype=torch.int64, device=keys.device).expand(keys.numel())
         self._pending.index_add_(0, _flat(keys), ones)
+
+    def _scratch_for(self, out: torch.Tensor) -> torch.Tensor:
+        """An int32 buffer shaped (and laid out) like ``out``, reused across batches: a fresh
+        one per batch costs page faults on CPU as large as the counting itself."""
+        fmt = (torch.channels_last if out.dim() == 4 and not out.is_contiguous()
+               and out.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        buf = self._scratch
+        if buf is None or buf.numel() < out.numel() or buf.device != out.device:
+            buf = self._scratch = torch.empty(out.numel(), dtype=torch.int32, device=out.device)
+        view = buf[:out.numel()]
+        if fmt is torch.channels_last:
+            n, c, h, w = out.shape
+            return view.view(n, h, w, c).permute(0, 3, 1, 2)
+        return view.view(out.shape)
 
     def commit(self, maxima: torch.Tensor) -> None:
         """Add the pending batch; ``maxima`` (B, C) are its images' spatial maxima."""

@@ -22,11 +22,15 @@ def pool_offsets(x: torch.Tensor, st: Step) -> torch.Tensor:
     )
     w = x.shape[-1]
     ho, wo = idx.shape[-2:]
-    oy = torch.arange(ho, device=x.device).view(ho, 1) * st.stride - st.padding
-    ox = torch.arange(wo, device=x.device).view(1, wo) * st.stride - st.padding
-    dy = torch.div(idx, w, rounding_mode="floor") - oy
-    dx = idx % w - ox
-    return ((dy // st.dilation) * st.kernel + dx // st.dilation).to(torch.uint8)
+    idx = idx.to(torch.int32)  # int32 arithmetic: the maps are far below 2^31 elements, and it is faster
+    oy = torch.arange(ho, dtype=torch.int32, device=x.device).view(ho, 1) * st.stride - st.padding
+    ox = torch.arange(wo, dtype=torch.int32, device=x.device).view(1, wo) * st.stride - st.padding
+    row = torch.div(idx, w, rounding_mode="floor")
+    dx = idx - row * w - ox
+    dy = row - oy
+    if st.dilation != 1:
+        dy, dx = dy // st.dilation, dx // st.dilation
+    return (dy * st.kernel + dx).to(torch.uint8)
 
 
 def offsets_to_input(offsets: torch.Tensor, st: Step, oy0: int = 0, ox0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
