@@ -100,15 +100,17 @@ def e2e(a) -> None:
 
     dev = torch.device(a.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
-    make_jpegs(tmp / "imgs", a.e2e_images, distinct_bases=a.e2e_images)
+    make_jpegs(tmp / "imgs", a.e2e_images, distinct_bases=a.e2e_bases or a.e2e_images)
     prep = Preprocessing("torchvision", a.e2e_size)
     src = resolve_images(str(tmp / "imgs"))
     batches = list(make_loader(ImageDataset(src, prep), a.batch_size, 0, False))
     net = load_network("vgg16", "random", a.e2e_size)
-    print(f"\nend to end: vgg16 random, {a.e2e_images} distinct JPEGs 500x375 at {a.e2e_size} px, batch "
+    what = (f"{a.e2e_images} distinct JPEGs" if not a.e2e_bases else
+            f"{a.e2e_images} JPEGs ({a.e2e_bases} distinct pictures, each file unique)")
+    print(f"\nend to end: vgg16 random, {what} 500x375 at {a.e2e_size} px, batch "
           f"{a.batch_size}, {a.workers} decoding workers, {a.device}, {torch.get_num_threads()} threads")
     print(f"{'':<26}{'bare img/s':>11}{'stream img/s':>13}{'mine run img/s':>15}{'stream/bare':>12}"
-          f"{'e2e/bare':>9}{'kept':>7}   phases of mine run (s)")
+          f"{'e2e/bare':>9}{'kept':>12}   phases of mine run (s)")
     for layer in a.e2e_layers.split(","):
         layers = net.select(layer)
         label = f"{len(layers)} layers ({layer})" if len(layers) > 1 else f"1 layer ({layer})"
@@ -162,7 +164,8 @@ def e2e(a) -> None:
         n = a.e2e_images
         rest = phases["total"] - phases["finalize"]
         print(f"{label:<26}{n / tb:11.2f}{n / ts:13.2f}{n / phases['total']:15.2f}{tb / ts:12.3f}"
-              f"{tb / phases['total']:9.3f}{phases['kept']:>7}   total {phases['total']:.1f} = finalize "
+              f"{tb / phases['total']:9.3f}{phases['kept']:>6} ({100 * phases['kept'] / n:3.0f}%)"
+              f"   total {phases['total']:.1f} = finalize "
               f"{phases['finalize']:.1f} + start-up/stream/write {rest:.1f}", flush=True)
         if a.distributed:
             out = tmp / "dist.h5"
@@ -180,7 +183,7 @@ def e2e(a) -> None:
             rec = json.loads((tmp / "mine-runs.jsonl").read_text().splitlines()[-1])
             per = ", ".join(f"rank {r['rank']} {r['images_per_s']:.2f}" for r in rec["ranks"])
             print(f"{'  torchrun x' + str(a.distributed):<26}{'':11}{'':13}{n / rec['seconds']:15.2f}{'':12}"
-                  f"{tb / rec['seconds']:9.3f}{'':7}   job {rec['seconds']:.1f} s (command {wall:.1f} s with "
+                  f"{tb / rec['seconds']:9.3f}{'':12}   job {rec['seconds']:.1f} s (command {wall:.1f} s with "
                   f"interpreter start-up); streaming img/s per rank: {per}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -191,13 +194,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"))
+    ap.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"),
+                    help="image counts of the two peak-RSS runs (0 0: leave that section out)")
     ap.add_argument("--rss-size", type=int, default=32, help="input size for the RSS runs (keeps 10k fast)")
     ap.add_argument("--models", default="vgg16,resnet50,mobilenet_v2")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end section")
     ap.add_argument("--e2e-images", type=int, default=512)
     ap.add_argument("--e2e-size", type=int, default=112)
+    ap.add_argument("--e2e-bases", type=int, default=0,
+                    help="make the files from this many distinct pictures (0: all distinct); few pictures give "
+                         "a set where few images are kept (each channel keeps copies of its best picture)")
     ap.add_argument("--e2e-layers", default="all,conv5_3", help="comma-separated --layer values, one row each")
     ap.add_argument("--workers", type=int, default=2, help="decoding workers of the end-to-end runs")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (end-to-end section)")
@@ -255,6 +262,8 @@ def main() -> None:
             print(f"{label:<34}{a.images / tb:12.2f}{a.images / tm:12.2f}{tb / tm:8.3f}", flush=True)
 
     small, large = a.rss
+    if large == 0:
+        return e2e(a)
     make_jpegs(tmp / "many", large)
     rss = []
     for n in (small, large):
