@@ -337,7 +337,10 @@ def render(
     visualize: int = typer.Option(0, metavar="STEPS", help="Also synthesise, with STEPS optimisation steps (e.g. 512), an image that maximises each rendered unit (mine visualize) and show it on the unit's page."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations."""
+    """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations.
+
+    One render per output folder (OUT/.mine-render.lock): a second one exits with code 4.
+    """
     from .render import render_store
 
     path = store or store_arg
