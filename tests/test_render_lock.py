@@ -1,5 +1,5 @@
-"""`mine render` into one folder: the folder lock and options recorded per feature map in the
-manifest.
+"""`mine render` into one folder: the folder lock, options recorded per feature map in the
+manifest, and output that does not depend on the batch size.
 
 A small store is mined here (generated images, seeded random VGG16 weights, 32 px), as in
 ``test_render``.
@@ -129,3 +129,18 @@ def test_renders_with_other_options_into_one_folder_match_a_fresh_render(store, 
     assert leftover and all("_2" in n or "_3" in n for n in leftover), "only the guided maps 2-3 besides"
     diff = sorted(n for n in want if got.get(n) != want[n])
     assert not diff, f"differ from a fresh render: {diff}"
+
+
+# --- batch size ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,layer,feats", [("deconvnet", "conv3_1", "0-39"), ("guided", "conv2_1", "0-7")])
+def test_batch_size_does_not_change_the_files(store, tmp_path, method, layer, feats):
+    """``--batch-size 1`` and the default give the same bytes: PNGs and the float32 arrays."""
+    got = {}
+    for bs in (1, None):
+        out = tmp_path / f"bs{bs}"
+        render_store(store, out=out, layers=layer, features=feats, method=method, batch_size=bs, save_arrays=True,
+                     device="cpu", progress=False)
+        got[bs] = files(out)
+    assert got[1].keys() == got[None].keys() and any(n.endswith(".npy") for n in got[1])
+    diff = sorted(n for n in got[1] if got[1][n] != got[None][n])
+    assert not diff, f"{len(diff)} files depend on the batch size: {diff[:6]}"

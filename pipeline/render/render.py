@@ -170,7 +170,7 @@ def render_store(
     Re-running skips feature maps whose files are up to date (made with these options, as the
     manifest records per map) unless ``force``. The folder is locked while rendering
     (``LockedError`` if another live render holds it; released on errors and SIGTERM, which
-    raises ``Interrupted``). ``method``:
+    raises ``Interrupted``). The files do not depend on ``batch_size`` (see ``project``). ``method``:
     deconvnet (default), guided or gradient (see ``deconv.rules``); ``contrast``: robust
     (default), max or shared (see ``normalise``); ``show``: what goes beside the projections,
     patch (default), heatmap or both, with the heatmap level at the unit's ``quantile`` (see
