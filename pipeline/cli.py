@@ -330,8 +330,8 @@ def render(
     shared_scale: bool = typer.Option(False, "--shared-scale", hidden=True, help="Deprecated: --contrast shared."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    batch_size: Optional[int] = typer.Option(None, help="Projections gathered per step (default: from a memory budget); "
-                                             "computed in fixed micro-batches, so the output does not depend on it."),
+    batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget); "
+                                             "the output does not depend on it."),
     overview: Optional[int] = typer.Option(None, help="Also make each layer's top-9 across feature maps and an overview "
                                            "grid of its N strongest feature maps (default 16 when no feature is selected)."),
     force: bool = typer.Option(False, help="Re-render even what is up to date."),

@@ -155,17 +155,14 @@ def mine(tmp: Path, model: str, layer: str) -> Path:
 
 @pytest.mark.parametrize("method", ["guided", "gradient"])
 @pytest.mark.parametrize("model,layer", [("vgg16", "conv3_2"), ("resnet18", "layer2.1")])
-def test_renderer_tiles_equal_captum_cropped(tmp_path, monkeypatch, model, layer, method):
+def test_renderer_tiles_equal_captum_cropped(tmp_path, model, layer, method):
     from pipeline.data import normalize
     from pipeline.data.preprocess import Preprocessing
-
-    monkeypatch.setattr("pipeline.render.project.MICRO_BATCH", 8)  # a small micro-batch keeps Captum quick
 
     path = mine(tmp_path, model, layer)
     with Store(path) as s:
         net = load_store_network(s)
-        rnd = Renderer(s, net, "cpu", batch_size=5, method=method)  # one micro-batch, in this order
-        micro = rnd.micro_for(layer)  # the 5 entries and copies of the last: the shape the kernels see
+        rnd = Renderer(s, net, "cpu", batch_size=5, method=method)  # one batch, in this order
         a = s.arrays(layer)
         ci, ri = np.nonzero(a["kept"] >= 0)
         pick = np.random.default_rng(0).choice(len(ci), 5, replace=False)
@@ -179,11 +176,7 @@ def test_renderer_tiles_equal_captum_cropped(tmp_path, monkeypatch, model, layer
         geo = s.geometry(layer)
         t = geo.tile_size(s.size)
     inputs = normalize(torch.from_numpy(np.ascontiguousarray(pix[rows])), prep)
-    assert micro >= len(ci)
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], micro - len(a), axis=0)])  # noqa: E731
-    # Captum over the same micro-batch shape as the Renderer: rounding may depend on the batch shape
-    full = reference(net, layer, method, torch.from_numpy(pad(inputs.numpy())), pad(ci), pad(y), pad(x),
-                     pad(v)).numpy()[:len(ci)]
+    full = reference(net, layer, method, inputs, ci, y, x, v).numpy()
     tops, lefts = geo.tile_origin(y, x, SIZE)
     want = np.stack([pad_crop(full[i].transpose(1, 2, 0), int(tops[i]), int(lefts[i]), t).transpose(2, 0, 1)
                      for i in range(len(ci))])

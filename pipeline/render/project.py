@@ -10,14 +10,12 @@ projection tiles and the matching T x T patches of the kept image (T = min(R, in
   autograd walk of ``deconv.graph`` over a forward pass of the stored pixels.
 
 Batch-size independence. A convolution library picks its algorithm (and so its order of
-summation) by the tensor shapes, batch size included: on CPU, one entry alone rounds differently
-from the same entry in a batch of several, and a 1-ulp difference can flip a ReLU (or a display
-rounding) and change PNG bytes. So the kernels never see the requested batch: every projection,
-and every forward pass of :meth:`Renderer.maps`, runs in a micro-batch of a fixed size
-(``MICRO_BATCH``, or fewer where one layer's memory budget says so; never from ``batch_size``),
-the last one padded with copies of its last entry. Entries do not interact, so each result is the same
-whatever the batch size and whichever entries share its micro-batch. ``batch_size`` only sets how
-many entries are gathered per step (rounded up to a multiple of the micro-batch).
+summation) by the tensor shapes: on CPU (oneDNN) one entry alone rounds differently from the
+same entry in a batch of two or more, and a 1-ulp difference can flip a ReLU (or a display
+rounding) and change PNG bytes. So, as in the streaming pass (``mining.stream``), a batch of one
+is never run: a lone entry, projection or forward pass of ``Renderer.maps``, is paired with a copy
+of itself. Batches of two or more give every entry the same bits whatever its neighbours
+(``tests/test_render_lock.py`` renders with ``--batch-size 1`` and the default and compares bytes).
 """
 from __future__ import annotations
 
@@ -40,13 +38,13 @@ from .normalise import to_rgb
 CACHE_BYTES = 1 << 30  # switches/pixels of all kept images are held in memory below this
 BATCH_BYTES = 1 << 30  # target peak memory of one projection batch
 MAX_BATCH = 256
-MICRO_BATCH = 128  # entries per kernel call (fewer where the memory budget says so); see the module doc
-MAPS_BATCH = 16  # images per forward pass of Renderer.maps (padded to it)
+MAPS_BATCH = 16  # images per forward pass of Renderer.maps
 
 
-def _pad(a: np.ndarray, n: int) -> np.ndarray:
-    """``a`` (first axis) padded to ``n`` rows with copies of its last row."""
-    return a if len(a) >= n else np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)])
+def _pair(a) -> np.ndarray:
+    """``a`` (first axis) with a lone row doubled: never a batch of one (see the module doc)."""
+    a = np.asarray(a)
+    return np.concatenate([a, a]) if len(a) == 1 else a
 
 
 def load_store_network(store: Store, weights: str | None = None) -> Network:
@@ -154,22 +152,12 @@ class Renderer:
             self._pixels = _Rows(self.store.f["kept/pixels"], self.cache_bytes // 2, None)
         return self._pixels
 
-    def _budget_batch(self, layer: str) -> int:
-        """Entries of ``layer`` that fit the memory budget of one batch (MAX_BATCH at most)."""
+    def batch_for(self, layer: str) -> int:
+        if self.batch_size:
+            return int(self.batch_size)
         end = self.windowed(layer)
         per = self.chain.entry_bytes(end) if end is not None else graph_entry_bytes(self.net, layer)
         return int(max(1, min(MAX_BATCH, BATCH_BYTES // max(per, 1))))
-
-    def micro_for(self, layer: str) -> int:
-        """Entries per kernel call for ``layer``: fixed by the layer and the device kind, never by
-        ``batch_size`` (see the module doc)."""
-        return max(1, min(MICRO_BATCH, self._budget_batch(layer)))
-
-    def batch_for(self, layer: str) -> int:
-        """Entries gathered per step: ``batch_size`` or the memory budget, a multiple of the micro-batch."""
-        m = self.micro_for(layer)
-        want = int(self.batch_size) if self.batch_size else self._budget_batch(layer)
-        return -(-want // m) * m
 
     def project(self, layer: str, channel, kept, y, x, value) -> tuple[np.ndarray, np.ndarray]:
         """Projections (N, 3, T, T) float32 RGB and patches (N, T, T, 3) uint8 of N entries.
@@ -198,13 +186,11 @@ class Renderer:
         return to_rgb(tiles, self.prep), crops
 
     def _project_batch(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
-        """Tiles of a batch of entries, computed in micro-batches of exactly ``micro_for(layer)``."""
-        n, m = len(channel), self.micro_for(layer)
-        args = [_pad(np.asarray(a), -(-n // m) * m) for a in (channel, kept, y, x, value, oy, ox)]
-        out = [self._project_micro(layer, *(a[s:s + m] for a in args), t) for s in range(0, len(args[0]), m)]
-        return np.concatenate(out)[:n]
+        """Tiles of a batch of entries (a lone entry computed paired with itself)."""
+        n = len(channel)
+        return self._project_paired(layer, *(_pair(a) for a in (channel, kept, y, x, value, oy, ox)), t)[:n]
 
-    def _project_micro(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
+    def _project_paired(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
         dev = self.device
         as_t = lambda a: torch.as_tensor(a, device=dev)  # noqa: E731
         end = self.windowed(layer)
@@ -255,8 +241,7 @@ class Renderer:
         """(N, h, w) float32: the layer's map of channel ``channel[i]`` on kept image ``kept[i]``.
 
         One forward pass (up to the layer) per distinct image, whatever the number of entries,
-        ``batch`` images at a time (the last batch padded to it, so a map does not depend on
-        which other images are in its batch).
+        ``batch`` images at a time (a lone image paired with itself: see the module doc).
         """
         kept, channel = (np.asarray(a, np.int64).reshape(-1) for a in (kept, channel))
         li = self.net.layers[layer]
@@ -265,7 +250,7 @@ class Renderer:
         got: dict[str, torch.Tensor] = {}
         for s in range(0, len(uniq), batch):
             rows = uniq[s:s + batch]
-            px = torch.from_numpy(np.ascontiguousarray(self.pixels(_pad(rows, batch)))).to(self.device)
+            px = torch.from_numpy(np.ascontiguousarray(self.pixels(_pair(rows)))).to(self.device)
             with torch.inference_mode(), hooked(self.net, [layer], lambda n, o: got.__setitem__(n, o)):
                 run_to(self.net, normalize(px, self.prep))
             sel = np.nonzero(np.isin(kept, rows))[0]
