@@ -334,14 +334,18 @@ def render(
     shared_scale: bool = typer.Option(False, "--shared-scale", hidden=True, help="Deprecated: --contrast shared."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget)."),
+    batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget); "
+                                             "the output does not depend on it."),
     overview: Optional[int] = typer.Option(None, help="Also make each layer's top-9 across feature maps and an overview "
                                            "grid of its N strongest feature maps (default 16 when no feature is selected)."),
     force: bool = typer.Option(False, help="Re-render even what is up to date."),
     visualize: int = typer.Option(0, metavar="STEPS", help="Also synthesise, with STEPS optimisation steps (e.g. 512), an image that maximises each rendered unit (mine visualize) and show it on the unit's page."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations."""
+    """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations.
+
+    One render per output folder (OUT/.mine-render.lock): a second one exits with code 4.
+    """
     from .render import render_store
 
     path = store or store_arg

@@ -1,5 +1,8 @@
 """One writer per store: ``STORE.lock`` holding who owns it, with stale-lock takeover.
 
+The same lock guards a render folder (``mine render``: ``OUT/.mine-render.lock``, see
+``StoreLock(out, lock_file=...)``), so two renders never write one folder at once.
+
 Why a lock file rather than ``flock``: it works the same on local disks and on
 network file systems, an operator can ``cat`` it to see which job holds the store
 (pid, host, start time, command), and cron mails can name the holder.
@@ -67,11 +70,15 @@ def pid_alive(pid: int, proc_start: int | None = None) -> bool:
 
 
 class StoreLock:
-    """``with StoreLock(store):`` -- raises ``LockedError`` if a live job holds it."""
+    """``with StoreLock(store):`` -- raises ``LockedError`` if a live job holds it.
 
-    def __init__(self, store: str | os.PathLike, command: str = "") -> None:
+    ``lock_file``: where the lock lives when it is not ``STORE.lock`` (a folder's lock inside
+    it); ``store`` is then only the name the messages give to what is locked.
+    """
+
+    def __init__(self, store: str | os.PathLike, command: str = "", lock_file: str | os.PathLike | None = None) -> None:
         self.store = Path(store)
-        self.path = lock_path(self.store)
+        self.path = Path(lock_file) if lock_file is not None else lock_path(self.store)
         self.token = uuid.uuid4().hex
         self.command = command or " ".join(sys.argv)[:300]
         self.held = False
@@ -120,9 +127,9 @@ class StoreLock:
 
     def acquire(self) -> "StoreLock":
         try:
-            self.store.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise WriteError(f"cannot create the output folder {self.store.parent}: {e.strerror or e}") from None
+            raise WriteError(f"cannot create the output folder {self.path.parent}: {e.strerror or e}") from None
         host = socket.gethostname()
         for _ in range(5):
             try:
@@ -130,7 +137,7 @@ class StoreLock:
                     self.held = True
                     return self
             except OSError as e:
-                raise WriteError(f"cannot write in the output folder {self.store.parent}: {e.strerror or e}") from None
+                raise WriteError(f"cannot write in the output folder {self.path.parent}: {e.strerror or e}") from None
             raw, info = self._read()
             if raw is None:
                 continue  # released meanwhile; try again

@@ -8,6 +8,14 @@ projection tiles and the matching T x T patches of the kept image (T = min(R, in
   stored switches, computed only inside the receptive field (no forward pass);
 * everything else (residual nets, concatenations, BatchNorm, guided/gradient methods): the
   autograd walk of ``deconv.graph`` over a forward pass of the stored pixels.
+
+Batch-size independence. A convolution library picks its algorithm (and so its order of
+summation) by the tensor shapes: on CPU (oneDNN) one entry alone rounds differently from the
+same entry in a batch of two or more, and a 1-ulp difference can flip a ReLU (or a display
+rounding) and change PNG bytes. So, as in the streaming pass (``mining.stream``), a batch of one
+is never run: a lone entry, projection or forward pass of ``Renderer.maps``, is paired with a copy
+of itself. Batches of two or more give every entry the same bits whatever its neighbours
+(``tests/test_render_lock.py`` renders with ``--batch-size 1`` and the default and compares bytes).
 """
 from __future__ import annotations
 
@@ -30,6 +38,13 @@ from .normalise import to_rgb
 CACHE_BYTES = 1 << 30  # switches/pixels of all kept images are held in memory below this
 BATCH_BYTES = 1 << 30  # target peak memory of one projection batch
 MAX_BATCH = 256
+MAPS_BATCH = 16  # images per forward pass of Renderer.maps
+
+
+def _pair(a) -> np.ndarray:
+    """``a`` (first axis) with a lone row doubled: never a batch of one (see the module doc)."""
+    a = np.asarray(a)
+    return np.concatenate([a, a]) if len(a) == 1 else a
 
 
 def load_store_network(store: Store, weights: str | None = None) -> Network:
@@ -171,6 +186,11 @@ class Renderer:
         return to_rgb(tiles, self.prep), crops
 
     def _project_batch(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
+        """Tiles of a batch of entries (a lone entry computed paired with itself)."""
+        n = len(channel)
+        return self._project_paired(layer, *(_pair(a) for a in (channel, kept, y, x, value, oy, ox)), t)[:n]
+
+    def _project_paired(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
         dev = self.device
         as_t = lambda a: torch.as_tensor(a, device=dev)  # noqa: E731
         end = self.windowed(layer)
@@ -217,10 +237,11 @@ class Renderer:
         pix, pidx = self._pixel_rows().get(np.asarray(kept, np.int64).reshape(-1))
         return np.asarray(pix)[pidx]
 
-    def maps(self, layer: str, kept, channel, batch: int = 16) -> np.ndarray:
+    def maps(self, layer: str, kept, channel, batch: int = MAPS_BATCH) -> np.ndarray:
         """(N, h, w) float32: the layer's map of channel ``channel[i]`` on kept image ``kept[i]``.
 
-        One forward pass (up to the layer) per distinct image, whatever the number of entries.
+        One forward pass (up to the layer) per distinct image, whatever the number of entries,
+        ``batch`` images at a time (a lone image paired with itself: see the module doc).
         """
         kept, channel = (np.asarray(a, np.int64).reshape(-1) for a in (kept, channel))
         li = self.net.layers[layer]
@@ -229,7 +250,7 @@ class Renderer:
         got: dict[str, torch.Tensor] = {}
         for s in range(0, len(uniq), batch):
             rows = uniq[s:s + batch]
-            px = torch.from_numpy(np.ascontiguousarray(self.pixels(rows))).to(self.device)
+            px = torch.from_numpy(np.ascontiguousarray(self.pixels(_pair(rows)))).to(self.device)
             with torch.inference_mode(), hooked(self.net, [layer], lambda n, o: got.__setitem__(n, o)):
                 run_to(self.net, normalize(px, self.prep))
             sel = np.nonzero(np.isin(kept, rows))[0]

@@ -22,8 +22,10 @@ Files written into ``out`` (``{layer}`` made file-safe, ``{c}`` the channel)::
     {layer}_overview.png   Zeiler & Fergus Fig. 2 style grid of the strongest feature maps
     {layer}.html           the layer's page of the viewer: every unit, sortable, dead units marked
     index.html             the viewer's start page (self-contained, works from file://)
-    .mine-render.json      manifest: which store/options produced which files (re-runs skip
-                           what is up to date)
+    .mine-render.json      manifest: which store produced the folder and which options each feature
+                           map's / layer's files (re-runs skip what these options already made;
+                           see ``manifest``)
+    .mine-render.lock      while a render runs: its pid, host, start, command (one render per folder)
 
 Typical use::
 
@@ -44,11 +46,12 @@ from tqdm import tqdm
 
 from ..deconv import METHODS
 from ..devices import resolve_device
+from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
 from ..store.read import Store, strongest_channels
 from . import index_html as site
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
-from .manifest import load_manifest, save_manifest, store_key
+from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .montage import enlarge, fit_height, grid, grid_shape, overview, save_png, side_by_side, tile_scale
 from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
 from .normalise import CONTRASTS, display
@@ -63,7 +66,8 @@ SHOWS = ("patch", "heatmap", "both")
 
 @dataclass(frozen=True)
 class Options:
-    """What decides the pixels of a render (recorded in the manifest: changing one re-renders)."""
+    """What decides the pixels of a render (recorded per feature map and per layer in the manifest:
+    a map made with other options is re-rendered)."""
 
     method: str = "deconvnet"
     contrast: str = "robust"
@@ -163,7 +167,10 @@ def render_store(
     ``overview_features`` strongest feature maps, which are rendered too) are made when no
     features are selected (overview of 16 by default) or when ``overview_features`` is given:
     a quick look at a big store is ``features="0-3", overview_features=16``.
-    Re-running skips feature maps whose files are up to date unless ``force``. ``method``:
+    Re-running skips feature maps whose files are up to date (made with these options, as the
+    manifest records per map) unless ``force``. The folder is locked while rendering
+    (``LockedError`` if another live render holds it; released on errors and SIGTERM, which
+    raises ``Interrupted``). The files do not depend on ``batch_size`` (see ``project``). ``method``:
     deconvnet (default), guided or gradient (see ``deconv.rules``); ``contrast``: robust
     (default), max or shared (see ``normalise``); ``show``: what goes beside the projections,
     patch (default), heatmap or both, with the heatmap level at the unit's ``quantile`` (see
@@ -180,59 +187,65 @@ def render_store(
     opts = Options(method, contrast, show, float(quantile), int(n_overview))
     opts.check()
     layer_level = feats is None or bool(overview_features)
-    with Store(store_path) as store:
+    with InterruptGuard(graceful=False), Store(store_path) as store:
         plan = _plan(store, layers, feats)
         if feats is not None and layer_level:  # the overview shows the strongest maps: render them
             plan = {n: sorted(set(cs) | set(strongest_channels(store.arrays(n), n_overview))) for n, cs in plan.items()}
-        dev = resolve_device(device)
-        net = load_store_network(store, weights)
-        rnd = Renderer(store, net, dev, batch_size, method=method)
         out_dir = Path(out) if out is not None else default_out_dir(store.path)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        key = store_key(store)
-        man = load_manifest(out_dir, key, asdict(opts))
-        res = RenderResult(out_dir, out_dir / "index.html", layers=list(plan))
+        with render_lock(out_dir):  # one render per folder; released on exit, error and SIGTERM
+            dev = resolve_device(device)
+            net = load_store_network(store, weights)
+            rnd = Renderer(store, net, dev, batch_size, method=method)
+            key = store_key(store)
+            optd = asdict(opts)
+            man = load_manifest(out_dir, key, optd)
+            res = RenderResult(out_dir, out_dir / "index.html", layers=list(plan))
 
-        def up_to_date(layer: str, c: int) -> bool:
-            if force or c not in man["features"].get(layer, []):
-                return False
-            fs = feature_files(layer, c)
-            need = ["feat", "im", "pair", "overlay"] + (["heat"] if opts.show != "patch" else []) + (
-                ["array"] if save_arrays else [])
-            return all((out_dir / fs[n]).exists() for n in need) and str(c) in man["units"].get(layer, {})
+            def up_to_date(layer: str, c: int) -> bool:
+                rec = feature_record(man, layer, c)
+                if force or not current(rec, optd) or (save_arrays and not rec.get("arrays")):
+                    return False
+                fs = feature_files(layer, c)
+                need = ["feat", "im", "pair", "overlay"] + (["heat"] if opts.show != "patch" else []) + (
+                    ["array"] if save_arrays else [])
+                return all((out_dir / fs[n]).exists() for n in need) and str(c) in man["units"].get(layer, {})
 
-        todo = {n: [c for c in cs if not up_to_date(n, c)] for n, cs in plan.items()}
-        todo_layers = [n for n in plan if layer_level and (force or not (
-            n in man["layers"] and all((out_dir / f).exists() for f in layer_files(n).values())))]
-        res.skipped = sum(len(cs) for cs in plan.values()) - sum(len(cs) for cs in todo.values())
-        total = sum(len(cs) for cs in todo.values()) + len(todo_layers)
-        k = store.k
-        with tqdm(total=total, unit="map", desc="render", disable=not progress or total == 0) as bar:
-            for layer, chans in plan.items():
-                arrays = store.arrays(layer)
-                if todo[layer]:
-                    rnd.tile(layer)
-                    levels = unit_level(store, layer, opts.quantile)
-                    maps = _unit_maps(rnd, layer, todo[layer], arrays)
-                    per_chunk = max(1, rnd.batch_for(layer) // max(k, 1))
-                    for s in range(0, len(todo[layer]), per_chunk):
-                        chunk = todo[layer][s:s + per_chunk]
-                        res.projections += _render_features(rnd, layer, chunk, arrays, out_dir, opts, save_arrays,
-                                                            maps, levels, man.setdefault("units", {}).setdefault(layer, {}))
-                        done = set(man["features"].get(layer, [])) | set(chunk)
-                        man["features"][layer] = sorted(done)
+            todo = {n: [c for c in cs if not up_to_date(n, c)] for n, cs in plan.items()}
+            todo_layers = [n for n in plan if layer_level and (force or not (
+                current(man["layers"].get(n) or {}, optd)
+                and all((out_dir / f).exists() for f in layer_files(n).values())))]
+            if any(todo.values()) or todo_layers:  # what is redone is no longer what the manifest says
+                for n in plan:
+                    forget(man, n, todo[n], n in todo_layers)
+                save_manifest(out_dir, man)
+            res.skipped = sum(len(cs) for cs in plan.values()) - sum(len(cs) for cs in todo.values())
+            total = sum(len(cs) for cs in todo.values()) + len(todo_layers)
+            k = store.k
+            with tqdm(total=total, unit="map", desc="render", disable=not progress or total == 0) as bar:
+                for layer, chans in plan.items():
+                    arrays = store.arrays(layer)
+                    if todo[layer]:
+                        rnd.tile(layer)
+                        levels = unit_level(store, layer, opts.quantile)
+                        maps = _unit_maps(rnd, layer, todo[layer], arrays)
+                        per_chunk = max(1, rnd.batch_for(layer) // max(k, 1))
+                        for s in range(0, len(todo[layer]), per_chunk):
+                            chunk = todo[layer][s:s + per_chunk]
+                            res.projections += _render_features(
+                                rnd, layer, chunk, arrays, out_dir, opts, save_arrays, maps, levels,
+                                man["units"].setdefault(layer, {}), man["features"].setdefault(layer, {}))
+                            save_manifest(out_dir, man)
+                            res.rendered += len(chunk)
+                            bar.update(len(chunk))
+                    if visualize:
+                        _visualize(net, store, layer, plan[layer], out_dir, visualize)
+                    if layer in todo_layers:
+                        res.projections += _render_layer(rnd, layer, arrays, out_dir, opts.contrast, k, n_overview)
+                        man["layers"][layer] = {"options": optd}
                         save_manifest(out_dir, man)
-                        res.rendered += len(chunk)
-                        bar.update(len(chunk))
-                if visualize:
-                    _visualize(net, store, layer, plan[layer], out_dir, visualize)
-                if layer in todo_layers:
-                    res.projections += _render_layer(rnd, layer, arrays, out_dir, opts.contrast, k, n_overview)
-                    man["layers"] = sorted(set(man["layers"]) | {layer})
-                    save_manifest(out_dir, man)
-                    bar.update(1)
-        save_manifest(out_dir, man)
-        _site(store, man, out_dir, opts)
+                        bar.update(1)
+            save_manifest(out_dir, man)
+            _site(store, man, out_dir, opts)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -261,11 +274,14 @@ def _unit_maps(rnd: Renderer, layer: str, chans: list[int], arrays: dict) -> dic
 
 
 def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path, opts: Options,
-                     save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, units: dict) -> int:
+                     save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, units: dict,
+                     records: dict) -> int:
     """Project every filled slot of the channels in ``chunk`` in one batch, write their files.
 
     ``units`` (the manifest's record of this layer's units) gets each unit's heatmap level and
-    histogram for its page.
+    histogram for its page, ``records`` (the manifest's features of this layer) the options that
+    made its files. Files of the unit that these options do not make (a heatmap montage with
+    show=patch, arrays without ``save_arrays``) are removed: they were made with other options.
     """
     k = arrays["value"].shape[1]
     kept = arrays["kept"][chunk]  # (n, k)
@@ -308,16 +324,21 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         save_png(strip, out / fs["overlay"])
         if hm is not None:
             save_png(hm, out / fs["heat"])
+        else:
+            (out / fs["heat"]).unlink(missing_ok=True)
         save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
             tmp = out / f".{fs['array']}.tmp-{os.getpid()}.npy"
             np.save(tmp, t)
             os.replace(tmp, out / fs["array"])
+        else:
+            (out / fs["array"]).unlink(missing_ok=True)
         hist = unit_hist(rnd.store, layer, c)
         if hist is None and len(sel):
             counts, edges = np.histogram(maps[sel], bins=24)
             hist = {"edges": edges.tolist(), "counts": counts.tolist(), "over": "top-k"}
         units[str(c)] = {"level": level if np.isfinite(level) else None, "source": source, "hist": hist}
+        records[str(c)] = {"options": asdict(opts), "arrays": bool(save_arrays)}
     return len(chans)
 
 
@@ -349,8 +370,9 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
     """The viewer: index, a page per layer, a page per rendered unit (see ``index_html``)."""
     layers = []
     for layer in store.layers:
-        done = set(man["features"].get(layer, []))
-        has_layer = layer in man["layers"]
+        optd = asdict(opts)  # only what these options made (a unit rendered with others is not shown)
+        done = {int(c) for c, rec in man["features"].get(layer, {}).items() if current(rec, optd)}
+        has_layer = current(man["layers"].get(layer) or {}, optd)
         if not done and not has_layer:
             continue
         arrays = store.arrays(layer)
