@@ -54,10 +54,11 @@ def unit_hist(store, layer: str, c: int) -> dict | None:
 
 
 def unit_rates(store, layer: str) -> np.ndarray | None:
-    """(C,) fraction of the images seen on which each unit fires (max > 0), or None without statistics."""
-    grp = store.f["layers"][layer]
-    return np.asarray(grp["fires"][()], np.float64) / max(int(store.attrs.get("images_seen") or 1), 1) \
-        if "fires" in grp else None
+    """(C,) fraction of the images counted by the statistics on which each unit fires (max > 0),
+    or None without statistics (the count is /stats ``images``, which can exceed ``images_seen``
+    after a merge that could not re-read shared images)."""
+    st = store.stats_state(layer)
+    return None if st is None else np.asarray(st["fired"], np.float64) / max(int(st["images"]), 1)
 
 
 def hist_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:

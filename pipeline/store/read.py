@@ -7,6 +7,7 @@ damaged or foreign file is one clear ``StoreError`` and never a traceback.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ..mining import stats as unit_stats
 from ..models.geometry import Geometry, pad_crop
 from .schema import StoreError
 from .validate import plain, validate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,9 +168,10 @@ class Store:
         if not self.has_stats() or "hist" not in g:
             return None
         a = self.f["stats"].attrs
-        if int(a.get("bins_version", -1)) != unit_stats.BINS_VERSION:
-            raise StoreError(f"{self.path} has unit statistics of bins version {a.get('bins_version')}, "
-                             f"this mine reads {unit_stats.BINS_VERSION}")
+        if int(a.get("bins_version", -1)) != unit_stats.BINS_VERSION:  # counted otherwise: not comparable
+            log.warning("%s has unit statistics of bins version %s, this mine reads %s: ignoring them (mine run "
+                        "--force rebuilds them)", self.path, a.get("bins_version"), unit_stats.BINS_VERSION)
+            return None
         return {"hist": g["hist"][()], "fired": g["fires"][()], "images": int(a["images"])}
 
     def unit_stats(self, layer: str, q: float = 0.99) -> UnitSummary | None:

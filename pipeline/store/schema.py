@@ -34,8 +34,9 @@
                            into fixed bins (mining/stats.py); attr edges (774,)
                            float64, the bin boundaries in value order
     /layers/<name>/fires   (C,) int64 images whose spatial maximum is > 0
-    /stats                 attrs images (counted), bins_version, per_octave,
-                           min_exp, max_exp
+    /stats                 attrs images (counted), bins_version (2: hist counts the
+                           positions of a grid of at most grid x grid per map, see
+                           mining.stats), per_octave, min_exp, max_exp, grid
     (/stats, hist and fires are absent in stores written before mine kept unit
     statistics, and in updates/merges of such stores)
 

@@ -84,7 +84,7 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
         raise ValueError(f"unit statistics of different image counts per layer: {sorted(images)}")
     g = f.create_group("stats")
     g.attrs.update(images=images.pop(), bins_version=unit_stats.BINS_VERSION, per_octave=unit_stats.PER_OCTAVE,
-                   min_exp=unit_stats.MIN_EXP, max_exp=unit_stats.MAX_EXP)
+                   min_exp=unit_stats.MIN_EXP, max_exp=unit_stats.MAX_EXP, grid=unit_stats.GRID)
     for name, r in stats.items():
         lg = f["layers"][name]
         h = lg.create_dataset("hist", data=np.asarray(r["hist"], np.int64), compression="gzip", compression_opts=4,
