@@ -53,8 +53,8 @@ Mean: from the bins, each count at its bin's midpoint (0 for the zero bin, 2^24
 for overflow): error <= mean(|x|) / 16 + 2^-25 when nothing overflowed.
 
 Cost: the streaming pass adds two elementwise integer passes and one scatter-add
-per counted activation (``observe``); the (channels, 4096) raw counts are folded into the
-773 documented bins only when read. Memory O(channels x 4096) on the device.
+per counted activation (``observe``), plus a table look-up from the 4096 raw keys to the
+773 bins. Memory: the (channels, 773) int64 counts on the device.
 """
 from __future__ import annotations
 
@@ -156,15 +156,13 @@ class UnitStats:
     def __init__(self, channels: int, device: torch.device | str = "cpu") -> None:
         self.channels = channels
         dev = torch.device(device)
-        self.raw = torch.zeros(channels * RAW, dtype=torch.int64, device=dev)  # committed, unfolded
-        self.base = torch.zeros(channels, NBINS, dtype=torch.int64, device=dev)  # loaded/merged, folded
+        self.hist = torch.zeros(channels, NBINS, dtype=torch.int64, device=dev)
         self.fired = torch.zeros(channels, dtype=torch.int64, device=dev)
         self.images = 0
         self._pending: torch.Tensor | None = None
         self._scratch: torch.Tensor | None = None
-        self._fold = torch.as_tensor(BINS.fold, device=dev)
-        # raw key r of channel c counts at c * RAW + r; the key is bits >> 20 in [-2048, 2047]
-        self._offset = torch.arange(channels, dtype=torch.int32, device=dev) * RAW + RAW // 2
+        self._fold = torch.as_tensor(BINS.fold, device=dev)  # raw key + RAW // 2 -> bin
+        self._offset = torch.arange(channels, device=dev) * NBINS  # bin b of channel c counts at c * NBINS + b
 
     # --- streaming --------------------------------------------------------------------
     def observe(self, out: torch.Tensor) -> None:
@@ -175,8 +173,10 @@ class UnitStats:
             raise RuntimeError("observe() twice without commit() or discard()")
         out = on_grid(out.detach())
         keys = _keys(out, self._scratch_for(out))
-        keys += self._offset.view(1, -1, *([1] * (out.dim() - 2)))
-        self._pending = _flat(keys)  # counted at commit (no dense (channels, 4096) buffer per batch)
+        keys += RAW // 2
+        bins = self._fold[keys]  # (shape of out) int64 bin per element
+        bins += self._offset.view(1, -1, *([1] * (out.dim() - 2)))
+        self._pending = bins.reshape(-1)  # counted at commit (no dense buffer per batch)
 
     def _scratch_for(self, out: torch.Tensor) -> torch.Tensor:
         """An int32 buffer shaped (and laid out) like ``out``, reused across batches: a fresh
@@ -195,8 +195,8 @@ class UnitStats:
     def commit(self, maxima: torch.Tensor) -> None:
         """Add the pending batch; ``maxima`` (B, C) are its images' spatial maxima."""
         if self._pending is not None:
-            ones = torch.ones(1, dtype=torch.int64, device=self.raw.device).expand(self._pending.numel())
-            self.raw.index_add_(0, self._pending, ones)
+            ones = torch.ones(1, dtype=torch.int64, device=self.hist.device).expand(self._pending.numel())
+            self.hist.view(-1).index_add_(0, self._pending, ones)
             self._pending = None
         self.fired += (maxima.detach() > 0).sum(0).to(self.fired.device)
         self.images += int(maxima.shape[0])
@@ -212,15 +212,14 @@ class UnitStats:
     # --- combining --------------------------------------------------------------------
     def counts(self) -> torch.Tensor:
         """(C, NBINS) int64 totals on the device."""
-        folded = torch.zeros_like(self.base).index_add_(1, self._fold, self.raw.view(self.channels, RAW))
-        return self.base + folded
+        return self.hist.clone()
 
     def merge(self, other: "UnitStats", sign: int = 1) -> None:
         """Add (``sign`` -1: subtract) another statistic of the same layer."""
         if other.channels != self.channels:
             raise ValueError("cannot merge statistics of different channel counts")
-        dev = self.base.device
-        self.base += sign * other.counts().to(dev)
+        dev = self.hist.device
+        self.hist += sign * other.hist.to(dev)
         self.fired += sign * other.fired.to(dev)
         self.images += sign * other.images
 
@@ -232,12 +231,11 @@ class UnitStats:
         return {"hist": self.counts().cpu(), "fired": self.fired.cpu(), "images": torch.tensor(self.images)}
 
     def load_state_dict(self, state: dict) -> None:
-        dev = self.base.device
+        dev = self.hist.device
         hist = torch.as_tensor(state["hist"])
         if tuple(hist.shape) != (self.channels, NBINS):
             raise ValueError(f"statistics of shape {tuple(hist.shape)}, expected {(self.channels, NBINS)}")
-        self.base = hist.to(dev, torch.int64).clone()
-        self.raw.zero_()
+        self.hist = hist.to(dev, torch.int64).clone()
         self.fired = torch.as_tensor(state["fired"]).to(dev, torch.int64).clone()
         self.images = int(state["images"])
         self._pending = None
