@@ -102,7 +102,7 @@ class StreamState:
             self.stats = None
             return
         self.stats_base = dict(parts)
-        self.stats = {n: UnitStats(s.channels, s.base.device) for n, s in self.stats.items()}
+        self.stats = {n: UnitStats(s.channels, s.hist.device) for n, s in self.stats.items()}
         self.stats_id = new_contribution_id()
 
     def total_stats(self) -> dict[str, UnitStats] | None:
