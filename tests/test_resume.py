@@ -46,7 +46,7 @@ def killed(images, tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_kill9_then_resume_equals_uninterrupted(point, killed, images, net, full, capsys):
+def test_kill9_then_resume_equals_uninterrupted(point, killed, images, net, full, capsys, caplog):
     d = killed[point]
     store = d / "s.h5"
     left = leftovers(d)
@@ -66,7 +66,7 @@ def test_kill9_then_resume_equals_uninterrupted(point, killed, images, net, full
 
     result = run(cfg(images, store, checkpoint_every=KILL_POINTS[point][1] if KILL_POINTS[point] else "5m"),
                  net=net)
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err + caplog.text  # the "pipeline" logger prints to stderr once the CLI set it up
     assert "taking over the stale lock" in err and "dead pid" in err
     expected_mode = {"stream:1": "fresh", "store-written": "already-complete"}.get(point, "resume")
     assert result.mode == expected_mode

@@ -200,10 +200,12 @@ def stream(
             kd = keys[ok].to(device, non_blocking=True)
             offsets, handles = cap.hooks(net) if cap is not None else ({}, [])
             observe = None if state.stats is None else lambda name, out: state.stats[name].observe(out[:n])
+            # positions only for maps that can enter a top-k (on CPU; see taps.spatial_max_above)
+            floors = {name: state.tops[name].values[:, -1] for name in layers} if device.type == "cpu" else None
             # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
             try:
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x, observe)
+                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x, observe, floors)
             except BaseException:
                 for st in (state.stats or {}).values():
                     st.discard()

@@ -30,6 +30,29 @@ def spatial_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, pos
 
 
+def spatial_max_above(out: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spatial_max`` where only the maps whose maximum is not below ``floor`` (C,) need a position.
+
+    Why: the arg-max is most of the ranking's cost on CPU (``max(dim)`` takes about 7x as long as
+    ``amax`` over a 112 x 112 map), and once the top-k are full few maps beat a channel's current
+    k-th value (``floor``): only those can enter it, so only they get a position (the same first
+    maximal index ``spatial_max`` gives); the others get 0, which no top-k will ever keep. While
+    many maps are above (the top-k still filling up) one ``max(dim)`` pass is cheaper. It reads
+    how many maps are above on the host, a sync, so the streaming pass uses it on CPU only.
+    """
+    flat = out.flatten(2)
+    values = flat.amax(dim=2)
+    above = ~(torch.nan_to_num(values.float(), nan=float("-inf")) < floor.view(1, -1))  # NaN ranks as -inf
+    n = int(above.sum())
+    if 4 * n > above.numel():
+        return flat.max(dim=2)
+    pos = torch.zeros(values.shape, dtype=torch.int64, device=out.device)
+    if n:
+        b, c = above.nonzero(as_tuple=True)
+        pos[b, c] = flat[b, c].argmax(dim=1)
+    return values, pos
+
+
 @contextmanager
 def hooked(net: Network, layers: list[str], fn):
     """Call ``fn(name, output)`` at each named layer; stop the forward after the deepest.
@@ -71,10 +94,12 @@ def layer_maxima(net: Network, layers: list[str], x: torch.Tensor) -> dict[str, 
     return layer_stats(net, layers, [], x)[0]
 
 
-def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Tensor, observe=None):
+def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Tensor, observe=None,
+                floors: dict[str, torch.Tensor] | None = None):
     """One forward for both: maxima of ``layers`` (as :func:`layer_maxima`) and pooled vectors
     (B, 2, C) of ``pooled`` (``mining.pooled.pool``). ``observe(name, output)``, if given, also
-    sees each full output of ``layers`` while it exists (the unit statistics count every position)."""
+    sees each full output of ``layers`` while it exists (for the unit statistics). ``floors``:
+    layer -> (C,) value below which a position is not needed (see :func:`spatial_max_above`)."""
     from .pooled import pool
 
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,7 +108,7 @@ def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Ten
 
     def take(name, out):
         if name in want:
-            found[name] = spatial_max(out)
+            found[name] = spatial_max(out) if not floors else spatial_max_above(out, floors[name])
             if observe is not None:
                 observe(name, out)
         if name in pools:
