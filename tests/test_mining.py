@@ -176,3 +176,25 @@ def test_inplace_relu_taps_see_rectified_values(net):
         v, p = h.flatten(2).max(2)
         torch.testing.assert_close(got[name][0], v)
         assert torch.equal(got[name][1], p)
+
+
+def test_positions_only_above_the_floor_equal_numpy_first_argmax():
+    """``spatial_max_above``: values equal the spatial max; every map not below the floor (the
+    ones that can enter a top-k) gets numpy's first arg-max, with ties, NaN and -inf maps, on both
+    of its paths (few maps above: per-map arg-max; many: one max pass)."""
+    from pipeline.mining.taps import spatial_max_above
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        x = torch.randn(8, 6, 5, 7, generator=g).round()  # many ties
+        x[1, 2, 1, 1] = float("nan")
+        x[2, 3] = float("-inf")
+        floor = torch.randn(6, generator=g) + (3.0 if trial % 2 else 0.0)  # few or many above
+        floor[0] = float("-inf")
+        values, pos = spatial_max_above(x, floor)
+        flat = x.flatten(2).numpy()
+        ref_v = np.max(flat, axis=2)  # NaN propagates, as in torch
+        ref_p = np.argmax(np.where(np.isnan(flat), np.inf, flat), axis=2)  # first NaN, else first max
+        np.testing.assert_array_equal(values.numpy(), ref_v)
+        need = ~(np.nan_to_num(ref_v, nan=-np.inf) < floor.numpy()[None])
+        np.testing.assert_array_equal(pos.numpy()[need], ref_p[need])
