@@ -197,8 +197,7 @@ def test_capture_path_equals_rerun_path(images, tmp_path, monkeypatch):
 def test_pooled_under_torchrun_equals_single_process(images, net, tmp_path):
     """``--pooled`` with 2 processes: every rank's vectors reach the one store (rounding aside:
     a convolution rounds differently with other batch companions)."""
-    import numpy as np
-    from jobs_util import cfg, read_all
+    from jobs_util import assert_same_but_pooled_rounding, cfg
 
     from pipeline import run
 
@@ -208,15 +207,7 @@ def test_pooled_under_torchrun_equals_single_process(images, net, tmp_path):
     (tmp_path / "two").mkdir()
     finish(torchrun(2, cli_args(images, tmp_path / "two" / "s.h5", "--pooled", pooled), tmp_path / "two"))
     assert left(tmp_path / "two") == []
-    da, aa = read_all(tmp_path / "two" / "s.h5")
-    db, ab = read_all(one)
-    assert sorted(da) == sorted(db) and list(aa["pooled"]) == list(ab["pooled"])
-    for n in da:
-        if n.startswith("images/pooled_"):
-            x, y = da[n].astype(np.float32), db[n].astype(np.float32)
-            np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-3 * np.nanmax(np.abs(y)), err_msg=n)
-        else:
-            np.testing.assert_array_equal(da[n], db[n], err_msg=n)
+    assert_same_but_pooled_rounding(tmp_path / "two" / "s.h5", one)
 
 
 def test_merge_checkpoints_keeps_pooled_vectors():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from jobs_util import assert_same_store, cfg, crash_in_stream, list_file, read_all
+from jobs_util import assert_same_but_pooled_rounding, assert_same_store, cfg, crash_in_stream, list_file
 
 from pipeline import Store, run
 from pipeline.data import Preprocessing, decode_image, normalize, to_pixels
@@ -69,23 +69,6 @@ def test_resume_after_a_crash_equals_uninterrupted(pooled_full, images, net, tmp
     assert_same_store(store, pooled_full)
 
 
-def _same_but_rounding(a, b, ignore):
-    """Equal stores, except that pooled vectors may differ by float32 rounding: a convolution
-    rounds differently depending on which images share its batch (top-k values are re-run by
-    finalize, pooled vectors are not)."""
-    da, aa = read_all(a)
-    db, ab = read_all(b)
-    assert sorted(da) == sorted(db)
-    for n in da:
-        if n.startswith("images/pooled_"):
-            x, y = da[n].astype(np.float32), db[n].astype(np.float32)
-            np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-3 * np.nanmax(np.abs(y)), err_msg=n)
-        else:
-            np.testing.assert_array_equal(da[n], db[n], err_msg=n)
-    assert {k: v for k, v in aa.items() if k not in ignore}.keys() == {k: v for k, v in ab.items() if k not in ignore}.keys()
-    assert list(aa["pooled"]) == list(ab["pooled"])
-
-
 def test_update_and_merge_equal_one_run(pooled_full, images, net, tmp_path):
     from jobs_util import all_images
 
@@ -95,13 +78,13 @@ def test_update_and_merge_equal_one_run(pooled_full, images, net, tmp_path):
     store = tmp_path / "u.h5"
     for spec in steps:
         run(cfg(spec, None, update=str(store), pooled=POOLED), net=net)
-    _same_but_rounding(store, pooled_full, ignore)
+    assert_same_but_pooled_rounding(store, pooled_full, ignore)
     parts = []
     for i, spec in enumerate(steps):
         parts.append(tmp_path / f"p{i}.h5")
         run(cfg(spec, parts[-1], pooled=POOLED), net=net)
     merge_stores(parts, tmp_path / "m.h5", device="cpu")
-    _same_but_rounding(tmp_path / "m.h5", pooled_full, ignore)
+    assert_same_but_pooled_rounding(tmp_path / "m.h5", pooled_full, ignore)
     with pytest.raises(Exception, match="pooled"):  # a store without pooled vectors cannot be extended with them
         run(cfg(steps[0], tmp_path / "plain.h5"), net=net)
         run(cfg(steps[1], None, update=str(tmp_path / "plain.h5"), pooled=POOLED), net=net)
