@@ -18,7 +18,7 @@ next to nothing, and the grid only thins out positions that neighbour each other
 quantiles and means of a unit over hundreds of images come out the same to well within
 the bins' own 12.5 %. The firing counts use the spatial maxima: every position.
 
-Bins (``BINS``, fixed for every layer of every network, version 1)
+Bins (``BINS``, fixed for every layer of every network; the same in bins versions 1 and 2)
     Symmetric in sign, logarithmic in magnitude: 8 bins per octave (the top 3
     mantissa bits of the float32), for magnitudes in [2^-24, 2^24) (6e-8 to 1.7e7),
     which covers activations from 1e-3 (deep BatchNorm nets) to 1e5 (Caffe-scale
@@ -134,14 +134,6 @@ def on_grid(out: torch.Tensor) -> torch.Tensor:
         return out
     sh, sw = -(-out.shape[2] // GRID), -(-out.shape[3] // GRID)
     return out if sh == sw == 1 else out[:, :, ::sh, ::sw]
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """All elements as one vector in memory order (counting does not care about order),
-    without a copy for NCHW- or channels_last-contiguous tensors."""
-    if not t.is_contiguous() and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        t = t.permute(0, 2, 3, 1)
-    return t.reshape(-1)
 
 
 class UnitStats:

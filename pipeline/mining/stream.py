@@ -1,5 +1,5 @@
 """The streaming pass: images -> named-layer maxima -> running top-k per channel,
-and every activation -> per-unit statistics (``stats.UnitStats``).
+and the activations on a fixed grid -> per-unit statistics (``stats.UnitStats``).
 
 Everything per batch stays on the model's device; the host only sees the CPU-side
 bookkeeping the loader already has (keys, ok flags), so there is no per-batch
