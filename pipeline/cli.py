@@ -34,6 +34,9 @@ class _StderrLines(logging.Handler):
 
 @app.callback()
 def _setup() -> None:
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # CPU forward passes at up to half the cost (allocator.py says why)
     logger = logging.getLogger("pipeline")
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines(logging.WARNING))

@@ -43,6 +43,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.data import ImageDataset, Preprocessing, make_loader, normalize, resolve_images  # noqa: E402
 from pipeline.mining.stream import new_state, stream  # noqa: E402
 from pipeline.models.weights import load_network  # noqa: E402
@@ -98,6 +99,8 @@ def e2e(a) -> None:
     from pipeline.mining import finalize as fin_mod
     from pipeline.store.read import Store
 
+    if a.e2e_images == 0:
+        return
     dev = torch.device(a.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
     make_jpegs(tmp / "imgs", a.e2e_images, distinct_bases=a.e2e_bases or a.e2e_images)
@@ -200,7 +203,7 @@ def main() -> None:
     ap.add_argument("--models", default="vgg16,resnet50,mobilenet_v2")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end section")
-    ap.add_argument("--e2e-images", type=int, default=512)
+    ap.add_argument("--e2e-images", type=int, default=512, help="0: leave the end-to-end section out")
     ap.add_argument("--e2e-size", type=int, default=112)
     ap.add_argument("--e2e-bases", type=int, default=0,
                     help="make the files from this many distinct pictures (0: all distinct); few pictures give "
@@ -210,9 +213,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda (end-to-end section)")
     ap.add_argument("--distributed", type=int, default=0, metavar="N",
                     help="also run the end-to-end job under torchrun with N processes")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc as it is in the in-process rows and the RSS children (mine keeps "
+                         "freed memory for reuse: pipeline/allocator.py)")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if not a.malloc_default:
+        keep_freed_memory()  # as the `mine` command does (pipeline/allocator.py)
     if a.rss_child:
         return rss_child(a.rss_child, a.folder, a.rss_size)
     if a.quick:
@@ -224,7 +232,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
     tmp = Path(tempfile.mkdtemp(prefix="bench_mine_"))
-    make_jpegs(tmp / "imgs", a.images)
+    make_jpegs(tmp / "imgs", a.images, distinct_bases=a.images)  # distinct pictures, as in a real collection
     prep = Preprocessing("torchvision", a.size)
     src = resolve_images(str(tmp / "imgs"))
     ds = ImageDataset(src, prep)
@@ -269,7 +277,8 @@ def main() -> None:
     for n in (small, large):
         t = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--folder", str(tmp / "many"),
-                              "--rss-size", str(a.rss_size)], check=True, capture_output=True, text=True)
+                              "--rss-size", str(a.rss_size)] + ["--malloc-default"] * a.malloc_default,
+                             check=True, capture_output=True, text=True)
         rec = json.loads(out.stdout.strip().splitlines()[-1])
         rss.append(rec["maxrss_mb"])
         print(f"peak RSS, mine run over {n:>6} images (all conv, {a.rss_size}px): {rec['maxrss_mb']:8.1f} MB"

@@ -68,3 +68,27 @@ def test_state_dict_roundtrip():
     u = RunningTopK(3, 2)
     u.load_state_dict(t.state_dict())
     assert all(torch.equal(t.result()[n], u.result()[n]) for n in ("values", "keys", "pos"))
+
+
+def test_channels_no_candidate_can_enter_are_left_alone_and_the_result_is_exact(monkeypatch):
+    """Once full, a channel whose candidates are all below its k-th value skips the sort
+    (``_select_rows``); with ties at the k-th value (a smaller key may still enter), NaN
+    (ranks as -inf) and -inf among the candidates, the result equals the brute force."""
+    g = torch.Generator().manual_seed(7)
+    n, c, k = 300, 20, 9
+    values = torch.randint(0, 400, (n, c), generator=g).float()  # ties too
+    values[torch.rand(n, c, generator=g) < 0.05] = float("nan")
+    values[torch.rand(n, c, generator=g) < 0.05] = float("-inf")
+    keys = torch.randperm(100000, generator=g)[:n]
+    pos = torch.randint(0, 50, (n, c), generator=g)
+    subsets = []
+    real = RunningTopK._select_rows
+    monkeypatch.setattr(RunningTopK, "_select_rows",
+                        lambda self, rows, *a: (subsets.append(len(rows)), real(self, rows, *a))[1])
+    t = RunningTopK(c, k)
+    for s in range(0, n, 16):
+        t.add(values[s:s + 16], keys[s:s + 16], pos[s:s + 16])
+    assert subsets and min(subsets) < c // 2  # the shortcut was taken, with most channels skipped
+    ref = brute(torch.nan_to_num(values, nan=float("-inf")).numpy(), keys.numpy(), pos.numpy(), k)
+    for ch in range(c):
+        assert as_list(t, ch) == [(float(v), int(kk), int(p)) for v, kk, p in ref[ch]]

@@ -79,6 +79,23 @@ def test_bins_on_awkward_values_equal_numpy():
     np.testing.assert_array_equal(s16.result()["hist"][0], numpy_hist(b.float().numpy(), edges))
 
 
+def test_every_bit_pattern_of_the_top_12_bits_falls_in_numpys_bin():
+    """Every raw key (sign, exponent, top 3 mantissa bits), at the low and high end of its
+    range of float32 values and in between, binned as numpy bins the value; NaN (no numpy
+    bin) goes to the overflow bin of its sign, as the module docstring says."""
+    key = np.arange(4096, dtype=np.uint32) << 20
+    low = np.array([0, 1, 0x7FFFF, 0xFFFFF], dtype=np.uint32)
+    x = (key[:, None] | low[None, :]).ravel().view(np.float32)
+    nan = np.isnan(x)
+    s = UnitStats(1)
+    s.add(torch.from_numpy(x[~nan].copy()).view(1, 1, -1))
+    np.testing.assert_array_equal(s.result()["hist"][0], numpy_hist(x[~nan], BINS.edges))
+    s = UnitStats(1)
+    s.add(torch.from_numpy(x[nan].copy()).view(1, 1, -1))
+    neg = int(np.signbit(x[nan]).sum())
+    assert s.result()["hist"][0][[0, NBINS - 1]].tolist() == [neg, int(nan.sum()) - neg]
+
+
 def test_histograms_quantiles_firing_equal_brute_force(images, net, full):
     acts = brute_force(net, images, LAYERS.split(","))
     thinned = False

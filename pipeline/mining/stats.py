@@ -52,9 +52,9 @@ estimate is the bin's finite edge, 2^24 in magnitude).
 Mean: from the bins, each count at its bin's midpoint (0 for the zero bin, 2^24
 for overflow): error <= mean(|x|) / 16 + 2^-25 when nothing overflowed.
 
-Cost: the streaming pass adds two elementwise integer passes and one scatter-add
-per counted activation (``observe``), plus a table look-up from the 4096 raw keys to the
-773 bins. Memory: the (channels, 773) int64 counts on the device.
+Cost: per counted activation, a few elementwise integer passes (``fold_keys``: raw key to
+bin) and one scatter-add (``commit``). Memory: the (channels, 773) int64 counts on the
+device, and three reused int32 buffers the size of a layer's counted positions.
 """
 from __future__ import annotations
 
@@ -86,10 +86,9 @@ def _magnitude_edges() -> np.ndarray:
 
 @dataclass(frozen=True)
 class Bins:
-    """The fixed bins (module docstring): ``edges`` in value order and the raw-key fold."""
+    """The fixed bins (module docstring): ``edges`` in value order."""
 
     edges: np.ndarray  # (NBINS + 1,) float64
-    fold: np.ndarray  # (RAW,) int64: raw key (bits >> 20, + 2048) -> bin
 
     @property
     def count(self) -> int:
@@ -105,13 +104,7 @@ def _make_bins() -> Bins:
     edges = np.concatenate([-pos[::-1], pos])  # -2^128, -2^24, ..., -2^-24, -2^-129, 2^-129, 2^-24, ..., 2^24, 2^128
     edges[ZERO + 1] = tiny  # (already) zero bin is (-tiny, tiny)
     assert len(edges) == NBINS + 1 and edges[ZERO] == -tiny and edges[ZERO + 2] == small
-    # magnitude key m = exponent field * 8 + top mantissa bits (0..2047)
-    m = np.arange(RAW // 2)
-    lo_key, hi_key = (127 + MIN_EXP) * PER_OCTAVE, (127 + MAX_EXP) * PER_OCTAVE
-    offset = np.where(m == 0, 0, np.where(m < lo_key, 1, np.where(m < hi_key, 2 + m - lo_key, 2 + _REGULAR)))
-    # raw = key + 2048: negative floats have raw = m, positive floats raw = 2048 + m
-    fold = np.concatenate([ZERO - offset, ZERO + offset]).astype(np.int64)
-    return Bins(edges, fold)
+    return Bins(edges)
 
 
 BINS = _make_bins()
@@ -126,6 +119,26 @@ def _keys(out: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
     if out.dtype != torch.float32:
         out = out.float()
     return torch.bitwise_right_shift(out.view(torch.int32), SHIFT32, out=into)
+
+
+def fold_keys(keys: torch.Tensor, scratch: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+    """Bin (0..NBINS-1) of every signed raw key (``_keys``), written ``into`` an int32
+    buffer; ``keys`` and ``scratch`` (same shape) are overwritten. A few elementwise integer
+    passes: a look-up table (a gather) cost three times as much on CPU. tests/test_unit_stats.py
+    checks every key against numpy's binning of its values.
+
+    Magnitude key m = key & 2047 (exponent * 8 + top mantissa bits). Its offset from the
+    zero bin is 0 for m = 0, 1 (underflow) below the regular bins, m - lo + 2 inside
+    them, 2 + _REGULAR (overflow) above: min(clamp(m - lo + 2, 1, 2 + _REGULAR), m), as
+    the clamp is <= m for every m >= 1. A negative float (key < 0) mirrors it below ZERO.
+    """
+    lo_key = (127 + MIN_EXP) * PER_OCTAVE
+    m = torch.bitwise_and(keys, RAW // 2 - 1, out=scratch)
+    offset = torch.sub(m, lo_key - 2, out=into).clamp_(1, 2 + _REGULAR)
+    torch.minimum(offset, m, out=offset)
+    sign = keys.bitwise_right_shift_(31)  # 0 for positive floats, -1 for negative ones
+    offset.bitwise_xor_(sign).sub_(sign)  # two's complement: -offset where sign is -1
+    return offset.add_(ZERO)
 
 
 def on_grid(out: torch.Tensor) -> torch.Tensor:
@@ -153,8 +166,8 @@ class UnitStats:
         self.images = 0
         self._pending: torch.Tensor | None = None
         self._scratch: torch.Tensor | None = None
-        self._fold = torch.as_tensor(BINS.fold, device=dev)  # raw key + RAW // 2 -> bin
-        self._offset = torch.arange(channels, device=dev) * NBINS  # bin b of channel c counts at c * NBINS + b
+        # bin b of channel c counts at c * NBINS + b (int32: 15k channels x 773 bins fit)
+        self._offset = torch.arange(channels, dtype=torch.int32, device=dev) * NBINS
 
     # --- streaming --------------------------------------------------------------------
     def observe(self, out: torch.Tensor) -> None:
@@ -164,25 +177,24 @@ class UnitStats:
         if self._pending is not None:
             raise RuntimeError("observe() twice without commit() or discard()")
         out = on_grid(out.detach())
-        keys = _keys(out, self._scratch_for(out))
-        keys += RAW // 2
-        bins = self._fold[keys]  # (shape of out) int64 bin per element
+        keys, scratch, bins = self._scratch_for(out)
+        fold_keys(_keys(out, keys), scratch, bins)
         bins += self._offset.view(1, -1, *([1] * (out.dim() - 2)))
         self._pending = bins.reshape(-1)  # counted at commit (no dense buffer per batch)
 
-    def _scratch_for(self, out: torch.Tensor) -> torch.Tensor:
-        """An int32 buffer shaped (and laid out) like ``out``, reused across batches: a fresh
+    def _scratch_for(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Three int32 buffers shaped (and laid out) like ``out``, reused across batches: a fresh
         one per batch costs page faults on CPU as large as the counting itself."""
         fmt = (torch.channels_last if out.dim() == 4 and not out.is_contiguous()
                and out.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         buf = self._scratch
-        if buf is None or buf.numel() < out.numel() or buf.device != out.device:
-            buf = self._scratch = torch.empty(out.numel(), dtype=torch.int32, device=out.device)
-        view = buf[:out.numel()]
+        if buf is None or buf.shape[1] < out.numel() or buf.device != out.device:
+            buf = self._scratch = torch.empty(3, out.numel(), dtype=torch.int32, device=out.device)
+        views = buf[:, :out.numel()]
         if fmt is torch.channels_last:
             n, c, h, w = out.shape
-            return view.view(n, h, w, c).permute(0, 3, 1, 2)
-        return view.view(out.shape)
+            return tuple(v.view(n, h, w, c).permute(0, 3, 1, 2) for v in views)
+        return tuple(v.view(out.shape) for v in views)
 
     def commit(self, maxima: torch.Tensor) -> None:
         """Add the pending batch; ``maxima`` (B, C) are its images' spatial maxima."""

@@ -32,11 +32,24 @@ class RunningTopK:
             return
         v = torch.nan_to_num(values.detach().float(), nan=float("-inf")).T
         kk = keys.to(self.keys.device, torch.int64).view(1, b).expand(self.channels, b)
-        self._select(
-            torch.cat([self.values, v], 1),
-            torch.cat([self.keys, kk], 1),
-            torch.cat([self.pos, pos.T.to(torch.int64)], 1),
-        )
+        p = pos.T.to(torch.int64)
+        if v.device.type == "cpu":  # only the channels a candidate may enter (reading the mask is a sync on a GPU)
+            rows = (v >= self.values[:, -1:]).any(1).nonzero().view(-1)
+            if len(rows) < self.channels:
+                return self._select_rows(rows, v[rows], kk[rows], p[rows])
+        self._select(torch.cat([self.values, v], 1), torch.cat([self.keys, kk], 1), torch.cat([self.pos, p], 1))
+
+    def _select_rows(self, rows: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, p: torch.Tensor) -> None:
+        """``_select`` for the channels ``rows`` only. Why: a candidate below a channel's k-th
+        value sorts after it whatever its key (the order is value first), so a channel with no
+        candidate at or above its k-th value keeps its entries; once the top-k are full that is
+        most channels, and their sorts were most of the ranking's cost."""
+        if len(rows) == 0:
+            return
+        kept = RunningTopK(len(rows), self.k, self.values.device)
+        kept._select(torch.cat([self.values[rows], v], 1), torch.cat([self.keys[rows], kk], 1),
+                     torch.cat([self.pos[rows], p], 1))
+        self.values[rows], self.keys[rows], self.pos[rows] = kept.values, kept.keys, kept.pos
 
     def merge(self, other: "RunningTopK") -> None:
         """Fold another statistic in (disjoint or overlapping image sets).
