@@ -92,3 +92,28 @@ def test_channels_no_candidate_can_enter_are_left_alone_and_the_result_is_exact(
     ref = brute(torch.nan_to_num(values, nan=float("-inf")).numpy(), keys.numpy(), pos.numpy(), k)
     for ch in range(c):
         assert as_list(t, ch) == [(float(v), int(kk), int(p)) for v, kk, p in ref[ch]]
+
+
+def test_may_enter_is_whether_the_candidate_alone_would_enter():
+    """``may_enter`` against offering each candidate on its own to a copy of the state: ties
+    with the k-th value (decided by key), NaN, -inf, and a top-k with empty slots."""
+    g = torch.Generator().manual_seed(3)
+    for filled in (20, 5):  # full (k = 9) and not full
+        c, k = 12, 9
+        t = RunningTopK(c, k)
+        values = torch.randint(0, 8, (filled, c), generator=g).float()
+        values[0, 0] = float("-inf")
+        keys = torch.randperm(10000, generator=g)[:filled] * 2 + 1  # odd keys; candidates get the even ones
+        t.add(values, keys, torch.zeros(filled, c, dtype=torch.int64))
+        cand = torch.randint(0, 8, (30, c), generator=g).float()
+        cand[torch.rand(30, c, generator=g) < 0.1] = float("nan")
+        cand[torch.rand(30, c, generator=g) < 0.1] = float("-inf")
+        ckeys = torch.randperm(10000, generator=g)[:30] * 2
+        got = t.may_enter(cand, ckeys)
+        before = {n: v.clone() for n, v in t.state_dict().items()}
+        for i in range(30):
+            one = RunningTopK(c, k)
+            one.load_state_dict(t.state_dict())
+            one.add(cand[i:i + 1], ckeys[i:i + 1], torch.zeros(1, c, dtype=torch.int64))
+            assert got[i].tolist() == (one.keys == ckeys[i]).any(1).tolist()
+        assert all(torch.equal(before[n], v) for n, v in t.state_dict().items())  # add() never writes in place

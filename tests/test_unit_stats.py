@@ -38,8 +38,8 @@ def numpy_hist(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def on_grid(a: np.ndarray) -> np.ndarray:
-    """The positions the statistics count: every s-th row and column, s = ceil(size / 16)."""
-    return a[:, :, ::-(-a.shape[2] // 16), ::-(-a.shape[3] // 16)]
+    """The positions the statistics count: every s-th row and column, s = ceil(size / 6)."""
+    return a[:, :, ::-(-a.shape[2] // 6), ::-(-a.shape[3] // 6)]
 
 
 def brute_force(net, images, layers):
@@ -217,3 +217,28 @@ def test_info_lists_dead_units(images, tmp_path):
     line = next(l for l in res.output.splitlines() if l.startswith("dead units"))
     assert line.split()[2:] == ["conv1_2", "2", "(3,", "17)"]
     assert "activation histograms over 14 images" in res.output
+
+
+def test_a_checkpoint_counted_by_another_bins_version_gives_no_statistics(tmp_path, caplog):
+    """Resuming a checkpoint whose statistics count other positions (written before bins
+    version 3: no ``bins_version`` in its meta) must not add to them: no statistics, a warning."""
+    import json
+
+    from pipeline.jobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from pipeline.mining.topk import RunningTopK
+
+    st = UnitStats(3)
+    st.add(torch.randn(2, 3, 8, 8))
+    ck = Checkpoint({"images": {"count": 2}}, False, 1, {}, {"l": RunningTopK(3, 2).state_dict()}, {},
+                    {"part": {"l": st.state_dict()}})
+    save_checkpoint(tmp_path / "ck", ck)
+    assert load_checkpoint(tmp_path / "ck").stats["part"]["l"]["images"] == 2
+    with np.load(tmp_path / "ck") as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    del meta["bins_version"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(tmp_path / "old", "wb") as fh:
+        np.savez(fh, **arrays)
+    assert load_checkpoint(tmp_path / "old").stats is None
+    assert "bins version 1 or 2" in caplog.text and "no statistics" in caplog.text

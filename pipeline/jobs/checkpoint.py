@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -41,11 +42,13 @@ import numpy as np
 import torch
 
 from ..durable import fsync_rename
-from ..mining.stats import NBINS
+from ..mining.stats import BINS_VERSION, NBINS
 from ..mining.stream import ImageRecord
 from .errors import CheckpointError
 from .faults import pause_point
 from .output import write_error
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mine-checkpoint"
 VERSION = 1
@@ -127,7 +130,7 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
     meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
             "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled),
-            "stats": ck.stats is not None, "stat_parts": list(ck.stats or {})}
+            "stats": ck.stats is not None, "stat_parts": list(ck.stats or {}), "bins_version": BINS_VERSION}
     arrays = {"meta": np.array(json.dumps(meta)), **_records_to_arrays(ck.records)}
     for j, (layer, sd) in enumerate(ck.tops.items()):
         for n in ("values", "keys", "pos"):
@@ -153,8 +156,13 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
         raise
 
 
-def _load_stats(z, meta: dict) -> dict | None:
+def _load_stats(z, meta: dict, path: Path) -> dict | None:
     if not meta.get("stats"):
+        return None
+    if meta.get("bins_version", 2) != BINS_VERSION:  # counted at other positions: adding to them would mix
+        log.warning("%s holds unit statistics of bins version %s, this mine counts version %s: the store of this "
+                    "run will have no statistics (mine run --force rebuilds them)", path,
+                    meta.get("bins_version", "1 or 2"), BINS_VERSION)
         return None
 
     def part(prefix: str) -> dict:
@@ -179,7 +187,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
                     for j, layer in enumerate(meta["layers"])}
             pooled = {layer: {n: torch.from_numpy(z[f"pooled{j}_{n}"].copy()) for n in ("keys", "rows")}
                       for j, layer in enumerate(meta.get("pooled", []))}
-            stats = _load_stats(z, meta)
+            stats = _load_stats(z, meta, path)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - any damage is one clear line

@@ -9,16 +9,19 @@ bit-identical statistics, provided each image's activations are the same numbers
 wherever it is computed (true for a given device, weights and precision; the top-k
 relies on the same).
 
-Which activations (``GRID``, bins version 2): of every (image, channel) map, the
-positions of a fixed grid of at most 16 x 16: every s-th row and column from the first,
-s = ceil(H / 16) (and ceil(W / 16)); maps of up to 16 x 16 are counted whole. Counting
-every position cost the streaming pass 15-45 % on CPU (a scatter-add per activation:
-MobileNetV2's or ResNet-50's large early maps, VGG's conv1-3 at 224 px), a grid costs
-next to nothing, and the grid only thins out positions that neighbour each other, so
-quantiles and means of a unit over hundreds of images come out the same to well within
-the bins' own 12.5 %. The firing counts use the spatial maxima: every position.
+Which activations (``GRID``, bins version 3): of every (image, channel) map, the
+positions of a fixed grid of at most 6 x 6: every s-th row and column from the first,
+s = ceil(H / 6) (and ceil(W / 6)); a 7 x 7 map counts 4 x 4 positions, 14 x 14 5 x 5,
+maps of up to 6 x 6 count whole. Why: counting is a scatter-add per counted activation,
+and MobileNetV2's forward pass is cheap per activation: counting every position
+(version 1) cost its streaming pass 45 %, a grid of 16 x 16 (version 2) 12 % (19 layers,
+224 px, without page-fault overhead, see pipeline/allocator.py), this grid about 3 %.
+The grid thins out positions that neighbour each other, so over hundreds of images a
+unit's quantiles and mean come out the same to well within the bins' own 12.5 %; a
+unit's 0.99 quantile over 100 images of 7 x 7 maps still rests on 16 counted positions
+above it. The firing counts use the spatial maxima: every position.
 
-Bins (``BINS``, fixed for every layer of every network; the same in bins versions 1 and 2)
+Bins (``BINS``, fixed for every layer of every network; the same in bins versions 1 to 3)
     Symmetric in sign, logarithmic in magnitude: 8 bins per octave (the top 3
     mantissa bits of the float32), for magnitudes in [2^-24, 2^24) (6e-8 to 1.7e7),
     which covers activations from 1e-3 (deep BatchNorm nets) to 1e5 (Caffe-scale
@@ -63,8 +66,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BINS_VERSION = 2  # 1: every position counted; 2: the GRID positions (module docstring)
-GRID = 16
+BINS_VERSION = 3  # 1: every position counted; 2: a 16 x 16 grid; 3: the GRID positions (module docstring)
+GRID = 6
 PER_OCTAVE = 8  # 2^MANTISSA_BITS
 MANTISSA_BITS = 3
 MIN_EXP, MAX_EXP = -24, 24  # regular bins cover magnitudes [2^MIN_EXP, 2^MAX_EXP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
@@ -145,6 +146,12 @@ def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, c
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def _entering(top: RunningTopK, keys: torch.Tensor, into: dict, name: str, values: torch.Tensor) -> torch.Tensor:
+    """``top.may_enter`` of a layer's maxima, kept ``into[name]`` so the top-k need not compute it again."""
+    into[name] = top.may_enter(values, keys)
+    return into[name]
+
+
 def stream(
     net: Network,
     state: StreamState,
@@ -190,7 +197,7 @@ def stream(
                 new_keys.add(key)
             records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
                                        int(batch["width"][i]), int(batch["height"][i])))
-        maxima, vectors, kd, offsets = {}, {}, None, {}
+        maxima, vectors, kd, offsets, entering = {}, {}, None, {}, {}
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
             x = _as_input(pixels, prep, device, channels_last)
@@ -201,11 +208,13 @@ def stream(
             offsets, handles = cap.hooks(net) if cap is not None else ({}, [])
             observe = None if state.stats is None else lambda name, out: state.stats[name].observe(out[:n])
             # positions only for maps that can enter a top-k (on CPU; see taps.spatial_max_above)
-            floors = {name: state.tops[name].values[:, -1] for name in layers} if device.type == "cpu" else None
+            kx = kd if n > 1 else kd.repeat(2)
+            needed = {name: partial(_entering, state.tops[name], kx, entering, name) for name in layers} \
+                if device.type == "cpu" else None
             # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
             try:
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x, observe, floors)
+                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x, observe, needed)
             except BaseException:
                 for st in (state.stats or {}).values():
                     st.discard()
@@ -217,7 +226,8 @@ def stream(
             vectors = {name: rows[:n] for name, rows in vectors.items()}
         state.dirty = True
         for name, (values, pos) in maxima.items():
-            state.tops[name].add(values.float(), kd, pos)
+            mask = entering.get(name)
+            state.tops[name].add(values.float(), kd, pos, None if mask is None else mask[:len(kd)])
             if state.stats is not None:
                 state.stats[name].commit(values)
         for name, rows in vectors.items():

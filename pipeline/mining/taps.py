@@ -30,19 +30,20 @@ def spatial_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, pos
 
 
-def spatial_max_above(out: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``spatial_max`` where only the maps whose maximum is not below ``floor`` (C,) need a position.
+def spatial_max_above(out: torch.Tensor, needed) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spatial_max`` where only the maps ``needed(values)`` marks (a (B, C) bool of the maxima)
+    get a position.
 
-    Why: the arg-max is most of the ranking's cost on CPU (``max(dim)`` takes about 7x as long as
-    ``amax`` over a 112 x 112 map), and once the top-k are full few maps beat a channel's current
-    k-th value (``floor``): only those can enter it, so only they get a position (the same first
-    maximal index ``spatial_max`` gives); the others get 0, which no top-k will ever keep. While
-    many maps are above (the top-k still filling up) one ``max(dim)`` pass is cheaper. It reads
-    how many maps are above on the host, a sync, so the streaming pass uses it on CPU only.
+    Why: the arg-max is most of the ranking's cost on CPU (``max(dim)`` takes 7-15x as long as
+    ``amax`` over a 112 x 112 map), and once the top-k are full few maps can enter them
+    (``RunningTopK.may_enter``): only those get a position (the same first maximal index
+    ``spatial_max`` gives); the others get 0, which no top-k will ever keep. While many maps are
+    needed (the top-k still filling up) one ``max(dim)`` pass is cheaper. It reads how many maps
+    are needed on the host, a sync, so the streaming pass uses it on CPU only.
     """
     flat = out.flatten(2)
     values = flat.amax(dim=2)
-    above = ~(torch.nan_to_num(values.float(), nan=float("-inf")) < floor.view(1, -1))  # NaN ranks as -inf
+    above = needed(values)
     n = int(above.sum())
     if 4 * n > above.numel():
         return flat.max(dim=2)
@@ -95,11 +96,12 @@ def layer_maxima(net: Network, layers: list[str], x: torch.Tensor) -> dict[str, 
 
 
 def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Tensor, observe=None,
-                floors: dict[str, torch.Tensor] | None = None):
+                needed: dict | None = None):
     """One forward for both: maxima of ``layers`` (as :func:`layer_maxima`) and pooled vectors
     (B, 2, C) of ``pooled`` (``mining.pooled.pool``). ``observe(name, output)``, if given, also
-    sees each full output of ``layers`` while it exists (for the unit statistics). ``floors``:
-    layer -> (C,) value below which a position is not needed (see :func:`spatial_max_above`)."""
+    sees each full output of ``layers`` while it exists (for the unit statistics). ``needed``:
+    layer -> function of the (B, C) maxima marking the maps that need a position (see
+    :func:`spatial_max_above`)."""
     from .pooled import pool
 
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -108,7 +110,7 @@ def layer_stats(net: Network, layers: list[str], pooled: list[str], x: torch.Ten
 
     def take(name, out):
         if name in want:
-            found[name] = spatial_max(out) if not floors else spatial_max_above(out, floors[name])
+            found[name] = spatial_max(out) if not needed else spatial_max_above(out, needed[name])
             if observe is not None:
                 observe(name, out)
         if name in pools:

@@ -25,8 +25,10 @@ class RunningTopK:
         self.keys = torch.full((channels, k), EMPTY_KEY, dtype=torch.int64, device=device)
         self.pos = torch.full((channels, k), -1, dtype=torch.int64, device=device)
 
-    def add(self, values: torch.Tensor, keys: torch.Tensor, pos: torch.Tensor) -> None:
-        """Offer candidates: ``values``/``pos`` (B, channels), ``keys`` (B,) image keys."""
+    def add(self, values: torch.Tensor, keys: torch.Tensor, pos: torch.Tensor,
+            entering: torch.Tensor | None = None) -> None:
+        """Offer candidates: ``values``/``pos`` (B, channels), ``keys`` (B,) image keys;
+        ``entering``: ``may_enter(values, keys)`` if the caller has it already."""
         b = values.shape[0]
         if b == 0:
             return
@@ -34,22 +36,37 @@ class RunningTopK:
         kk = keys.to(self.keys.device, torch.int64).view(1, b).expand(self.channels, b)
         p = pos.T.to(torch.int64)
         if v.device.type == "cpu":  # only the channels a candidate may enter (reading the mask is a sync on a GPU)
-            rows = (v >= self.values[:, -1:]).any(1).nonzero().view(-1)
+            rows = (self.may_enter(values, keys) if entering is None else entering).any(0).nonzero().view(-1)
             if len(rows) < self.channels:
                 return self._select_rows(rows, v[rows], kk[rows], p[rows])
         self._select(torch.cat([self.values, v], 1), torch.cat([self.keys, kk], 1), torch.cat([self.pos, p], 1))
 
+    def may_enter(self, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(B, C) bool: the candidates (``values`` (B, C), image ``keys`` (B,)) that rank before
+        their channel's k-th entry, i.e. enter the top-k; the others cannot, in any batch.
+
+        Exact because an image is offered at most once per channel (seen keys are skipped), so a
+        candidate never ties the k-th entry on both value and key, and position never decides.
+        An empty slot ranks after every image of its value (-inf), as in ``_select``.
+        """
+        v = torch.nan_to_num(values.detach().float(), nan=float("-inf"))
+        last_v, last_k = self.values[:, -1], self.keys[:, -1]
+        last_k = last_k.masked_fill(last_k == EMPTY_KEY, torch.iinfo(torch.int64).max)
+        k = keys.to(last_k.device, torch.int64).view(-1, 1)
+        return (v > last_v) | ((v == last_v) & (k < last_k))
+
     def _select_rows(self, rows: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, p: torch.Tensor) -> None:
-        """``_select`` for the channels ``rows`` only. Why: a candidate below a channel's k-th
-        value sorts after it whatever its key (the order is value first), so a channel with no
-        candidate at or above its k-th value keeps its entries; once the top-k are full that is
-        most channels, and their sorts were most of the ranking's cost."""
+        """``_select`` for the channels ``rows`` only. Why: once the top-k are full most channels
+        have no candidate that ``may_enter``; they keep their entries, and their sorts were most of
+        the ranking's cost."""
         if len(rows) == 0:
             return
         kept = RunningTopK(len(rows), self.k, self.values.device)
         kept._select(torch.cat([self.values[rows], v], 1), torch.cat([self.keys[rows], kk], 1),
                      torch.cat([self.pos[rows], p], 1))
-        self.values[rows], self.keys[rows], self.pos[rows] = kept.values, kept.keys, kept.pos
+        # out of place, as ``_select``: a ``state_dict()`` taken before (a checkpoint) must not change
+        self.values, self.keys, self.pos = (t.index_put((rows,), new) for t, new in
+                                            ((self.values, kept.values), (self.keys, kept.keys), (self.pos, kept.pos)))
 
     def merge(self, other: "RunningTopK") -> None:
         """Fold another statistic in (disjoint or overlapping image sets).

@@ -30,11 +30,11 @@
     /layers/<name>/y, x    (C, k) int32 arg-max position in the layer's map, -1 empty
     /layers/<name>/box     (C, k, 4) int32 receptive field [top, left, bottom, right)
                            in input pixels, clipped, bottom/right exclusive; -1 empty
-    /layers/<name>/hist    (C, 773) int64 every activation of every image counted
-                           into fixed bins (mining/stats.py); attr edges (774,)
+    /layers/<name>/hist    (C, 773) int64 the activations of every image at the
+                           grid positions (see /stats) counted into fixed bins (mining/stats.py); attr edges (774,)
                            float64, the bin boundaries in value order
     /layers/<name>/fires   (C,) int64 images whose spatial maximum is > 0
-    /stats                 attrs images (counted), bins_version (2: hist counts the
+    /stats                 attrs images (counted), bins_version (3: hist counts the
                            positions of a grid of at most grid x grid per map, see
                            mining.stats), per_octave, min_exp, max_exp, grid
     (/stats, hist and fires are absent in stores written before mine kept unit
