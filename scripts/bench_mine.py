@@ -4,9 +4,12 @@
 Prints, on the same decoded images and batch size:
   - images/s of a bare torchvision forward pass up to the deepest requested layer (the graph
     truncated there by torchvision's ``create_feature_extractor``: no hooks, nothing above it),
-  - images/s of mine's streaming pass (hooks + spatial max + running top-k) for one layer and
-    for the model's default layer set (``--layer all``), and their ratios to the bare pass,
-    for each model of ``--models`` (vgg16, resnet50, mobilenet_v2 by default),
+  - images/s of mine's streaming pass (hooks + spatial max + running top-k + unit statistics) for
+    one layer and for the model's default layer set (``--layer all``), and their ratios to the
+    bare pass, for each model of ``--models`` (vgg16, resnet50, mobilenet_v2 by default). The
+    streaming pass starts from top-k already filled by ``--fill`` other pictures, as a job past
+    its first images is; the "from empty" row starts a job (every map of the first batches enters
+    a top-k and needs an arg-max and a sort, a cost that fades as the top-k fill),
   - decode-only throughput of the data path (files -> uint8 tensors),
   - peak RSS of a full `mine run` over 1k and 10k generated JPEGs (child processes),
   - end to end (``--e2e``, also part of the default run): the whole `mine run` (start-up,
@@ -18,7 +21,7 @@ Prints, on the same decoded images and batch size:
 Targets on the 2-core CPU: all default layers >= 0.90 x bare, one layer >= 0.95 x,
 peak RSS for 10k within 10% of 1k.
 
-    python scripts/bench_mine.py                 # defaults: vgg16, 224 px, 32 images, batch 16
+    python scripts/bench_mine.py                 # defaults: 3 models, 224 px, 192 images, batch 32
     python scripts/bench_mine.py --quick         # smaller, for a smoke test
     python scripts/bench_mine.py --e2e-only --e2e-images 512 --e2e-size 112 --distributed 2
     python scripts/bench_mine.py --e2e-only --device cuda --distributed 8   # on a GPU node
@@ -26,6 +29,7 @@ peak RSS for 10k within 10% of 1k.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import resource
@@ -49,11 +53,11 @@ from pipeline.mining.stream import new_state, stream  # noqa: E402
 from pipeline.models.weights import load_network  # noqa: E402
 
 
-def make_jpegs(folder: Path, n: int, size=(500, 375), distinct_bases: int = 40) -> None:
+def make_jpegs(folder: Path, n: int, size=(500, 375), distinct_bases: int = 40, seed: int = 0) -> None:
     """``n`` realistic-size JPEGs: a few smooth random bases, each copy made unique by
     trailing bytes after the JPEG end marker (decoders ignore them; the hash changes)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     bases = []
     for _ in range(min(n, distinct_bases)):
         low = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize(size, Image.BICUBIC)
@@ -193,8 +197,10 @@ def e2e(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--fill", type=int, default=192,
+                    help="other pictures streamed (untimed) into the top-k before the timed pass (0: from empty)")
+    ap.add_argument("--batch-size", type=int, default=32, help="images per forward pass (mine run's default)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rss", type=int, nargs=2, default=[1000, 10000], metavar=("SMALL", "LARGE"),
@@ -224,7 +230,7 @@ def main() -> None:
     if a.rss_child:
         return rss_child(a.rss_child, a.folder, a.rss_size)
     if a.quick:
-        a.images, a.size, a.rss, a.repeat, a.e2e_images = 16, 96, [200, 2000], 1, 64
+        a.images, a.fill, a.size, a.rss, a.repeat, a.e2e_images = 16, 16, 96, [200, 2000], 1, 64
     if a.e2e_only:
         torch.set_grad_enabled(False)
         return e2e(a)
@@ -253,21 +259,34 @@ def main() -> None:
                     trunk(normalize(b["pixels"], prep))
         return go
 
-    def mined(net, layers):
+    fill = []
+    if a.fill:
+        make_jpegs(tmp / "fill", a.fill, distinct_bases=a.fill, seed=1)  # other pictures: other values and keys
+        fill = list(make_loader(ImageDataset(resolve_images(str(tmp / "fill")), prep), a.batch_size, 0, False))
+
+    def mined(net, layers, start=None):
         def go():
-            st = new_state(net, layers, 9, dev)
+            st = copy.deepcopy(start) if start is not None else new_state(net, layers, 9, dev)
             stream(net, st, batches, prep, dev)
         return go
 
     one = {"vgg16": "conv5_3", "resnet50": "layer3.5", "mobilenet_v2": "features.14"}
-    print(f"{'':<34}{'bare img/s':>12}{'mine img/s':>12}{'ratio':>8}   (target: 1 layer >= 0.95, all >= 0.90)")
-    for model in a.models.split(","):
+    after = f"after {a.fill}" if a.fill else "from empty"
+    print(f"{'':<46}{'bare img/s':>12}{'mine img/s':>12}{'ratio':>8}   (target: 1 layer >= 0.95, all >= 0.90)")
+    for model in filter(None, a.models.split(",")):  # --models "": only the RSS and end-to-end sections
         net = load_network(model, "random", a.size)
         every = net.select("all")
-        for label, layers in ((f"{model} 1 layer ({one.get(model, every[-1])})", [one.get(model, every[-1])]),
-                              (f"{model} all {len(every)} default layers", every)):
-            tb, tm = timed_pair(bare(net, layers), mined(net, layers), a.repeat)
-            print(f"{label:<34}{a.images / tb:12.2f}{a.images / tm:12.2f}{tb / tm:8.3f}", flush=True)
+        rows = [(f"{model} 1 layer ({one.get(model, every[-1])}), {after}", [one.get(model, every[-1])], True),
+                (f"{model} all {len(every)} default layers, {after}", every, True)]
+        if a.fill:
+            rows.append((f"{model} all {len(every)} default layers, from empty", every, False))
+        for label, layers, filled in rows:
+            start = None
+            if filled and fill:
+                start = new_state(net, layers, 9, dev)
+                stream(net, start, fill, prep, dev)
+            tb, tm = timed_pair(bare(net, layers), mined(net, layers, start), a.repeat)
+            print(f"{label:<46}{a.images / tb:12.2f}{a.images / tm:12.2f}{tb / tm:8.3f}", flush=True)
 
     small, large = a.rss
     if large == 0:
