@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-MIB = 64  # above glibc's largest automatic mmap threshold (32 MiB), below ours (1 GiB)
+MIB = 64  # above glibc's largest automatic mmap threshold (32 MiB), below ours (256 MiB)
 
 CHILD = f"""
 import ctypes, json, sys

@@ -14,8 +14,8 @@ positions of a fixed grid of at most 6 x 6: every s-th row and column from the f
 s = ceil(H / 6) (and ceil(W / 6)); a 7 x 7 map counts 4 x 4 positions, 14 x 14 5 x 5,
 maps of up to 6 x 6 count whole. Why: counting is a scatter-add per counted activation,
 and MobileNetV2's forward pass is cheap per activation: counting every position
-(version 1) cost its streaming pass 45 %, a grid of 16 x 16 (version 2) 12 % (19 layers,
-224 px, without page-fault overhead, see pipeline/allocator.py), this grid about 3 %.
+(version 1) cost its streaming pass up to 45 %, a grid of 16 x 16 (version 2) 9-15 % (19
+layers, 224 px, without page-fault overhead, see pipeline/allocator.py), this grid about 3 %.
 The grid thins out positions that neighbour each other, so over hundreds of images a
 unit's quantiles and mean come out the same to well within the bins' own 12.5 %; a
 unit's 0.99 quantile over 100 images of 7 x 7 maps still rests on 16 counted positions
