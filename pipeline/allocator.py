@@ -10,12 +10,14 @@ pass at 224 px spent 114k page faults and 250 ms of system time per batch of 16
 ResNet-50 gain less (their convolutions dominate).
 
 How: ``mallopt`` raises the mmap threshold to 256 MiB (blocks below it come from the heap
-and are reused when freed) and the trim threshold to 256 MiB (up to that much freed memory
-at the top of the heap stays for the next batch). The price is host memory: the heap keeps
-freed blocks and fragments, so the peak is higher. Measured, VGG16 all 13 conv layers at
-224 px, batch 32, 96 images, `mine run` on 2 CPU cores: 36.0 s and 2.26 GB peak RSS with
-glibc as it is, 28.5 s and 2.35 GB tuned (1 GiB thresholds: 27.7 s, 3.61 GB). A GPU run's
-activations live on the GPU, so there the host cost is small. This is what PyTorch's CPU
+and are reused when freed) and the trim threshold to 2 GiB (freed memory at the top of the
+heap is not given back, so the next batch finds it). The price is host memory: freed blocks
+stay in the heap and fragment it, so the peak is higher. Measured, VGG16 all 13 conv layers
+at 224 px, batch 32, 96 images, `mine run` on 2 CPU cores: 36.0 s and 2.26 GB peak RSS with
+glibc as it is, 29.2 s and 2.86 GB tuned. Thresholds of 1 GiB took 27.7 s and 3.61 GB (VGG's
+411 MB conv1 maps then come from the heap too); a 256 MiB trim threshold gave back and
+faulted in again what MobileNetV2 and ResNet-50 reuse at batch 32 (two thirds of the speed).
+A GPU run's activations live on the GPU, so there the host cost is small. This is what PyTorch's CPU
 performance guide gets from swapping in jemalloc or tcmalloc, without a preloaded library.
 A user's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (any value: a machine
 short of memory can set glibc's default trim threshold, ``MALLOC_TRIM_THRESHOLD_=131072``),
@@ -30,7 +32,7 @@ import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD = 256 << 20
-TRIM_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap top back (mallopt takes an int)
 
 
 def keep_freed_memory() -> bool:
