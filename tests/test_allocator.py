@@ -47,7 +47,8 @@ def test_a_freed_block_stays_in_the_heap_for_the_next_batch():
     plain = child("plain")
     assert plain["mmapped"] >= size and plain["kept"] < size  # glibc as it is: its own mmap, unmapped when freed
     tuned = child("tune")
-    assert tuned["tuned"] and tuned["mmapped"] == 0 and tuned["kept"] >= size  # from the heap, kept there
+    # from the heap, and kept there (the heap grew by the block, less what it had free before)
+    assert tuned["tuned"] and tuned["mmapped"] == 0 and tuned["kept"] >= 0.95 * size
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux-only")
