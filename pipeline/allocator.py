@@ -36,7 +36,7 @@ TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap top back (mallopt takes an
 
 
 def keep_freed_memory() -> bool:
-    """Tune glibc's malloc as the module docstring says; True when it was done now or before."""
+    """Tune glibc's malloc as the module docstring says; True when it was done."""
     if not sys.platform.startswith("linux") or "jemalloc" in os.environ.get("LD_PRELOAD", "") \
             or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
         return False
@@ -44,9 +44,10 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, gnu = libc.mallopt, libc.gnu_get_libc_version  # glibc only (musl has no gnu_get_libc_version)
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl's mallopt does nothing
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

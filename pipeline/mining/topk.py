@@ -61,12 +61,11 @@ class RunningTopK:
         the ranking's cost."""
         if len(rows) == 0:
             return
-        kept = RunningTopK(len(rows), self.k, self.values.device)
-        kept._select(torch.cat([self.values[rows], v], 1), torch.cat([self.keys[rows], kk], 1),
-                     torch.cat([self.pos[rows], p], 1))
+        best = self._best(torch.cat([self.values[rows], v], 1), torch.cat([self.keys[rows], kk], 1),
+                          torch.cat([self.pos[rows], p], 1))
         # out of place, as ``_select``: a ``state_dict()`` taken before (a checkpoint) must not change
-        self.values, self.keys, self.pos = (t.index_put((rows,), new) for t, new in
-                                            ((self.values, kept.values), (self.keys, kept.keys), (self.pos, kept.pos)))
+        self.values, self.keys, self.pos = (t.index_put((rows,), b) for t, b in
+                                            zip((self.values, self.keys, self.pos), best))
 
     def merge(self, other: "RunningTopK") -> None:
         """Fold another statistic in (disjoint or overlapping image sets).
@@ -92,6 +91,10 @@ class RunningTopK:
         self._select(v, kk, p)
 
     def _select(self, v: torch.Tensor, kk: torch.Tensor, p: torch.Tensor) -> None:
+        self.values, self.keys, self.pos = self._best(v, kk, p)
+
+    def _best(self, v: torch.Tensor, kk: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The first k of each row of (values, keys, positions) in the order of the module docstring."""
         # Lexicographic (value desc, key asc, pos asc) by stable sorts, least significant first.
         # Empty slots sort after every real key among equal values.
         kk_order = kk.masked_fill(kk == EMPTY_KEY, torch.iinfo(torch.int64).max)
@@ -99,7 +102,7 @@ class RunningTopK:
         for which, desc in ((2, False), (3, False), (0, True)):
             order = torch.argsort(cols[which], dim=1, descending=desc, stable=True)
             cols = [c.gather(1, order) for c in cols]
-        self.values, self.keys, self.pos = (c[:, : self.k].contiguous() for c in cols[:3])
+        return tuple(c[:, : self.k].contiguous() for c in cols[:3])
 
     def result(self) -> dict[str, torch.Tensor]:
         """CPU copies: values (-inf where empty), keys (-1 where empty), flat positions."""
