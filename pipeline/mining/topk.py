@@ -24,22 +24,49 @@ class RunningTopK:
         self.values = torch.full((channels, k), float("-inf"), device=device)
         self.keys = torch.full((channels, k), EMPTY_KEY, dtype=torch.int64, device=device)
         self.pos = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+        self._cut: tuple | None = None  # ``_entry_cut``'s answer and the tensors it was read from
 
     def add(self, values: torch.Tensor, keys: torch.Tensor, pos: torch.Tensor,
             entering: torch.Tensor | None = None) -> None:
-        """Offer candidates: ``values``/``pos`` (B, channels), ``keys`` (B,) image keys;
-        ``entering``: ``may_enter(values, keys)`` if the caller has it already."""
+        """Offer candidates: ``values``/``pos`` (B, channels), ``keys`` (B,) image keys, each
+        image at most once per channel (the streaming pass skips seen keys; an image offered
+        again ranks after its earlier offer of the same value); ``entering``:
+        ``may_enter(values, keys)`` if the caller has it already."""
         b = values.shape[0]
         if b == 0:
             return
         v = torch.nan_to_num(values.detach().float(), nan=float("-inf")).T
-        kk = keys.to(self.keys.device, torch.int64).view(1, b).expand(self.channels, b)
         p = pos.T.to(torch.int64)
+        keys = keys.to(self.keys.device, torch.int64).view(b)
+        rows = None
         if v.device.type == "cpu":  # only the channels a candidate may enter (reading the mask is a sync on a GPU)
             rows = (self.may_enter(values, keys) if entering is None else entering).any(0).nonzero().view(-1)
-            if len(rows) < self.channels:
-                return self._select_rows(rows, v[rows], kk[rows], p[rows])
-        self._select(torch.cat([self.values, v], 1), torch.cat([self.keys, kk], 1), torch.cat([self.pos, p], 1))
+            if len(rows) == 0:
+                return
+            if len(rows) == self.channels:
+                rows = None
+            else:
+                v, p = v[rows], p[rows]
+        self._offer(rows, v, keys, p)
+
+    def _offer(self, rows: torch.Tensor | None, v: torch.Tensor, keys: torch.Tensor, p: torch.Tensor) -> None:
+        """Merge a batch's candidates (R, B) (one image key per column) into the channels ``rows``
+        (None: all). Why not ``_best``: its three stable sorts of every row were most of the
+        ranking's cost; here one ``topk`` of a single int64 per entry orders them the same way
+        (``_rank_keys``, ``_order_key``). Out of place, as ``_select``: a ``state_dict()`` taken
+        before (a checkpoint) must not change."""
+        sv, sk, sp = (t if rows is None else t[rows] for t in (self.values, self.keys, self.pos))
+        vals = torch.cat([sv, v], 1)
+        order = _order_key(vals, _rank_keys(sk, keys)).topk(self.k, dim=1).indices
+        kk = torch.cat([sk, keys.view(1, -1).expand(len(sk), -1)], 1)
+        best = [t.gather(1, order) for t in (vals, kk, torch.cat([sp, p], 1))]
+        if rows is None:
+            self.values, self.keys, self.pos = best
+        else:
+            self.values, self.keys, self.pos = (t.index_put((rows,), n) for t, n in
+                                                zip((self.values, self.keys, self.pos), best))
+        if v.device.type == "cpu":  # (a host read: on a GPU the streaming pass never asks)
+            self._entry_cut()
 
     def may_enter(self, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(B, C) bool: the candidates (``values`` (B, C), image ``keys`` (B,)) that rank before
@@ -47,25 +74,29 @@ class RunningTopK:
 
         Exact because an image is offered at most once per channel (seen keys are skipped), so a
         candidate never ties the k-th entry on both value and key, and position never decides.
-        An empty slot ranks after every image of its value (-inf), as in ``_select``.
+        An empty slot ranks after every image of its value (-inf), as in ``_select``; a NaN
+        ranks as -inf, and can only enter where a k-th entry is -inf (``_entry_cut``).
         """
-        v = torch.nan_to_num(values.detach().float(), nan=float("-inf"))
-        last_v, last_k = self.values[:, -1], self.keys[:, -1]
-        last_k = last_k.masked_fill(last_k == EMPTY_KEY, torch.iinfo(torch.int64).max)
-        k = keys.to(last_k.device, torch.int64).view(-1, 1)
-        return (v > last_v) | ((v == last_v) & (k < last_k))
+        last_v, last_k, open_ = self._entry_cut()
+        v = values if values.dtype == torch.float32 and not values.requires_grad else values.detach().float()
+        if open_:
+            v = torch.nan_to_num(v, nan=float("-inf"))
+        if keys.dtype != torch.int64 or keys.device != last_k.device:
+            keys = keys.to(last_k.device, torch.int64)
+        return (v > last_v) | ((v == last_v) & (keys.view(-1, 1) < last_k))
 
-    def _select_rows(self, rows: torch.Tensor, v: torch.Tensor, kk: torch.Tensor, p: torch.Tensor) -> None:
-        """``_select`` for the channels ``rows`` only. Why: once the top-k are full most channels
-        have no candidate that ``may_enter``; they keep their entries, and their sorts were most of
-        the ranking's cost."""
-        if len(rows) == 0:
-            return
-        best = self._best(torch.cat([self.values[rows], v], 1), torch.cat([self.keys[rows], kk], 1),
-                          torch.cat([self.pos[rows], p], 1))
-        # out of place, as ``_select``: a ``state_dict()`` taken before (a checkpoint) must not change
-        self.values, self.keys, self.pos = (t.index_put((rows,), b) for t, b in
-                                            zip((self.values, self.keys, self.pos), best))
+    def _entry_cut(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Each channel's k-th value and key (an empty slot's key read as the largest key), and
+        whether any k-th value is -inf: read once per state rather than per ``may_enter`` call.
+        ``_offer`` reads it on CPU as soon as the state changes. Why: the streaming pass asks
+        ``may_enter`` in a forward hook, right after a convolution has pushed the code of every
+        small tensor operation out of the CPU's caches, where each costs several times what it
+        costs in the loop over layers that ``add`` runs in."""
+        if self._cut is None or self._cut[0] is not self.values or self._cut[1] is not self.keys:
+            last_v, last_k = self.values[:, -1], self.keys[:, -1]
+            last_k = last_k.masked_fill(last_k == EMPTY_KEY, torch.iinfo(torch.int64).max)
+            self._cut = (self.values, self.keys, (last_v, last_k, bool((last_v == float("-inf")).any())))
+        return self._cut[2]
 
     def merge(self, other: "RunningTopK") -> None:
         """Fold another statistic in (disjoint or overlapping image sets).
@@ -115,3 +146,29 @@ class RunningTopK:
         dev = self.values.device
         self.values, self.keys, self.pos = (state[n].to(dev) for n in ("values", "keys", "pos"))
         self.channels, self.k = self.values.shape
+
+
+def _rank_keys(state_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(R, k + B) int64 ranks of the keys of ``state_keys`` (R, k) rows followed by the batch's
+    ``keys`` (B,), in key order wherever it can matter, empty slots last, without sorting rows.
+
+    A batch key of sorted rank r ranks (2r + 1) k; the state key in column j with a batch keys
+    below it ranks 2 a k + j. So a state key and a batch key compare as their keys do (the state
+    key first when equal: the earlier offer), two batch keys too, and two state keys of equal
+    value too, since a sorted row lists equal values by key (then j rises with the key).
+    """
+    k, b = state_keys.shape[1], keys.numel()
+    below, order = torch.sort(keys, stable=True)
+    batch_rank = torch.empty_like(order)
+    batch_rank[order] = torch.arange(b, device=keys.device)
+    a = torch.searchsorted(below, state_keys.contiguous())
+    ranks = (2 * a * k + torch.arange(k, device=keys.device)).masked_fill(state_keys == EMPTY_KEY, 2 * (b + 1) * k)
+    return torch.cat([ranks, ((2 * batch_rank + 1) * k).view(1, b).expand(len(state_keys), b)], 1)
+
+
+def _order_key(values: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """One int64 per entry, larger first in the order of the module docstring: the float32
+    value's bits made monotonic (-0.0 counted as 0.0) above, the inverted key rank below."""
+    bits = (values + 0.0).view(torch.int32)
+    monotonic = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (monotonic.to(torch.int64) << 32) | (0x7FFFFFFF - ranks)
