@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from deconv_reference import deconv_relu
 from torch import nn
 
 from pipeline.deconv import Deconvnet, switches_by_module
@@ -19,25 +20,13 @@ from pipeline.models.geometry import step_of
 from pipeline.models.weights import load_network
 
 
-class DeconvReLU(torch.autograd.Function):
-    """ReLU forward; backward = ReLU of the incoming gradient (the deconvnet rule)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp(min=0)
-
-
 def reference(modules, end, x, c, y, xx):
     """Gradient projections (B, 3, H, W), the unit values (B,), switches {module: (B, C, h, w)}."""
     x = x.clone().requires_grad_(True)
     h, sw = x, {}
     for i, m in enumerate(modules[: end + 1]):
         if isinstance(m, nn.ReLU):
-            h = DeconvReLU.apply(h)
+            h = deconv_relu(h)
         else:
             if isinstance(m, nn.MaxPool2d):
                 sw[i] = pool_offsets(h.detach(), step_of(m))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models  # noqa: F401 - loads the submodules patched below
+from deconv_reference import deconv_copy, deconv_relu
 from jobs_util import make_images
 from torch import nn
 
@@ -100,40 +101,9 @@ def test_topk_equals_brute_force(photos, stores, model):
 
 
 # --- projections -------------------------------------------------------------------------------
-class DeconvReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, hi):
-        return x.clamp(0, hi)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp(min=0), None
-
-
-class DeconvAct(nn.Module):
-    def __init__(self, hi=None):
-        super().__init__()
-        self.hi = hi
-
-    def forward(self, x):
-        return DeconvReLU.apply(x, self.hi)
-
-
-def deconv_copy(model: nn.Module) -> nn.Module:
-    """A copy whose ReLU / ReLU6 modules have the deconvnet backward."""
-    m = copy.deepcopy(model)
-    for parent in list(m.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU6):
-                setattr(parent, name, DeconvAct(6.0))
-            elif isinstance(child, nn.ReLU):
-                setattr(parent, name, DeconvAct())
-    return m
-
-
 def reference(model, module_path, x, c, y, xx, value, monkeypatch):
     """Deconvnet projections by autograd through a rewritten copy; functional F.relu patched."""
-    fn = lambda t, inplace=False: DeconvReLU.apply(t, None)  # noqa: E731
+    fn = lambda t, inplace=False: deconv_relu(t)  # noqa: E731
     for mod in ("torchvision.models.googlenet", "torchvision.models.densenet"):  # they call F.relu in forward
         monkeypatch.setattr(sys.modules[mod].F, "relu", fn)
     m = deconv_copy(model)

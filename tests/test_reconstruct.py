@@ -7,13 +7,11 @@ product of the layer's detached (masked) activations with the layer.
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
+from deconv_reference import deconv_copy
 from PIL import Image
-from torch import nn
 from typer.testing import CliRunner
 
 from pipeline.analyses.reconstruct import reconstruct
@@ -21,27 +19,8 @@ from pipeline.cli import app
 from pipeline.models.weights import load_network
 
 
-class _DeconvReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp(min=0)
-
-
-class _Rectifier(nn.Module):
-    def forward(self, x):
-        return _DeconvReLU.apply(x)
-
-
 def _reference(net, layer, x, mask_of):
-    model = copy.deepcopy(net.model)
-    for name, m in list(model.named_modules()):
-        for child_name, child in list(m.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(m, child_name, _Rectifier())
+    model = deconv_copy(net.model)
     kept = {}
     model.get_submodule(net.layers[layer].module).register_forward_hook(lambda m, i, o: kept.setdefault("out", o))
     x = x.clone().requires_grad_(True)
