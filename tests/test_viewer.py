@@ -235,3 +235,37 @@ def test_viewer_in_headless_chromium(site, browser, tmp_path):
     b.screenshot(tmp_path / "unit.png")
     assert Image.open(tmp_path / "unit.png").size[0] > 0
     assert b.errors() == [], "console errors, exceptions or failed loads"
+
+
+def test_histogram_plot_draws_the_occupied_bins_with_breaks_and_places_the_level_by_hand():
+    """``hist_svg`` on hand-made histograms: only the occupied stretch, a long empty run as one
+    break, the level inside its bin; the store's log bins with the zero bin in the middle."""
+    import re
+
+    from pipeline.mining.stats import BINS, ZERO
+    from pipeline.render.index_html import hist_svg
+
+    # 10 linear bins of width 1; bins 1..7 empty (7 > GAP_BINS): slots bin 0 | break | bin 8 | bin 9
+    svg = hist_svg({"edges": list(range(11)), "counts": [5, 0, 0, 0, 0, 0, 0, 0, 2, 1], "over": "top-k"}, 8.25,
+                   width=320, height=90)
+    rects = re.findall(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)">', svg)
+    assert [float(r[0]) for r in rects] == [0.0, 160.0, 240.0]  # 4 slots of 80 px, the break is the 2nd
+    heights = [float(r[3]) for r in rects]
+    assert heights[0] == 76.0 and abs(heights[1] - 76 * np.log(3) / np.log(6)) < 0.01
+    assert svg.count('class="gap"') == 1 and "nothing from 1 to 8" in svg
+    assert 'x1="180.00"' in svg  # 8.25: a quarter into bin 8, the third slot
+    assert ">0</text>" in svg and ">10</text>" in svg and "linear axis" in svg
+    assert "<line" not in hist_svg({"edges": list(range(11)), "counts": [1] * 10}, 12.0)
+    assert "<line" not in hist_svg({"edges": list(range(11)), "counts": [1] * 10}, None)
+    assert "nothing counted" in hist_svg({"edges": list(range(11)), "counts": [0] * 10}, 1.0)
+
+    # store bins: -3 (bin of [-3.25, -3)), zero, 3 ([3, 3.25)): breaks between, 0 labelled in the middle
+    counts = np.zeros(len(BINS.edges) - 1)
+    neg, pos = np.searchsorted(BINS.edges, -3.0, side="left") - 1, np.searchsorted(BINS.edges, 3.0, side="right") - 1
+    assert BINS.edges[pos] == 3.0 and BINS.edges[neg + 1] == -3.0
+    counts[[neg, ZERO, pos]] = [4, 100, 7]
+    svg = hist_svg({"edges": BINS.edges.tolist(), "counts": counts.tolist(), "over": "all"}, 3.0)
+    assert len(re.findall("<rect", svg)) == 3 and svg.count('class="gap"') == 2
+    assert ">-3.25</text>" in svg and ">3.25</text>" in svg and 'text-anchor="middle">0</text>' in svg
+    assert 'x1="256.00"' in svg  # 5 slots of 64 px: -3 | break | 0 | break | 3; the level starts the last
+    assert "symmetric log axis" in svg and "at most 6 x 6 per map" in svg

@@ -6,7 +6,8 @@ preprocessing). It is upsampled to the input (bilinear, ``align_corners=False``)
 where it exceeds the unit's level is outlined, the rest of the image dimmed (dissect/NetDissect
 style); the entry's receptive-field box is drawn on top.
 
-The level of a unit is its ``q``-quantile (default 0.99) over all positions of all images seen.
+The level of a unit is its ``q``-quantile (default 0.99) over the positions the unit statistics count
+(a grid of at most 6 x 6 per map, ``mining.stats``) of all images seen.
 :func:`unit_level` reads it from the per-unit activation histograms of the store when the store
 has them; stores without them fall back to :func:`topk_level`, the quantile over the positions
 of the unit's stored top-k images only (a higher level than over all images: the top-k are the
@@ -23,7 +24,7 @@ __all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "hist_quantile", "o
 
 DEFAULT_QUANTILE = 0.99
 LEVEL_SOURCES = {
-    "histogram": "quantile over all positions of all images seen (store histograms)",
+    "histogram": "quantile over the counted positions (at most 6 x 6 per map) of all images seen (store histograms)",
     "top-k": "quantile over the positions of the unit's top-k images only (this store has no unit histograms)",
 }
 OUTLINE = (255, 230, 0)  # the level's contour
@@ -32,7 +33,7 @@ DIM = 150  # alpha of the black veil outside the region
 
 
 def unit_level(store, layer: str, q: float = DEFAULT_QUANTILE) -> np.ndarray | None:
-    """(C,) q-quantile of each unit of ``layer`` over all positions of all images seen, from the store's
+    """(C,) q-quantile of each unit of ``layer`` over the counted positions of all images seen, from the store's
     per-unit activation histograms; None when the store has none (see :func:`topk_level`)."""
     if not 0 < q < 1:
         raise ValueError(f"quantile must be in (0, 1), got {q}")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+
 from .montage import GAP
 
 __all__ = ["EntryView", "LayerView", "SiteMeta", "UnitView", "render_pages", "write_site"]
@@ -63,6 +65,7 @@ figcaption{font-size:12px;color:#444}
 svg.hist rect{fill:#58a}
 svg.hist line{stroke:#d33;stroke-width:2}
 svg.hist text{font-size:10px;fill:#444}
+svg.hist text.gap{font-size:12px;fill:#888}
 """
 
 SCRIPT = r"""
@@ -279,30 +282,95 @@ def layer_page(lay: LayerView, layers: list[LayerView], meta: SiteMeta) -> str:
     return _page(f"{lay.name} · {meta.title}", body, layers, meta, lay.name)
 
 
+GAP_BINS = 4  # a run of more empty bins than this is drawn as one narrow break
+
+
 def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: int = 90) -> str:
-    """A small bar plot of a histogram with the heatmap level marked."""
+    """A small bar plot of a unit's activation histogram with the heatmap level marked.
+
+    Only the occupied stretch of bins is drawn (first to last with a count), one equal-width bar
+    each, and a run of more than ``GAP_BINS`` empty bins inside it as one break (a dotted slot):
+    the store's bins (8 per octave of magnitude, mirrored for negative values, from -2^128 to
+    2^128) then read as a symmetric logarithmic axis whose empty decades (between a rectified
+    unit's zeros and its smallest positive values) take no room, and the 24 linear bins of the
+    top-k fallback as a linear axis. Heights are log(1 + count), so the zero bin of a rectified
+    unit (most of its positions) does not flatten the rest. The level sits inside its bin, linearly.
+    """
     if not hist or not hist.get("counts"):
         return '<p class="meta">no histogram</p>'
-    counts, edges = hist["counts"], hist["edges"]
-    lo, hi = float(edges[0]), float(edges[-1])
-    top = max(max(counts), 1)
-    plot_h = height - 14
-    bw = width / len(counts)
-    bars = []
-    for i, c in enumerate(counts):
-        h = 0 if c <= 0 else max(1.0, plot_h * c / top)
-        bars.append(f'<rect x="{i * bw:.2f}" y="{plot_h - h:.2f}" width="{max(bw - 1, 0.5):.2f}" height="{h:.2f}">'
-                    f"<title>{_text(f'{edges[i]:.4g} to {edges[i + 1]:.4g}: {c:g}')}</title></rect>")
-    if level is not None and hi > lo and lo <= level <= hi:
-        x = (level - lo) / (hi - lo) * width
-        bars.append(f'<line x1="{x:.2f}" x2="{x:.2f}" y1="0" y2="{plot_h}"><title>level {level:.4g}</title></line>')
-    bars.append(f'<text x="0" y="{height - 2}">{_text(f"{lo:.3g}")}</text>')
-    bars.append(f'<text x="{width}" y="{height - 2}" text-anchor="end">{_text(f"{hi:.3g}")}</text>')
-    over = ("over all positions of all images seen" if hist.get("over") == "all"
-            else "over all positions of the unit's top-k images only")
+    counts, edges = np.asarray(hist["counts"], float), np.asarray(hist["edges"], float)
+    occupied = np.flatnonzero(counts > 0)
+    if not len(occupied):
+        return '<p class="meta">no histogram (nothing counted)</p>'
+    slots = _slots(counts, int(occupied[0]), int(occupied[-1]))
+    plot_h, bw = height - 14, width / len(slots)
+    scale = float(np.log1p(counts.max()))
+    parts = []
+    for i, (a, b, gap) in enumerate(slots):
+        lo, hi = _edge(edges[a]), _edge(edges[b + 1])
+        if gap:
+            parts.append(f'<text class="gap" x="{(i + 0.5) * bw:.2f}" y="{plot_h}" text-anchor="middle">&#8943;'
+                         f"<title>{_text(f'nothing from {lo} to {hi}')}</title></text>")
+            continue
+        c = counts[a]
+        h = 0.0 if c <= 0 else max(1.0, plot_h * float(np.log1p(c)) / scale)
+        what = lo if lo == hi else f"{lo} to {hi}"
+        parts.append(f'<rect x="{i * bw:.2f}" y="{plot_h - h:.2f}" width="{max(bw - 1, 0.5):.2f}" height="{h:.2f}">'
+                     f"<title>{_text(f'{what}: {c:g}')}</title></rect>")
+    x = _position(level, edges, slots)
+    if x is not None:
+        parts.append(f'<line x1="{x * bw:.2f}" x2="{x * bw:.2f}" y1="0" y2="{plot_h}">'
+                     f"<title>level {level:.4g}</title></line>")
+    parts.append(f'<text x="0" y="{height - 2}">{_text(_edge(edges[slots[0][0]]))}</text>')
+    parts.append(f'<text x="{width}" y="{height - 2}" text-anchor="end">{_text(_edge(edges[slots[-1][1] + 1]))}</text>')
+    zero = _position(0.0, edges, slots)
+    if zero is not None and 0.15 * len(slots) < zero < 0.85 * len(slots):
+        parts.append(f'<text x="{zero * bw:.2f}" y="{height - 2}" text-anchor="middle">0</text>')
+    over = ("over the positions the statistics count (at most 6 x 6 per map) of all images seen"
+            if hist.get("over") == "all" else "over all positions of the unit's top-k images only")
+    widths = np.diff(edges[slots[0][0]:slots[-1][1] + 2])
+    axis = "a linear axis" if np.allclose(widths, widths[0]) else "a symmetric log axis, 8 bins per octave"
     return (f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="activation histogram">{"".join(bars)}</svg><p class="meta">activation histogram '
-            f"{_text(over)}; red line: heatmap level</p>")
+            f'aria-label="activation histogram">{"".join(parts)}</svg><p class="meta">activation histogram '
+            f"{_text(over)}; values on {axis} (&#8943;: a stretch with nothing), bar height log(1 + count); "
+            f"red line: heatmap level</p>")
+
+
+def _slots(counts: np.ndarray, first: int, last: int) -> list[tuple[int, int, bool]]:
+    """The bars of ``hist_svg``, left to right: (first bin, last bin, is a break)."""
+    slots, i = [], first
+    while i <= last:
+        j = i
+        while counts[j] <= 0:  # stops at ``last`` at the latest: it has a count
+            j += 1
+        if j - i > GAP_BINS:
+            slots.append((i, j - 1, True))
+        else:
+            slots.extend((b, b, False) for b in range(i, j))
+        slots.append((j, j, False))
+        i = j + 1
+    return slots
+
+
+def _position(value: float | None, edges: np.ndarray, slots: list[tuple[int, int, bool]]) -> float | None:
+    """Where ``value`` falls on the bars ``slots``, in bars from the left (inside a bin linearly,
+    mid-slot in a break), or None when it is not a number or outside them."""
+    if value is None or not np.isfinite(value) or not edges[slots[0][0]] <= value <= edges[slots[-1][1] + 1]:
+        return None
+    j = min(max(int(np.searchsorted(edges, value, side="right")) - 1, slots[0][0]), slots[-1][1])
+    for k, (a, b, gap) in enumerate(slots):
+        if a <= j <= b:
+            return k + 0.5 if gap else k + float((value - edges[j]) / (edges[j + 1] - edges[j]))
+    return None
+
+
+def _edge(v: float) -> str:
+    """A bin edge for a label: the zero bin's (+-2^-129) as 0, the overflow bins' (+-2^128) as +-inf."""
+    if abs(v) < 1e-30:
+        return "0"
+    if abs(v) > 1e30:
+        return "-inf" if v < 0 else "inf"
+    return format(v, ".3g")
 
 
 def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView | None, layers: list[LayerView],
