@@ -43,15 +43,15 @@ def spatial_max_above(out: torch.Tensor, needed) -> tuple[torch.Tensor, torch.Te
     """
     flat = out.flatten(2)
     values = flat.amax(dim=2)
-    rows = needed(values).view(-1).nonzero().view(-1)  # its length is known on the host without a sum
-    if 4 * len(rows) > values.numel():
+    b, c = needed(values).nonzero(as_tuple=True)  # how many is known on the host without a sum
+    if 4 * len(b) > values.numel():
         if out.dim() == 4 and out.shape[2] * out.shape[3] >= ROW_SEARCH:
             return values, first_max_by_rows(out, values)
         return flat.max(dim=2)
-    pos = torch.zeros(values.numel(), dtype=torch.int64, device=out.device)
-    if len(rows):
-        pos[rows] = flat.reshape(-1, flat.shape[2])[rows].argmax(dim=1)
-    return values, pos.view(values.shape)
+    pos = torch.zeros(values.shape, dtype=torch.int64, device=out.device)
+    if len(b):  # (indexing, not a reshape: a channels-last map would be copied whole)
+        pos[b, c] = flat[b, c].argmax(dim=1)
+    return values, pos
 
 
 ROW_SEARCH = 64 * 64  # maps this large find their every arg-max row by row (``first_max_by_rows``)

@@ -7,9 +7,9 @@ model's device, so memory is O(channels x k) however many images stream past.
 Order: larger value first, then smaller image key. Each image contributes at most
 one candidate per channel (its spatial maximum), so the kept entries are k
 *distinct* images and no two entries tie on both (``merge`` drops a repeated key;
-``add`` would rank a repeated offer after the earlier one). Because the order is total and the merge is
-associative, any batching, any shuffling, any resume point and any sharding give
-the same result. Unused slots hold value -inf and key -1 (``EMPTY_KEY``) and always
+``add`` would rank a repeated offer after the earlier one). Because the order is
+total and the merge is associative, any batching, any shuffling, any resume point
+and any sharding give the same result. Unused slots hold value -inf and key -1 (``EMPTY_KEY``) and always
 sort last; they are never mistaken for an image.
 """
 from __future__ import annotations
