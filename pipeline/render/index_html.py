@@ -328,7 +328,7 @@ def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: i
         parts.append(f'<text x="{zero * bw:.2f}" y="{height - 2}" text-anchor="middle">0</text>')
     over = ("over the positions the statistics count (at most 6 x 6 per map) of all images seen"
             if hist.get("over") == "all" else "over all positions of the unit's top-k images only")
-    widths = np.diff(edges[slots[0][0]:slots[-1][1] + 2])
+    widths = np.diff(edges)
     axis = "a linear axis" if np.allclose(widths, widths[0]) else "a symmetric log axis, 8 bins per octave"
     return (f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
             f'aria-label="activation histogram">{"".join(parts)}</svg><p class="meta">activation histogram '
