@@ -115,8 +115,9 @@ def test_channels_no_candidate_can_enter_are_left_alone_and_the_result_is_exact(
 
 
 def test_may_enter_is_whether_the_candidate_alone_would_enter():
-    """``may_enter`` against offering each candidate on its own to a copy of the state: ties
-    with the k-th value (decided by key), NaN, -inf, and a top-k with empty slots."""
+    """``may_enter`` against a hand sort of each channel's kept entries plus the candidate (not
+    against ``add``, which uses ``may_enter`` to skip channels): ties with the k-th value (decided
+    by key), NaN, -inf, and a top-k with empty slots."""
     g = torch.Generator().manual_seed(3)
     for filled in (20, 5):  # full (k = 9) and not full
         c, k = 12, 9
@@ -130,10 +131,16 @@ def test_may_enter_is_whether_the_candidate_alone_would_enter():
         cand[torch.rand(30, c, generator=g) < 0.1] = float("-inf")
         ckeys = torch.randperm(10000, generator=g)[:30] * 2
         got = t.may_enter(cand, ckeys)
+        r = t.result()
         before = {n: v.clone() for n, v in t.state_dict().items()}
         for i in range(30):
+            for ch in range(c):  # by hand: sort the kept entries and the candidate, empty slots last
+                kept = [(float(r["values"][ch, j]), int(r["keys"][ch, j])) for j in range(k)]
+                order = lambda e: (-e[0], float("inf") if e[1] == EMPTY_KEY else e[1])  # noqa: E731
+                v = float(cand[i, ch])
+                mine = (float("-inf") if v != v else v, int(ckeys[i]))  # NaN ranks as -inf
+                assert bool(got[i, ch]) == (sorted(kept + [mine], key=order).index(mine) < k), (i, ch)
             one = RunningTopK(c, k)
             one.load_state_dict(t.state_dict())
             one.add(cand[i:i + 1], ckeys[i:i + 1], torch.zeros(1, c, dtype=torch.int64))
-            assert got[i].tolist() == (one.keys == ckeys[i]).any(1).tolist()
         assert all(torch.equal(before[n], v) for n, v in t.state_dict().items())  # add() never writes in place
