@@ -38,8 +38,9 @@ def spatial_max_above(out: torch.Tensor, needed) -> tuple[torch.Tensor, torch.Te
     ``amax`` over a 112 x 112 map), and once the top-k are full few maps can enter them
     (``RunningTopK.may_enter``): only those get a position (the same first maximal index
     ``spatial_max`` gives); the others get 0, which no top-k will ever keep. While many maps are
-    needed (the top-k still filling up) one ``max(dim)`` pass is cheaper. It reads how many maps
-    are needed on the host, a sync, so the streaming pass uses it on CPU only.
+    needed (the top-k still filling up) every map gets its position in one pass: ``max(dim)``, or
+    on large maps ``first_max_by_rows``. It reads how many maps are needed on the host, a sync, so
+    the streaming pass uses it on CPU only.
     """
     flat = out.flatten(2)
     values = flat.amax(dim=2)
