@@ -251,7 +251,19 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
         _echo_unit_stats(s, st.count("ok"))
+        _echo_border_units(s)
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
+
+
+def _echo_border_units(s) -> None:
+    """``mine info``'s border lines: per layer, the units whose top entries all sit at one edge position."""
+    from .store.read import border_units
+
+    for name in s.layers:
+        a = s.arrays(name)
+        units = [c for c, b in enumerate(border_units(a, int(s.layer_info(name)["out_size"]))) if b]
+        shown = ", ".join(f"{c} at ({a['y'][c, 0]}, {a['x'][c, 0]})" for c in units[:8]) + (", ..." if len(units) > 8 else "")
+        typer.echo(f"border units {name:<8} {len(units):>4}" + (f"  ({shown})" if len(units) else ""))
 
 
 def _echo_unit_stats(s, used: int) -> None:
@@ -282,8 +294,9 @@ def top(
     as_json: bool = typer.Option(False, "--json", help="One JSON array of entries (stable format; `file` is the "
                                  "image path joined to the store's images root, openable as it is)."),
 ) -> None:
-    """List a channel's kept entries (rank, value, image, position, receptive-field box)."""
-    from .store.read import Store
+    """List a channel's kept entries (rank, value, image, position, receptive-field box); says when the unit
+    is dead or a border unit."""
+    from .store.read import Store, border_units, live_units
 
     with guarded(Store, store) as s:
         name = layer or s.layers[0]
@@ -293,6 +306,14 @@ def top(
             rows = [dict(e.to_json(), images_root=root, file=source_file(root, e.path)) for e in entries]
             sys.stdout.write(json.dumps(rows) + "\n")
             return
+        a = s.arrays(name)
+        if not live_units(a)[feature]:
+            typer.echo(f"unit {feature} of {name} is dead: " + (
+                f"every kept value is <= 0, so the {len(entries)} images below are ties, not what the unit sees"
+                if entries else "it kept no entry"))
+        elif border_units(a, int(s.layer_info(name)["out_size"]))[feature]:
+            typer.echo(f"unit {feature} of {name} is a border unit: every entry at (y, x) = ({entries[0].y}, "
+                       f"{entries[0].x}) on the map's edge, a response to the image border more than to the images")
         for e in entries:
             typer.echo(f"{e.rank:>3} {e.value:>12.5g}  y={e.y:<3} x={e.x:<3} box={list(e.box)}  {e.path}")
 

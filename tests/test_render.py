@@ -26,7 +26,7 @@ from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import build_model, load_network
 from pipeline.render import Renderer, feature_files, layer_files, load_store_network, parse_features, render_store
 from pipeline.render.index_html import EntryView, LayerView, SiteMeta, UnitView, write_site
-from pipeline.render.montage import BACKGROUND, GAP, PAIR_GAP, grid, overview, side_by_side, tile_scale
+from pipeline.render.montage import BACKGROUND, GAP, LABEL_H, PAIR_GAP, grid, overview, side_by_side, tile_scale
 from pipeline.render.normalise import display, to_rgb
 from pipeline.store.read import Entry
 
@@ -216,8 +216,12 @@ def test_grid_layout_gaps_and_empty_slots():
     assert (g[t:t + GAP] == BACKGROUND).all() and (g[:, t:t + GAP] == BACKGROUND).all(), "gaps"
     pair = side_by_side(g, g)
     assert pair.shape == (g.shape[0], 2 * g.shape[1] + PAIR_GAP, 3)
-    ov = overview([pair] * 5, cols=4, height=40)
-    assert ov.shape[0] == 2 * 40 + 16 and ov.shape[1] > 4 * 40
+    ov = overview([pair] * 5, cols=4, height=80)
+    assert ov.shape[0] == 2 * 80 + 16 and ov.shape[1] > 4 * 80
+    small = overview([pair] * 2, cols=4, height=40)  # grown to stay at least 600 px wide
+    assert small.shape[1] >= 600 and small.shape[0] > 40
+    labelled = overview([pair] * 5, cols=4, height=80, labels=[f"unit {i}" for i in range(5)])
+    assert labelled.shape[0] == 2 * (80 + LABEL_H) + 16 and labelled.shape[1] == ov.shape[1]
 
 
 def test_rendered_files_sizes_and_arrays(rendered, store_path):
@@ -273,10 +277,12 @@ def test_layer_top9_uses_strongest_channels(rendered, store_path):
     png = np.asarray(Image.open(rendered.out / layer_files("conv1_1")["feat"]))
     f = tile_scale(3)
     d = display(tiles)
+    assert png.shape[1] == 3 * 3 * f + 2 * GAP >= 600, "legible: a layer's top-9 is at least 600 px wide"
     for i in range(9):
         r, c = divmod(i, 3)
-        np.testing.assert_array_equal(png[r * (3 * f + GAP):r * (3 * f + GAP) + 3 * f:f,
-                                          c * (3 * f + GAP):c * (3 * f + GAP) + 3 * f:f], d[i])
+        y0 = r * (LABEL_H + 3 * f + GAP) + LABEL_H  # each row of tiles under a band with its units' numbers
+        np.testing.assert_array_equal(png[y0:y0 + 3 * f:f, c * (3 * f + GAP):c * (3 * f + GAP) + 3 * f:f], d[i])
+        assert (png[y0 - LABEL_H:y0, c * (3 * f + GAP):c * (3 * f + GAP) + 3 * f] < 128).any(), "a label is written"
 
 
 # --- index page -----------------------------------------------------------------------------
