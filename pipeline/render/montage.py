@@ -2,12 +2,14 @@
 
 Layout (what tests and users can rely on):
 
-* every tile of a montage is the same R x R receptive-field frame, enlarged by an integer
-  factor :func:`tile_scale` (nearest neighbour, so each input pixel is a sharp square and a
-  stride grid stays visible as what it is) to at least ``MIN_TILE`` pixels: a 3 x 3 montage is
-  at least 604 px wide whatever the layer (conv1_1's 3 px field is 201 px a tile, conv3_3's
-  40 px 200 px, conv4_3's 92 px 276 px); fields of ``MIN_TILE`` and more are shown as they are.
-  Only pictures are enlarged: the saved arrays keep the projection's own pixels;
+* every tile of a montage is the same T x T frame shown at :func:`display_side` pixels, at least
+  ``MIN_TILE``, so a 3 x 3 montage is at least 604 px wide whatever the layer: a field of at
+  most half of ``MIN_TILE`` is enlarged by a whole factor, nearest neighbour (each input pixel a
+  sharp square, a stride grid visible as what it is: conv1_1's 3 px field is 201 px a tile,
+  conv3_3's 40 px 200 px, conv4_3's 92 px 276 px); a larger one is resampled smoothly to
+  ``MIN_TILE`` (HED conv5_3's 196 px to 200 px; doubling it would quadruple the files for
+  nothing); fields of ``MIN_TILE`` and more are shown as they are. Only pictures are
+  resampled: the saved arrays keep the projection's own pixels;
 * a ``rows`` x ``cols`` grid (3 x 3 for k = 9) is filled row by row, best rank first; tiles are
   separated by ``GAP`` pixels of the background colour ``BACKGROUND`` and there is no outer
   border, so a grid is ``rows * T + (rows - 1) * GAP`` pixels tall for tile size T;
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["GAP", "PAIR_GAP", "BACKGROUND", "MIN_TILE", "tile_scale", "enlarge", "grid", "side_by_side",
+__all__ = ["GAP", "PAIR_GAP", "BACKGROUND", "MIN_TILE", "display_side", "to_display", "grid", "side_by_side",
            "overview", "save_png", "grid_shape", "fit_height", "LABEL_H", "MIN_WIDTH", "label_band",
            "label_rows", "layer_tile"]
 
@@ -39,22 +41,32 @@ FONT_PX = 15
 MIN_WIDTH = 600  # layer-level pictures are at least this wide
 
 
-def tile_scale(r: int, min_tile: int | None = None) -> int:
-    """Integer enlargement so an R x R tile is at least ``min_tile`` (default ``MIN_TILE``) pixels wide."""
-    return max(1, math.ceil((min_tile or MIN_TILE) / max(r, 1)))
+def display_side(r: int, min_tile: int | None = None) -> int:
+    """Pixels an r x r tile is shown at (see the module doc): r times a whole factor when that
+    factor is 2 or more, else ``min_tile`` (default ``MIN_TILE``), or r itself when not smaller."""
+    m = min_tile or MIN_TILE
+    r = max(r, 1)
+    return r if r >= m else r * math.ceil(m / r) if 2 * r <= m else m
+
+
+def to_display(tiles: np.ndarray, side: int) -> np.ndarray:
+    """(N, T, T, 3) uint8 tiles at ``side`` x ``side``: nearest neighbour by a whole factor when
+    ``side`` is a multiple of T (pixels stay aligned: every ``side // T``-th pixel is the tile),
+    Lanczos otherwise."""
+    t = tiles.shape[1]
+    if side % t == 0:
+        f = side // t
+        return tiles if f == 1 else tiles.repeat(f, axis=1).repeat(f, axis=2)
+    out = np.empty((len(tiles), side, side, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        out[i] = np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.LANCZOS))
+    return out
 
 
 def layer_tile(cols: int) -> int:
     """The smallest tile (at least ``MIN_TILE``) that makes a grid ``cols`` tiles wide at least ``MIN_WIDTH``
     pixels: layer-level pictures stay legible whatever k is (k = 4 is a 2 x 2 grid)."""
     return max(MIN_TILE, math.ceil((MIN_WIDTH - (cols - 1) * GAP) / cols))
-
-
-def enlarge(tiles: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour enlargement of (N, R, R, 3) tiles by an integer factor."""
-    if factor == 1:
-        return tiles
-    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
 def grid_shape(n: int) -> tuple[int, int]:

@@ -52,7 +52,18 @@ from ..store.read import Store, border_units, overview_channels, strongest_chann
 from . import index_html as site
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
-from .montage import enlarge, fit_height, grid, grid_shape, label_rows, layer_tile, overview, save_png, side_by_side, tile_scale
+from .montage import (
+    display_side,
+    fit_height,
+    grid,
+    grid_shape,
+    label_rows,
+    layer_tile,
+    overview,
+    save_png,
+    side_by_side,
+    to_display,
+)
 from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
 from .normalise import CONTRASTS, display
 from .project import Renderer, load_store_network
@@ -88,13 +99,12 @@ class Options:
 
 # --- montages -----------------------------------------------------------------------------
 def _montage(tiles: np.ndarray, filled: np.ndarray, k: int, min_tile: int | None = None) -> np.ndarray:
-    """k uint8 (T, T, 3) tiles in a grid, enlarged to at least ``min_tile`` (default MIN_TILE); empty slots stay
-    background."""
-    r = tiles.shape[1]
-    f = tile_scale(r, min_tile)
-    big = enlarge(tiles, f)
+    """k uint8 (T, T, 3) tiles in a grid, each shown at ``display_side`` (at least ``min_tile``, default
+    MIN_TILE); empty slots stay background."""
+    side = display_side(tiles.shape[1], min_tile)
+    big = to_display(tiles, side)
     rows, cols = grid_shape(k)
-    return grid([big[i] if filled[i] else None for i in range(len(tiles))], rows, cols, tile=r * f)
+    return grid([big[i] if filled[i] else None for i in range(len(tiles))], rows, cols, tile=side)
 
 
 def _pair(proj: np.ndarray, im: np.ndarray | None, heat: np.ndarray | None) -> np.ndarray:
@@ -364,7 +374,7 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: 
     name = {c: f"unit {c}" + (" · border" if border[c] else "") for c in range(len(border))}
     cols = grid_shape(k)[1]
     min_tile = layer_tile(cols)
-    side = r * tile_scale(r, min_tile)
+    side = display_side(r, min_tile)
     proj, im = (label_rows(_montage(x, filled, k, min_tile), [name[c] for c in top], cols, side)
                 for x in (display(t, contrast), cr))
     fs = layer_files(layer)
@@ -414,7 +424,7 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
                 unit.level, unit.hist = rec.get("level"), rec.get("hist")
                 unit.level_note = LEVEL_SOURCES.get(rec.get("source", ""), "")
                 unit.feat, unit.im, unit.overlay = fs["feat"], fs["im"], fs["overlay"]
-                unit.tile = tile * tile_scale(tile)
+                unit.tile = display_side(tile)
                 for e in store.entries(layer, c, arrays):
                     unit.entries.append(site.EntryView(e.rank, e.value, e.path, tuple(int(b) for b in e.box),
                                                        kept_image_file(e.kept)))
