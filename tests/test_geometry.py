@@ -43,7 +43,7 @@ def positive(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                     ceil_mode=child.ceil_mode))
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             with torch.no_grad():
                 fan_in = m.weight[0].numel()
                 m.weight.uniform_(0.01, 1.0).div_(fan_in / 2)
@@ -59,7 +59,7 @@ def positive(model: nn.Module) -> nn.Module:
 
 
 def unit_supports(model, path, size, units):
-    """Per unit (y, x): (support box, pixel count) of the gradient of the sum over channels.
+    """Per unit (y, x): (support box, pixel count) of the gradient of the sum over channels (None, 0 if empty).
 
     Summing the channels takes the union over them: after a concatenation each channel comes
     from one branch, and the layer's box is the union of the branches' boxes.
@@ -82,6 +82,9 @@ def unit_supports(model, path, size, units):
     for y, x in units:
         (g,) = torch.autograd.grad(out["o"][0, :, y, x].sum(), inp, retain_graph=True)
         nz = (g[0].abs().sum(0) > 0).nonzero()
+        if not len(nz):  # the unit reads no pixel (a transposed conv's kernel can skip outputs)
+            found.append((None, 0))
+            continue
         found.append(((int(nz[:, 0].min()), int(nz[:, 1].min()), int(nz[:, 0].max()) + 1, int(nz[:, 1].max()) + 1),
                       len(nz)))
     return found

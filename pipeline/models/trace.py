@@ -10,10 +10,12 @@ no arithmetic, well under a second even for ResNet-152):
 * a ``TorchFunctionMode`` sees every torch function the forward calls (module or functional:
   ``F.relu`` inside GoogLeNet counts like ``nn.ReLU``) and carries a :class:`Geometry` along
   with each 4-D tensor: convolutions and pools apply their step, global pooling covers its
-  input, and any other op producing a map of its inputs' size gets the union of their boxes
-  (residual adds, concatenations). Inputs of spatial size 1 x 1 that broadcast over a larger
-  map (squeeze-and-excitation gates) are left out: counting them would make every box the
-  whole image.
+  input, decoder ops (transposed convolutions, ``F.interpolate`` nearest/bilinear as
+  ``nn.Upsample`` calls it, ``PixelShuffle``/``PixelUnshuffle``) apply their :class:`Reads`
+  (fractional strides: see ``models.geometry``), and any other op producing a map of its
+  inputs' size gets the union of their boxes (residual adds, concatenations). Inputs of
+  spatial size 1 x 1 that broadcast over a larger map (squeeze-and-excitation gates) are left
+  out: counting them would make every box the whole image.
 
 Only modules that run exactly once and return one (N, C, H, W) tensor with a known geometry are
 layers: a module called several times (torchvision's Bottleneck reuses one ``relu``) has no
@@ -22,13 +24,14 @@ single output to rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .geometry import Geometry, Step, square
+from .geometry import Geometry, Reads, Step, square
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,13 @@ class Traced:
 _CONV = {F.conv2d, torch.conv2d}
 _POOL = {F.max_pool2d, torch.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d, F.lp_pool2d}
 _ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch._C._nn.adaptive_avg_pool2d}
+_TRANSPOSED = {F.conv_transpose2d, torch.conv_transpose2d}
+_SHUFFLE = {torch.pixel_shuffle, torch.pixel_unshuffle}
 _ARGS = {  # positional parameter names after the input
     "conv": ("weight", "bias", "stride", "padding", "dilation", "groups"),
     "pool": ("kernel_size", "stride", "padding"),
+    "transposed": ("weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+    "interpolate": ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
 }
 
 
@@ -78,6 +85,37 @@ def _step(func, args, kwargs) -> Step:
     s = k if s is None or s == [] or s == () else square(s)
     dil = square(kwargs.get("dilation", args[4] if len(args) > 4 and func in (F.max_pool2d, torch.max_pool2d) else 1))
     return Step(k, s, square(_arg(args, kwargs, names, "padding", 0)), dil)
+
+
+def _reads(func, args, kwargs, n_in: int, n_out: int) -> Reads:
+    """How a decoder op's outputs read its input positions (``n_in`` -> ``n_out`` per side)."""
+    if func in _TRANSPOSED:
+        names = _ARGS["transposed"]
+        k = square(args[1].shape[-1] if len(args) > 1 else kwargs["weight"].shape[-1])
+        return Reads.transposed(k, square(_arg(args, kwargs, names, "stride", 1)),
+                                square(_arg(args, kwargs, names, "padding", 0)), square(_arg(args, kwargs, names, "dilation", 1)))
+    if func in _SHUFFLE:
+        r = int(args[1] if len(args) > 1 else kwargs.get("upscale_factor", kwargs.get("downscale_factor")))
+        if func is torch.pixel_unshuffle:
+            return Reads.window(Step(r, r, 0))
+        return Reads.resample(Fraction(1, r), "nearest")
+    names = _ARGS["interpolate"]
+    mode = _arg(args, kwargs, names, "mode", "nearest")
+    if _arg(args, kwargs, names, "antialias", False):
+        raise ValueError("antialiased interpolation has no box geometry")
+    factor = _arg(args, kwargs, names, "scale_factor", None)
+    if factor is not None and not _arg(args, kwargs, names, "recompute_scale_factor", None):
+        if isinstance(factor, (tuple, list)):
+            if len(set(factor)) != 1:
+                raise ValueError(f"non-square scale factor {tuple(factor)} is not supported")
+            factor = factor[0]
+        scale = 1 / Fraction(factor)
+    else:
+        scale = Fraction(n_in, n_out)
+    align = bool(_arg(args, kwargs, names, "align_corners", False))
+    if align and mode == "bilinear":
+        scale = Fraction(n_in - 1, n_out - 1) if n_out > 1 else Fraction(0)
+    return Reads.resample(scale, mode, align)
 
 
 def _tensors(obj):
@@ -122,6 +160,11 @@ class _GeometryMode(TorchFunctionMode):
         try:
             if func in _CONV or func in _POOL:
                 return None if first is None else first.then(_step(func, args, kwargs))
+            if func in _TRANSPOSED or func in _SHUFFLE or func is F.interpolate:
+                if first is None or ins[0].shape[-2] != ins[0].shape[-1] or out.shape[-2] != out.shape[-1]:
+                    return None
+                g = first.through(_reads(func, args, kwargs, ins[0].shape[-1], out.shape[-1]))
+                return g if g.rf >= 1 else None
             if func in _ADAPTIVE:
                 h_in, h_out = ins[0].shape[-1], out.shape[-1]
                 if first is None or ins[0].shape[-2] != ins[0].shape[-1]:
