@@ -128,3 +128,15 @@ def test_tiles_never_exceed_the_input():
 def test_size_too_small_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         load_network("vgg16", "random", 8).select("conv5_3")
+
+
+def test_googlenet_transform_input_keeps_its_layers():
+    """ImageNet GoogLeNet rebuilds its input from x[:, 0], x[:, 1], x[:, 2] (3-D maps): the same layers
+    and geometry as without (the tracer once lost every layer there)."""
+    from torchvision.models import googlenet
+
+    from pipeline.models.trace import trace
+
+    plain, imagenet = (trace(googlenet(aux_logits=False, init_weights=False, transform_input=t).eval(), 96)
+                       for t in (False, True))
+    assert len(plain) > 100 and {n: t.geometry for n, t in imagenet.items()} == {n: t.geometry for n, t in plain.items()}

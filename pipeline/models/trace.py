@@ -130,7 +130,9 @@ def _tensors(obj):
 
 
 class _GeometryMode(TorchFunctionMode):
-    """Carries a Geometry with every 4-D tensor the forward pass creates."""
+    """Carries a Geometry with every 4-D tensor the forward pass creates, and 3-D ones (a map
+    indexed by channel or image: GoogLeNet's ``transform_input`` rebuilds its input from
+    ``x[:, 0]``, ``x[:, 1]``, ``x[:, 2]``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,10 +145,10 @@ class _GeometryMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        outs = [t for t in _tensors(out) if t.dim() == 4]
+        outs = [t for t in _tensors(out) if t.dim() in (3, 4)]
         if not outs:
             return out
-        ins = [t for t in _tensors((args, kwargs)) if t.dim() == 4 and id(t) in self.geo]
+        ins = [t for t in _tensors((args, kwargs)) if t.dim() in (3, 4) and id(t) in self.geo]
         g = self._rule(func, args, kwargs, ins, outs[0])
         for t in outs:
             self.geo[id(t)] = g
