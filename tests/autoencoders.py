@@ -5,7 +5,8 @@
 ``up`` = ``convT`` (ConvTranspose2d 3x3 stride 2, padding 1, output_padding 1), ``nearest`` /
 ``bilinear`` (nn.Upsample x2), ``shuffle`` (a conv to 4x the channels, then PixelShuffle(2)),
 each followed by convolutions. ``Functional`` calls ``F.interpolate`` inside ``forward`` instead
-of a module. ``channels`` is the input (and output) channel count: 3 for end-to-end runs.
+of a module; ``make_linear`` has a Linear bottleneck (a 16-number code) between the two halves.
+``channels`` is the input (and output) channel count: 3 for end-to-end runs.
 """
 from __future__ import annotations
 
@@ -70,3 +71,14 @@ class Functional(nn.Module):
 
 def make_functional():
     return Functional().eval()
+
+
+def make_linear(channels: int = 3) -> nn.Sequential:
+    """28 -> 14 -> 7, flatten, Linear code of 16, Linear, unflatten to 8 x 7 x 7, two transposed convs."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, stride=2, padding=1), nn.ReLU(),  # 0-1: 14
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),  # 2-3: 7
+                         nn.Flatten(), nn.Linear(8 * 7 * 7, 16), nn.ReLU(),  # 4-6: the code
+                         nn.Linear(16, 8 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (8, 7, 7)),  # 7-9: 7
+                         nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 10-11: 14
+                         nn.ConvTranspose2d(8, channels, 3, stride=2, padding=1, output_padding=1)).eval()  # 12: 28

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from autoencoders import UPS, Functional, make
+from autoencoders import UPS, Functional, make, make_linear
 from deconv_reference import deconv_copy
 from test_geometry import positive, unit_supports
 from test_models import close, entries, reference
@@ -70,6 +70,13 @@ def test_functional_interpolate_layers():
         assert list(net.layers) == ["enc", "code", "dec1", "dec2"]
         assert net.layers["dec2"].out_size == SIZE and net.layers["dec2"].geometry.stride_text == "4/4"
         check_boxes(net, ["dec1", "dec2"], SIZE)
+
+
+def test_linear_bottleneck_decoder_sees_the_whole_image():
+    net = network(make_linear())
+    assert [n for n in net.layers if int(n) >= 4] == ["9", "10", "11", "12"]  # the code (a vector) is no map
+    assert net.layers["9"].geometry == Geometry.whole(SIZE, 7) and net.layers["12"].rf == 2 * SIZE
+    check_boxes(net, ["9", "10", "12"], SIZE)
 
 
 class Decoder(nn.Sequential):

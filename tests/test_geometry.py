@@ -43,7 +43,7 @@ def positive(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                     ceil_mode=child.ceil_mode))
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             with torch.no_grad():
                 fan_in = m.weight[0].numel()
                 m.weight.uniform_(0.01, 1.0).div_(fan_in / 2)

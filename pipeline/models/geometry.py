@@ -190,6 +190,12 @@ class Geometry:
             return Geometry(hi - lo, stride, -lo)
         return Geometry(max(hi - lo for lo, hi in spans), stride, -spans[0][0], period, tuple(spans))
 
+    @staticmethod
+    def whole(size: int, n: int) -> "Geometry":
+        """Every unit of an ``n`` x ``n`` map sees the whole ``size`` x ``size`` input (a map rebuilt
+        from a vector, as after a Linear bottleneck): R = size, S = size/n, P = 0."""
+        return Geometry.periodic(size, n, [(0, size)] * n)
+
     @property
     def table(self) -> tuple[Span, ...]:
         """The box of unit r for r < period."""

@@ -15,7 +15,9 @@ no arithmetic, well under a second even for ResNet-152):
   (fractional strides: see ``models.geometry``), and any other op producing a map of its
   inputs' size gets the union of their boxes (residual adds, concatenations). Inputs of
   spatial size 1 x 1 that broadcast over a larger map (squeeze-and-excitation gates) are left
-  out: counting them would make every box the whole image.
+  out: counting them would make every box the whole image. 3-D maps (``x[:, 0]``) carry a
+  geometry like 4-D ones; a map rebuilt from vectors alone (the decoder after a Linear
+  bottleneck: flatten, Linear, unflatten) sees the whole input (:meth:`Geometry.whole`).
 
 Only modules that run exactly once and return one (N, C, H, W) tensor with a known geometry are
 layers: a module called several times (torchvision's Bottleneck reuses one ``relu``) has no
@@ -134,9 +136,11 @@ class _GeometryMode(TorchFunctionMode):
     indexed by channel or image: GoogLeNet's ``transform_input`` rebuilds its input from
     ``x[:, 0]``, ``x[:, 1]``, ``x[:, 2]``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
+        self.size = size
         self.geo: dict[int, Geometry | None] = {}
+        self.mixed: set[int] = set()  # other tensors computed from the input (vectors: every pixel mixed in)
         self.alive: list[torch.Tensor] = []  # keep ids unique while the probe runs
 
     def of(self, t: torch.Tensor) -> Geometry | None:
@@ -145,19 +149,21 @@ class _GeometryMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        given = list(_tensors((args, kwargs)))
+        ins = [t for t in given if id(t) in self.geo]
+        if not ins and not any(id(t) in self.mixed for t in given):
+            return out  # weights, constants: nothing computed from the input
         outs = [t for t in _tensors(out) if t.dim() in (3, 4)]
-        if not outs:
-            return out
-        ins = [t for t in _tensors((args, kwargs)) if t.dim() in (3, 4) and id(t) in self.geo]
-        g = self._rule(func, args, kwargs, ins, outs[0])
-        for t in outs:
-            self.geo[id(t)] = g
-            self.alive.append(t)
+        self.mixed.update(id(t) for t in _tensors(out) if t.dim() not in (3, 4))
+        self.alive.extend(_tensors(out))
+        if outs:
+            # a map made from vectors alone (a Linear bottleneck unflattened): every unit sees every pixel
+            g = self._rule(func, args, kwargs, ins, outs[0]) if ins else Geometry.whole(self.size, outs[0].shape[-1])
+            for t in outs:
+                self.geo[id(t)] = g
         return out
 
     def _rule(self, func, args, kwargs, ins, out) -> Geometry | None:
-        if not ins:
-            return None
         first = self.of(ins[0])
         try:
             if func in _CONV or func in _POOL:
@@ -193,7 +199,7 @@ def trace(model: nn.Module, size: int) -> dict[str, Traced]:
     calls: dict[str, int] = {}
     seen: dict[str, tuple] = {}
     order = [0]
-    mode = _GeometryMode()
+    mode = _GeometryMode(size)
     handles = []
 
     def hook(name):
