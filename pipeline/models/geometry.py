@@ -183,8 +183,6 @@ class Geometry:
             if all(spans[r + d] == (spans[r][0] + step, spans[r][1] + step) for r in range(period - d)):
                 period, stride, spans = d, step, list(spans[:d])
                 break
-        if period > MAX_PERIOD:
-            raise ValueError(f"boxes repeat only every {period} units: no box geometry")
         if period == 1:
             lo, hi = spans[0]
             return Geometry(hi - lo, stride, -lo)
@@ -223,6 +221,7 @@ class Geometry:
         m = self.period // math.gcd(self.period, reads.shift)
         period = reads.period * m
         stride = self.stride * m * reads.shift // self.period
+        _check_period(period)
         spans = []
         for o in range(period):
             pos = reads.at(o)
@@ -246,7 +245,7 @@ class Geometry:
         pitches = {g.pitch for g in parts}
         if len(pitches) != 1:
             raise ValueError(f"paths of different strides {sorted(map(str, pitches))} meet: no box geometry")
-        period = math.lcm(*(g.period for g in parts))
+        period = _check_period(math.lcm(*(g.period for g in parts)))
         stride = int(pitches.pop() * period)
         spans = [_hull([g.span(o) for g in parts], parts[0].span(o)) for o in range(period)]
         return Geometry.periodic(stride, period, spans)
@@ -304,6 +303,12 @@ class Geometry:
             return top - (self.rf - (bottom - top)) // 2, left - (self.rf - (right - left)) // 2
         zero = np.zeros(np.shape(y), np.int64)
         return zero, zero.copy()
+
+
+def _check_period(period: int) -> int:
+    if period > MAX_PERIOD:
+        raise ValueError(f"boxes repeat only every {period} units: no box geometry")
+    return period
 
 
 def _hull(spans: list[Span], where: Span) -> Span:
