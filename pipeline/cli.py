@@ -220,11 +220,14 @@ def layers(
     rows = [li for li in net.layers.values() if every or li.name in default]
     width = max([len(li.name) for li in rows] + [5]) + 2
     mwidth = max([len(li.module) for li in rows] + [6]) + 2
-    typer.echo(f"  {'layer':<{width}}{'module':<{mwidth}}{'channels':>9}{'out':>6}{'R':>6}{'S':>5}{'P':>5}")
+    typer.echo(f"  {'layer':<{width}}{'module':<{mwidth}}{'channels':>9}{'out':>6}{'R':>6}{'S':>6}{'P':>5}")
     for li in rows:
         mark = "*" if li.name in default else " "
         typer.echo(f"{mark} {li.name:<{width}}{li.module:<{mwidth}}{li.channels:>9}{li.out_size:>6}"
-                   f"{li.rf:>6}{li.stride:>5}{li.padding:>5}")
+                   f"{li.rf:>6}{li.geometry.stride_text:>6}{li.padding:>5}")
+    if any(li.geometry.period > 1 for li in rows):
+        typer.echo("(S = a/b: decoder layer, boxes repeat every b units, a pixels on; each unit's box is exact, "
+                   "R the largest, P minus the top of unit 0's box)")
     if not every:
         typer.echo(f"({len(rows)} of {len(net.layers)} layers; --every lists all module outputs)")
 
@@ -246,8 +249,8 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
                    f"{sum(x.startswith('skipped') for x in st)} skipped, {st.count('duplicate')} duplicate")
         typer.echo(f"k            {s.k}   kept images {len(s.f['kept/key'])}")
         for name in s.layers:
-            li = s.layer_info(name)
-            typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={li['rf']} S={li['stride']} P={li['padding']}")
+            li, geo = s.layer_info(name), s.geometry(name)
+            typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={geo.rf} S={geo.stride_text} P={geo.padding}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
         _echo_unit_stats(s, st.count("ok"))

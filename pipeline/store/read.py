@@ -270,8 +270,7 @@ class Store:
         return self.f["kept/pixels"][kept]
 
     def geometry(self, layer: str) -> Geometry:
-        info = self.layer_info(layer)
-        return Geometry(int(info["rf"]), int(info["stride"]), int(info["padding"]))
+        return Geometry.from_attrs(self.layer_info(layer))
 
     def crop(self, entry: Entry) -> np.ndarray:
         """The entry's receptive field from its image as a T x T tile (uint8, RGB).
