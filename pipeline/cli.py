@@ -352,14 +352,16 @@ def render(
     features: Optional[str] = typer.Option(None, help="Channels, e.g. 0-63,171. Default: every channel."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render next to the store)."),
     weights: Optional[str] = typer.Option(None, help="Weights (default: the store's; must match its weights hash)."),
-    method: str = typer.Option("deconvnet", help="deconvnet (Zeiler & Fergus) | guided (guided backprop) | gradient (saliency)."),
+    method: str = typer.Option("guided", help="guided (guided backprop, the default: readable on every model) | deconvnet (Zeiler & Fergus, exactly) | gradient (saliency)."),
+    crop: str = typer.Option("effective", help="effective: each tile is the square holding 90% of its feature map's projection energy (at least 32 px) | rf: the whole theoretical receptive field (Zeiler & Fergus)."),
+    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid). Default: the stride of the model's first layer for guided/gradient (MobileNetV2, ResNet: 2; VGG: 1), 1 for the deconvnet."),
     contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
                                  "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
-    show: str = typer.Option("patch", help="Beside the projections: patch (receptive field) | heatmap (the unit's "
+    show: str = typer.Option("patch", help="Beside the projections: patch (the crop of the image) | heatmap (the unit's "
                              "activation over the whole image, top-quantile region outlined) | both."),
     quantile: float = typer.Option(0.99, help="Heatmap level: the unit's activation quantile over all positions."),
     shared_scale: bool = typer.Option(False, "--shared-scale", hidden=True, help="Deprecated: --contrast shared."),
-    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
+    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,T,T) projections as .npy (the crop's own pixels, never resampled) and each tile's box in input pixels (_box_C.npy)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget); "
                                              "the output does not depend on it."),
@@ -393,7 +395,7 @@ def render(
     result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
                      contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
                      overview_features=overview, progress=not quiet, force=force, method=method, show=show,
-                     quantile=quantile, visualize=visualize)
+                     quantile=quantile, visualize=visualize, crop=crop, shifts=shifts)
     typer.echo(result.summary())
 
 
