@@ -146,7 +146,7 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     if not all(p.is_file() for p in paths):
         return None
     prep = Preprocessing.from_dict(store.attrs["preprocessing"])
-    net = load_network(store.attrs["model"], "random", store.size).to(device)
+    net = load_network(store.attrs["model"], "random", store.size, prep).to(device)
     src = ImageSource("embed baseline", root, tuple(paths))
     out = np.zeros((len(rows), 2, net.layers[layer].channels), np.float32)
     start = 0

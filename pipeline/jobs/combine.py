@@ -87,7 +87,7 @@ def config_of_run(net: Network, prep: Preprocessing, k: int, layers: list[str], 
                   pooled: list[str] = ()) -> dict:
     """The identity of a run's results (``pooled`` only when given, so older ids stay valid)."""
     return {"model": net.arch, "weights_hash": net.weights_hash,
-            "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
+            "preprocessing": prep.to_dict(),
             "k": int(k), "layers": sorted(layers), "precision": precision,
             **({"pooled": sorted(pooled)} if pooled else {})}
 
