@@ -147,7 +147,7 @@ def images_table(source, records: dict[int, ImageRecord]) -> dict[str, np.ndarra
         r = records[i]
         used = r.ok or r.reason == "duplicate"
         rows.append((source.relpath(path), r.sha256, r.key, None if used else f"skipped: {r.reason}",
-                     r.width, r.height))
+                     r.width, r.height, source.label(i)))
     return store_images_table(rows)
 
 
@@ -231,7 +231,7 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
         pooled = net.select(cfg.pooled) if cfg.pooled else []
         prep = net.prep(cfg.size, cfg.resize)
         if cfg.limit:
-            source = type(source)(source.spec, source.root, source.paths[: cfg.limit])
+            source = source.head(cfg.limit)
         path = store_target(path or default_store_path(cfg, layers))
         stats.store, stats.images_seen = str(path), len(source.paths)
         if dist is not None:  # distributed: rank 0 holds the lock for every rank
