@@ -29,6 +29,11 @@ def plain() -> nn.Module:
     return _net()
 
 
+def colour() -> nn.Module:
+    """A three-channel twin (torchvision's preprocessing, the default)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3), nn.ReLU())
+
+
 def digit_arrays(n: int = 12, size: int = 16, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """(n, size, size) uint8 smooth grey blobs and (n,) int64 labels, a few of them repeated."""
     rng = np.random.default_rng(seed)
