@@ -205,3 +205,23 @@ def test_store_network_uses_the_store_preprocessing(colour_pngs, trained, tmp_pa
     assert net.preprocessing.channels == 1 and net.preprocessing.mean == (0.0,)
     with pytest.raises(ValueError, match="1-channel input"):
         load_network("tiny_models:plain", str(weights), S)
+
+
+def test_visualize_of_a_one_channel_net_is_grey_and_what_it_sees(tmp_path):
+    """Feature visualisation optimises an RGB image; a one-channel network sees its luma, and that
+    grey image is what is shown: feeding the shown image gives the network the same input."""
+    from pipeline.data.preprocess import as_seen
+    from pipeline.visualize.optimize import VisualizeConfig, visualize_units
+
+    net = load_network("tiny_models:digits", "random", S)
+    prep = net.prep(S)
+    img = visualize_units(net, "4", [0, 1], prep, VisualizeConfig(steps=4, progress=False))
+    assert img.shape == (2, 3, S, S) and (img[:, 0] == img[:, 1]).all() and (img[:, 1] == img[:, 2]).all()
+    colour = torch.rand(2, 3, S, S, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(normalize_float(as_seen(colour, prep), prep), normalize_float(colour, prep))
+    r = CliRunner().invoke(app, ["visualize", "--model", "tiny_models:digits", "--weights", "random", "--layer", "4",
+                                 "--features", "0", "--steps", "4", "--size", str(S), "--out", str(tmp_path),
+                                 "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, r.output
+    a = np.asarray(Image.open(tmp_path / "4_vis_0.png").convert("RGB")).astype(int)
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()

@@ -60,6 +60,7 @@ from .decode import BadImage
 
 __all__ = [
     "CAFFE_MEAN_BGR",
+    "as_seen",
     "MAX_RESIZED_PIXELS",
     "MODES",
     "PRESETS",
@@ -354,6 +355,15 @@ def normalize_float(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
         luma = torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
         image = (image * luma).sum(1, keepdim=True)
     return _standardise(image * 255.0, prep)
+
+
+def as_seen(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Float RGB ``(B, 3, H, W)`` in [0, 1] as the network sees it, for display: a one-channel
+    network's luma in all three channels (grey), else unchanged."""
+    if prep.channels != 1:
+        return image
+    luma = torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return (image * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
 
 
 def _standardise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
