@@ -2,7 +2,9 @@
 
 A config file holds the same keys as ``mine run``'s options (with dashes or
 underscores): ``layer``, ``images``, ``model``, ``weights``, ``k``, ``batch_size`` ...
-and ``quiet``. Unknown keys are an error, so a typo in a nightly config fails loudly.
+and ``quiet``; the preprocessing a model was trained with as ``channels = 1``,
+``mean = [0.1307]`` (or ``"0.1307"``), ``std = [0.3081]``, ``preprocessing = "caffe"``.
+Unknown keys are an error, so a typo in a nightly config fails loudly.
 
 Why ``check_options``: a config file (or a notebook's ``RunConfig``) can hand any TOML
 or Python value to any option; ``k = "nine"`` or ``layer = ["conv1_2", 5]`` would

@@ -125,14 +125,19 @@ def test_labels_are_embed_categories(digits, png_store, tmp_path):
     assert all(v == v for v in res.knn.values()), res.knn
 
 
-def test_update_and_limit_over_an_array(digits, tmp_path):
-    """--limit takes the first items; --update with the whole array mines the rest and equals one run."""
+def test_update_merge_and_limit_over_an_array(digits, tmp_path):
+    """--limit takes the first items; merging that store with a whole run, or --update with the whole
+    array, equals one run over the array."""
     root, images, _ = digits
     full, part = tmp_path / "full.h5", tmp_path / "part.h5"
     run(run_cfg(root / "digits.npz", full))
     run(run_cfg(root / "digits.npz", part, limit=5))
     with Store(part) as s:
         assert len(s.f["images/path"]) == 5
+    merged = tmp_path / "merged.h5"
+    r = CliRunner().invoke(app, ["merge", str(part), str(full), "--out", str(merged), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    same_but_names(merged, full)  # overlapping parts: the union is the whole array
     res = run(run_cfg(root / "digits.npz", None, update=str(part)))
     assert (res.images_known, res.images_new) == (6, 6)  # item 11 is item 2 again: known too
     same_but_names(part, full)

@@ -100,7 +100,8 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype.kind == "f":
         lo, hi = (float(np.min(pixels)), float(np.max(pixels))) if pixels.size else (0.0, 0.0)
         if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
-            raise ValueError(f"float pixels must lie in [0, 1] (found {lo:.4g}..{hi:.4g})")
+            raise ValueError(f"float pixels must lie in [0, 1] (found {lo:.4g}..{hi:.4g}; a normalised dataset: "
+                             f"drop its Normalize transform and give --mean/--std instead)")
         return np.rint(pixels.astype(np.float64) * 255.0).astype(np.uint8)
     raise ValueError(f"pixels of dtype {pixels.dtype} (expected uint8, or float in [0, 1])")
 
