@@ -216,3 +216,18 @@ def test_unusable_inputs_are_one_line_exit_3_and_write_nothing(tmp_path):
         assert r.exit_code == 3 and len(lines) == 1 and message in lines[0], (spec, r.stderr)
         assert "Traceback" not in r.output
         assert sorted(p.name for p in out.parent.iterdir()) == ["mine-runs.jsonl"], spec  # the failure's record
+
+
+def test_reopen_reads_a_stores_items_from_any_folder(digits, tmp_path, monkeypatch):
+    """What embed uses to read a store's images again: items come back as the PNG files' bytes,
+    whatever the current folder (the store keeps the spec as typed and the folder it named)."""
+    from pipeline.data.sources import reopen
+
+    root, _, _ = digits
+    monkeypatch.chdir(tmp_path)
+    src, idx = reopen("digits.npz", str(root), ["digits.npz#03", "digits.npz#11"])
+    assert [src.read(i) for i in idx] == [(root / "png" / f"{i}.png").read_bytes() for i in ("03", "11")]
+    src, idx = reopen("tiny_models:dataset", "/", ["tiny_models:dataset#05"])
+    assert src.read(idx[0]) == (root / "png" / "05.png").read_bytes()
+    assert reopen("gone.npz", str(root), ["gone.npz#1"]) is None
+    assert reopen("digits.npz", str(root), ["digits.npz#99"]) is None

@@ -187,8 +187,9 @@ def reopen(spec: str, root: str | Path, names: list[str]) -> tuple[ImageSource, 
     if len(heads) != 1 or not all(n.rpartition("#")[2].isdigit() for n in names):
         return None
     head = heads.pop()
-    try:
-        collection = open_collection(head if head == spec.strip() else str(root / head))
+    try:  # an array file beside the others, else a Dataset factory (its name is the spec)
+        collection = (open_collection(str(root / head)) if (root / head).is_file()
+                      else open_collection(head) if head == spec.strip() else None)
     except SourceError:
         return None
     indices = [int(n.rpartition("#")[2]) for n in names]
