@@ -7,7 +7,9 @@ The reference files are written with PIL directly (``Image.fromarray(a).save(p)`
 files are written byte by byte from the format's definition.
 """
 import gzip
+import io
 import signal
+import zipfile
 
 import numpy as np
 import pytest
@@ -186,6 +188,10 @@ def _bad_inputs(root):
     np.savez(root / "float.npz", images=np.full((2, 8, 8), 1.5, np.float32))
     np.savez(root / "labels.npz", images=z, labels=np.arange(3))
     (root / "notzip.npz").write_bytes(b"not a zip")
+    header = io.BytesIO()  # a header that declares a terabyte: refused before anything is allocated
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 1000, 1000)})
+    with zipfile.ZipFile(root / "huge.npz", "w") as archive:
+        archive.writestr("images.npy", header.getvalue())
     (root / "magic-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 1]) + bytes(30))
     (root / "cut-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((5, 8, 8)))[:-10])
     (root / "x-images-idx3-ubyte").write_bytes(idx_bytes(z))
@@ -197,6 +203,7 @@ def _bad_inputs(root):
         "float.npz": "holds float values 1.5..1.5; expected [0, 1]",
         "labels.npz": "labels has shape (3,) for 2 images; expected (2,)",
         "notzip.npz": "is not a .npz file",
+        "huge.npz": "images of shape (1000000, 1000, 1000) would take 1000000000000 bytes",
         "magic-images-idx3-ubyte": "is not an IDX image file: its magic number is 0x00000801, expected 0x00000803",
         "cut-images-idx3-ubyte": "is truncated: its header says 5 x 8 x 8 bytes (336 in all), the file has 326",
         "x-images-idx3-ubyte": "x-labels-idx1-ubyte has shape (5,) for 2 images",

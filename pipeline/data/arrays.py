@@ -56,8 +56,9 @@ __all__ = ["ARRAY_SUFFIXES", "Collection", "encode_png", "open_collection", "to_
 ARRAY_SUFFIXES = (".npz", ".npy")
 _IDX = re.compile(r"idx3-ubyte(\.gz)?$", re.IGNORECASE)
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-#: Largest decompressed IDX file read (a bound against gzip bombs): 60,000 MNIST digits are 47 MB.
-MAX_IDX_BYTES = 4 * 2**30
+#: Largest decompressed IDX file or .npz array read (a bound against gzip/zip bombs and headers
+#: that declare more than the file holds): 60,000 MNIST digits are 47 MB.
+MAX_IDX_BYTES = MAX_ARRAY_BYTES = 4 * 2**30
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 
 
@@ -161,6 +162,7 @@ def _npz(path: Path) -> Collection:
             if "images" not in z.files:
                 raise SourceError(f"{path} has no array 'images' (it has: {', '.join(z.files) or 'none'}); "
                                   f"save with np.savez(path, images=..., labels=...)")
+            _refuse_large(z.zip, "images.npy", path)
             images = _checked(z["images"], f"{path}: images")
             labels = _labels(z["labels"] if "labels" in z.files else None, len(images), f"{path}: labels")
     except SourceError:
@@ -168,6 +170,18 @@ def _npz(path: Path) -> Collection:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise SourceError(f"{path} is not a readable .npz file: {_line(e)}") from None
     return Collection(path.name, path.absolute().parent, images, labels)
+
+
+def _refuse_large(archive: zipfile.ZipFile, member: str, path: Path) -> None:
+    """Read an .npz member's header and refuse an array over MAX_ARRAY_BYTES before loading it."""
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise SourceError(f"{path}: images of shape {shape} would take {nbytes} bytes, over {MAX_ARRAY_BYTES}; "
+                          f"save them as .npy (memory-mapped) instead")
 
 
 def _npy(path: Path) -> Collection:
