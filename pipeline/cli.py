@@ -274,6 +274,10 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
             typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={li['rf']} S={li['stride']} P={li['padding']}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
+        if "label" in s.f["images"]:
+            labels = [v.decode() if isinstance(v, bytes) else v for v in s.f["images/label"][()]]
+            typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
+                       f"categories (`mine embed` colours by them)")
         _echo_unit_stats(s, st.count("ok"))
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
 

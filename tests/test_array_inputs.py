@@ -122,6 +122,8 @@ def test_labels_are_embed_categories(digits, png_store, tmp_path):
         assert stored_labels(s, rows) == [str(labels[r]) for r in rows]
     with Store(png_store) as s:
         assert stored_labels(s, rows) is None  # files: folders stay the categories
+    r = CliRunner().invoke(app, ["info", str(out)])
+    assert "labels       12 of 12 images, 3 categories" in r.stdout
     res = embed_store(out, method="pca", k=1, baseline=20, thumbnails=5, out=tmp_path / "emb", write=False)
     # the random-weight baseline re-read the array file (a NaN would mean it found nothing)
     assert all(v == v for v in res.knn.values()), res.knn
