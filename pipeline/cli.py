@@ -244,11 +244,14 @@ def layers(
     rows = [li for li in net.layers.values() if every or li.name in default]
     width = max([len(li.name) for li in rows] + [5]) + 2
     mwidth = max([len(li.module) for li in rows] + [6]) + 2
-    typer.echo(f"  {'layer':<{width}}{'module':<{mwidth}}{'channels':>9}{'out':>6}{'R':>6}{'S':>5}{'P':>5}")
+    typer.echo(f"  {'layer':<{width}}{'module':<{mwidth}}{'channels':>9}{'out':>6}{'R':>6}{'S':>6}{'P':>5}")
     for li in rows:
         mark = "*" if li.name in default else " "
         typer.echo(f"{mark} {li.name:<{width}}{li.module:<{mwidth}}{li.channels:>9}{li.out_size:>6}"
-                   f"{li.rf:>6}{li.stride:>5}{li.padding:>5}")
+                   f"{li.rf:>6}{li.geometry.stride_text:>6}{li.padding:>5}")
+    if any(li.geometry.period > 1 for li in rows):
+        typer.echo("(S = a/b: decoder layer, boxes repeat every b units, a pixels on; each unit's box is exact, "
+                   "R the largest, P minus the top of unit 0's box)")
     if not every:
         typer.echo(f"({len(rows)} of {len(net.layers)} layers; --every lists all module outputs)")
 
@@ -270,8 +273,8 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
                    f"{sum(x.startswith('skipped') for x in st)} skipped, {st.count('duplicate')} duplicate")
         typer.echo(f"k            {s.k}   kept images {len(s.f['kept/key'])}")
         for name in s.layers:
-            li = s.layer_info(name)
-            typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={li['rf']} S={li['stride']} P={li['padding']}")
+            li, geo = s.layer_info(name), s.geometry(name)
+            typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={geo.rf} S={geo.stride_text} P={geo.padding}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
         if "label" in s.f["images"]:
@@ -279,7 +282,19 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
             typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
                        f"categories (`mine embed` colours by them)")
         _echo_unit_stats(s, st.count("ok"))
+        _echo_border_units(s)
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
+
+
+def _echo_border_units(s) -> None:
+    """``mine info``'s border lines: per layer, the units whose top entries all sit at one edge position."""
+    from .store.read import border_units
+
+    for name in s.layers:
+        a = s.arrays(name)
+        units = [c for c, b in enumerate(border_units(a, int(s.layer_info(name)["out_size"]))) if b]
+        shown = ", ".join(f"{c} at ({a['y'][c, 0]}, {a['x'][c, 0]})" for c in units[:8]) + (", ..." if len(units) > 8 else "")
+        typer.echo(f"border units {name:<8} {len(units):>4}" + (f"  ({shown})" if len(units) else ""))
 
 
 def _echo_unit_stats(s, used: int) -> None:
@@ -310,8 +325,9 @@ def top(
     as_json: bool = typer.Option(False, "--json", help="One JSON array of entries (stable format; `file` is the "
                                  "image path joined to the store's images root, openable as it is)."),
 ) -> None:
-    """List a channel's kept entries (rank, value, image, position, receptive-field box)."""
-    from .store.read import Store
+    """List a channel's kept entries (rank, value, image, position, receptive-field box); says when the unit
+    is dead or a border unit."""
+    from .store.read import Store, border_units, live_units
 
     with guarded(Store, store) as s:
         name = layer or s.layers[0]
@@ -321,6 +337,14 @@ def top(
             rows = [dict(e.to_json(), images_root=root, file=source_file(root, e.path)) for e in entries]
             sys.stdout.write(json.dumps(rows) + "\n")
             return
+        a = s.arrays(name)
+        if not live_units(a)[feature]:
+            typer.echo(f"unit {feature} of {name} is dead: " + (
+                f"every kept value is <= 0, so the {len(entries)} images below are ties, not what the unit sees"
+                if entries else "it kept no entry"))
+        elif border_units(a, int(s.layer_info(name)["out_size"]))[feature]:
+            typer.echo(f"unit {feature} of {name} is a border unit: every entry at (y, x) = ({entries[0].y}, "
+                       f"{entries[0].x}) on the map's edge, a response to the image border more than to the images")
         for e in entries:
             typer.echo(f"{e.rank:>3} {e.value:>12.5g}  y={e.y:<3} x={e.x:<3} box={list(e.box)}  {e.path}")
 

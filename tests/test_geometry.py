@@ -43,7 +43,7 @@ def positive(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
                                                     ceil_mode=child.ceil_mode))
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             with torch.no_grad():
                 fan_in = m.weight[0].numel()
                 m.weight.uniform_(0.01, 1.0).div_(fan_in / 2)
@@ -59,7 +59,7 @@ def positive(model: nn.Module) -> nn.Module:
 
 
 def unit_supports(model, path, size, units):
-    """Per unit (y, x): (support box, pixel count) of the gradient of the sum over channels.
+    """Per unit (y, x): (support box, pixel count) of the gradient of the sum over channels (None, 0 if empty).
 
     Summing the channels takes the union over them: after a concatenation each channel comes
     from one branch, and the layer's box is the union of the branches' boxes.
@@ -82,6 +82,9 @@ def unit_supports(model, path, size, units):
     for y, x in units:
         (g,) = torch.autograd.grad(out["o"][0, :, y, x].sum(), inp, retain_graph=True)
         nz = (g[0].abs().sum(0) > 0).nonzero()
+        if not len(nz):  # the unit reads no pixel (a transposed conv's kernel can skip outputs)
+            found.append((None, 0))
+            continue
         found.append(((int(nz[:, 0].min()), int(nz[:, 1].min()), int(nz[:, 0].max()) + 1, int(nz[:, 1].max()) + 1),
                       len(nz)))
     return found
@@ -125,3 +128,15 @@ def test_tiles_never_exceed_the_input():
 def test_size_too_small_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         load_network("vgg16", "random", 8).select("conv5_3")
+
+
+def test_googlenet_transform_input_keeps_its_layers():
+    """ImageNet GoogLeNet rebuilds its input from x[:, 0], x[:, 1], x[:, 2] (3-D maps): the same layers
+    and geometry as without (the tracer once lost every layer there)."""
+    from torchvision.models import googlenet
+
+    from pipeline.models.trace import trace
+
+    plain, imagenet = (trace(googlenet(aux_logits=False, init_weights=False, transform_input=t).eval(), 96)
+                       for t in (False, True))
+    assert len(plain) > 100 and {n: t.geometry for n, t in imagenet.items()} == {n: t.geometry for n, t in plain.items()}

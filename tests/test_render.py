@@ -26,7 +26,7 @@ from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import build_model, load_network
 from pipeline.render import Renderer, feature_files, layer_files, load_store_network, parse_features, render_store
 from pipeline.render.index_html import EntryView, LayerView, SiteMeta, UnitView, write_site
-from pipeline.render.montage import BACKGROUND, GAP, PAIR_GAP, grid, overview, side_by_side, tile_scale
+from pipeline.render.montage import BACKGROUND, GAP, LABEL_H, PAIR_GAP, display_side, grid, overview, side_by_side, to_display
 from pipeline.render.normalise import display, to_rgb
 from pipeline.store.read import Entry
 
@@ -174,7 +174,7 @@ def test_bgr_weights_render_in_rgb(colour_store, tmp_path, which, colour):
         np.testing.assert_allclose(centre, np.array(colour) * v[rank], rtol=1e-6)
         assert np.count_nonzero(arr[rank]) == 1
     png = np.asarray(Image.open(tmp_path / feature_files("conv1_1", 0)["feat"]))
-    f = tile_scale(3)
+    f = display_side(3) // 3
     mid = png[f + f // 2, f + f // 2]  # centre pixel of the first tile
     assert tuple(mid) == tuple(255 if c else 128 for c in colour)
 
@@ -216,8 +216,26 @@ def test_grid_layout_gaps_and_empty_slots():
     assert (g[t:t + GAP] == BACKGROUND).all() and (g[:, t:t + GAP] == BACKGROUND).all(), "gaps"
     pair = side_by_side(g, g)
     assert pair.shape == (g.shape[0], 2 * g.shape[1] + PAIR_GAP, 3)
-    ov = overview([pair] * 5, cols=4, height=40)
-    assert ov.shape[0] == 2 * 40 + 16 and ov.shape[1] > 4 * 40
+    ov = overview([pair] * 5, cols=4, height=80)
+    assert ov.shape[0] == 2 * 80 + 16 and ov.shape[1] > 4 * 80
+    small = overview([pair] * 2, cols=4, height=40)  # grown to stay at least 600 px wide
+    assert small.shape[1] >= 600 and small.shape[0] > 40
+    labelled = overview([pair] * 5, cols=4, height=80, labels=[f"unit {i}" for i in range(5)])
+    assert labelled.shape[0] == 2 * (80 + LABEL_H) + 16 and labelled.shape[1] == ov.shape[1]
+
+
+def test_display_sizes_are_legible_and_whole_factors_stay_sharp():
+    assert [display_side(r) for r in (3, 40, 92, 100, 101, 196, 200, 224)] == [201, 200, 276, 200, 200, 200, 200, 224]
+    for r in range(1, 400):
+        d = display_side(r)
+        assert 3 * d + 2 * GAP >= 604 and d <= max(r, 300), r  # >= 600 px a 3x3 montage, never more than 1.5x
+        assert d % r == 0 or d == 200, r  # a whole factor, or smoothly to 200
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (2, 3, 3, 3), dtype=np.uint8)
+    big = to_display(small, 201)
+    np.testing.assert_array_equal(big, np.stack([np.kron(t, np.ones((67, 67, 1), np.uint8)) for t in small]))
+    flat = np.full((1, 150, 150, 3), 77, np.uint8)
+    assert (to_display(flat, 200) == 77).all() and to_display(flat, 200).shape == (1, 200, 200, 3)
 
 
 def test_rendered_files_sizes_and_arrays(rendered, store_path):
@@ -226,7 +244,7 @@ def test_rendered_files_sizes_and_arrays(rendered, store_path):
         for layer in ("conv1_1", "conv2_1"):
             r = int(s.layer_info(layer)["rf"])
             a = s.arrays(layer)
-            t = r * tile_scale(r)
+            t = display_side(r)
             for c in (0, s.channels(layer) - 1):
                 fs = feature_files(layer, c)
                 assert fs == {"feat": f"{layer}_feat_{c}.png", "im": f"{layer}_im_{c}.png",
@@ -260,7 +278,7 @@ def test_saved_arrays_equal_projections(rendered, store_path):
     arr = np.load(rendered.out / feature_files("conv2_1", 5)["array"])
     np.testing.assert_allclose(arr, tiles, rtol=1e-5, atol=1e-7)
     im = np.asarray(Image.open(rendered.out / feature_files("conv2_1", 5)["im"]))
-    f = tile_scale(crops.shape[1])
+    f = display_side(crops.shape[1]) // crops.shape[1]
     np.testing.assert_array_equal(im[0:crops.shape[1] * f:f, 0:crops.shape[1] * f:f], crops[0])
 
 
@@ -271,12 +289,14 @@ def test_layer_top9_uses_strongest_channels(rendered, store_path):
         tiles, _ = rnd.project("conv1_1", [e.feature for e in top], [e.kept for e in top], [e.y for e in top],
                                [e.x for e in top], [e.value for e in top])
     png = np.asarray(Image.open(rendered.out / layer_files("conv1_1")["feat"]))
-    f = tile_scale(3)
+    f = display_side(3) // 3
     d = display(tiles)
+    assert png.shape[1] == 3 * 3 * f + 2 * GAP >= 600, "legible: a layer's top-9 is at least 600 px wide"
     for i in range(9):
         r, c = divmod(i, 3)
-        np.testing.assert_array_equal(png[r * (3 * f + GAP):r * (3 * f + GAP) + 3 * f:f,
-                                          c * (3 * f + GAP):c * (3 * f + GAP) + 3 * f:f], d[i])
+        y0 = r * (LABEL_H + 3 * f + GAP) + LABEL_H  # each row of tiles under a band with its units' numbers
+        np.testing.assert_array_equal(png[y0:y0 + 3 * f:f, c * (3 * f + GAP):c * (3 * f + GAP) + 3 * f:f], d[i])
+        assert (png[y0 - LABEL_H:y0, c * (3 * f + GAP):c * (3 * f + GAP) + 3 * f] < 128).any(), "a label is written"
 
 
 # --- index page -----------------------------------------------------------------------------

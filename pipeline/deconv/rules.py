@@ -9,7 +9,10 @@ rectifier does to the signal coming down (Springenberg et al. 2015, Fig. 1):
 
 Everything else keeps its ordinary backward: convolutions (any stride, groups, dilation) and
 the linear parts (eval-mode BatchNorm, average pools) pass the signal through their transpose
-without bias, max-pools route it to their switches, adds and concatenations split it.
+without bias, max-pools route it to their switches, adds and concatenations split it. Decoder
+layers need no rule either: a transposed convolution's transpose is the convolution with the same
+weights, an upsampling's (nearest, bilinear) sums what each input position fed, a PixelShuffle's
+is the inverse permutation; autograd's backward of each is exactly that (tests/test_decoder.py).
 Activations with no deconvnet rule (SiLU, Hardswish, GELU, sigmoid gates) use their local
 derivative.
 

@@ -39,6 +39,7 @@ class LayerInfo:
 
     @property
     def stride(self) -> int:
+        """S; for a decoder layer the pixels per ``geometry.period`` units (``geometry.stride_text``)."""
         return self.geometry.stride
 
     @property

@@ -10,10 +10,14 @@ no arithmetic, well under a second even for ResNet-152):
 * a ``TorchFunctionMode`` sees every torch function the forward calls (module or functional:
   ``F.relu`` inside GoogLeNet counts like ``nn.ReLU``) and carries a :class:`Geometry` along
   with each 4-D tensor: convolutions and pools apply their step, global pooling covers its
-  input, and any other op producing a map of its inputs' size gets the union of their boxes
-  (residual adds, concatenations). Inputs of spatial size 1 x 1 that broadcast over a larger
-  map (squeeze-and-excitation gates) are left out: counting them would make every box the
-  whole image.
+  input, decoder ops (transposed convolutions, ``F.interpolate`` nearest/bilinear as
+  ``nn.Upsample`` calls it, ``PixelShuffle``/``PixelUnshuffle``) apply their :class:`Reads`
+  (fractional strides: see ``models.geometry``), and any other op producing a map of its
+  inputs' size gets the union of their boxes (residual adds, concatenations). Inputs of
+  spatial size 1 x 1 that broadcast over a larger map (squeeze-and-excitation gates) are left
+  out: counting them would make every box the whole image. 3-D maps (``x[:, 0]``) carry a
+  geometry like 4-D ones; a map rebuilt from vectors alone (the decoder after a Linear
+  bottleneck: flatten, Linear, unflatten) sees the whole input (:meth:`Geometry.whole`).
 
 Only modules that run exactly once and return one (N, C, H, W) tensor with a known geometry are
 layers: a module called several times (torchvision's Bottleneck reuses one ``relu``) has no
@@ -22,13 +26,14 @@ single output to rank.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .geometry import Geometry, Step, square
+from .geometry import Geometry, Reads, Step, square
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,13 @@ class Traced:
 _CONV = {F.conv2d, torch.conv2d}
 _POOL = {F.max_pool2d, torch.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d, F.lp_pool2d}
 _ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch._C._nn.adaptive_avg_pool2d}
+_TRANSPOSED = {F.conv_transpose2d, torch.conv_transpose2d}
+_SHUFFLE = {torch.pixel_shuffle, torch.pixel_unshuffle}
 _ARGS = {  # positional parameter names after the input
     "conv": ("weight", "bias", "stride", "padding", "dilation", "groups"),
     "pool": ("kernel_size", "stride", "padding"),
+    "transposed": ("weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+    "interpolate": ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
 }
 
 
@@ -80,6 +89,37 @@ def _step(func, args, kwargs) -> Step:
     return Step(k, s, square(_arg(args, kwargs, names, "padding", 0)), dil)
 
 
+def _reads(func, args, kwargs, n_in: int, n_out: int) -> Reads:
+    """How a decoder op's outputs read its input positions (``n_in`` -> ``n_out`` per side)."""
+    if func in _TRANSPOSED:
+        names = _ARGS["transposed"]
+        k = square(args[1].shape[-1] if len(args) > 1 else kwargs["weight"].shape[-1])
+        return Reads.transposed(k, square(_arg(args, kwargs, names, "stride", 1)),
+                                square(_arg(args, kwargs, names, "padding", 0)), square(_arg(args, kwargs, names, "dilation", 1)))
+    if func in _SHUFFLE:
+        r = int(args[1] if len(args) > 1 else kwargs.get("upscale_factor", kwargs.get("downscale_factor")))
+        if func is torch.pixel_unshuffle:
+            return Reads.window(Step(r, r, 0))
+        return Reads.resample(Fraction(1, r), "nearest")
+    names = _ARGS["interpolate"]
+    mode = _arg(args, kwargs, names, "mode", "nearest")
+    if _arg(args, kwargs, names, "antialias", False):
+        raise ValueError("antialiased interpolation has no box geometry")
+    factor = _arg(args, kwargs, names, "scale_factor", None)
+    if factor is not None and not _arg(args, kwargs, names, "recompute_scale_factor", None):
+        if isinstance(factor, (tuple, list)):
+            if len(set(factor)) != 1:
+                raise ValueError(f"non-square scale factor {tuple(factor)} is not supported")
+            factor = factor[0]
+        scale = 1 / Fraction(factor)
+    else:
+        scale = Fraction(n_in, n_out)
+    align = bool(_arg(args, kwargs, names, "align_corners", False))
+    if align and mode == "bilinear":
+        scale = Fraction(n_in - 1, n_out - 1) if n_out > 1 else Fraction(0)
+    return Reads.resample(scale, mode, align)
+
+
 def _tensors(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
@@ -92,11 +132,15 @@ def _tensors(obj):
 
 
 class _GeometryMode(TorchFunctionMode):
-    """Carries a Geometry with every 4-D tensor the forward pass creates."""
+    """Carries a Geometry with every 4-D tensor the forward pass creates, and 3-D ones (a map
+    indexed by channel or image: GoogLeNet's ``transform_input`` rebuilds its input from
+    ``x[:, 0]``, ``x[:, 1]``, ``x[:, 2]``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
+        self.size = size
         self.geo: dict[int, Geometry | None] = {}
+        self.mixed: set[int] = set()  # other tensors computed from the input (vectors: every pixel mixed in)
         self.alive: list[torch.Tensor] = []  # keep ids unique while the probe runs
 
     def of(self, t: torch.Tensor) -> Geometry | None:
@@ -105,23 +149,30 @@ class _GeometryMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        outs = [t for t in _tensors(out) if t.dim() == 4]
-        if not outs:
-            return out
-        ins = [t for t in _tensors((args, kwargs)) if t.dim() == 4 and id(t) in self.geo]
-        g = self._rule(func, args, kwargs, ins, outs[0])
-        for t in outs:
-            self.geo[id(t)] = g
-            self.alive.append(t)
+        given = list(_tensors((args, kwargs)))
+        ins = [t for t in given if id(t) in self.geo]
+        if not ins and not any(id(t) in self.mixed for t in given):
+            return out  # weights, constants: nothing computed from the input
+        outs = [t for t in _tensors(out) if t.dim() in (3, 4)]
+        self.mixed.update(id(t) for t in _tensors(out) if t.dim() not in (3, 4))
+        self.alive.extend(_tensors(out))
+        if outs:
+            # a map made from vectors alone (a Linear bottleneck unflattened): every unit sees every pixel
+            g = self._rule(func, args, kwargs, ins, outs[0]) if ins else Geometry.whole(self.size, outs[0].shape[-1])
+            for t in outs:
+                self.geo[id(t)] = g
         return out
 
     def _rule(self, func, args, kwargs, ins, out) -> Geometry | None:
-        if not ins:
-            return None
         first = self.of(ins[0])
         try:
             if func in _CONV or func in _POOL:
                 return None if first is None else first.then(_step(func, args, kwargs))
+            if func in _TRANSPOSED or func in _SHUFFLE or func is F.interpolate:
+                if first is None or ins[0].shape[-2] != ins[0].shape[-1] or out.shape[-2] != out.shape[-1]:
+                    return None
+                g = first.through(_reads(func, args, kwargs, ins[0].shape[-1], out.shape[-1]))
+                return g if g.rf >= 1 else None
             if func in _ADAPTIVE:
                 h_in, h_out = ins[0].shape[-1], out.shape[-1]
                 if first is None or ins[0].shape[-2] != ins[0].shape[-1]:
@@ -148,7 +199,7 @@ def trace(model: nn.Module, size: int, channels: int = 3) -> dict[str, Traced]:
     calls: dict[str, int] = {}
     seen: dict[str, tuple] = {}
     order = [0]
-    mode = _GeometryMode()
+    mode = _GeometryMode(size)
     handles = []
 
     def hook(name):

@@ -136,6 +136,7 @@ class UnitView:
     im: str | None = None  # patch montage, same layout
     overlay: str | None = None  # k RGBA heatmap overlays side by side, each the input's size
     tile: int = 0
+    border: tuple[int, int] | None = None  # (y, x) on the map's edge where every top entry sits (``border_units``)
     entries: list[EntryView] = field(default_factory=list)
 
     @property
@@ -243,7 +244,7 @@ def index_page(layers: list[LayerView], meta: SiteMeta) -> str:
     for lay in layers:
         dead = sum(u.dead for u in lay.units)
         info = [f"{lay.channels} units", f"receptive field {lay.rf} px", f"{len(lay.rendered)} rendered",
-                f"{dead} dead"]
+                f"{dead} dead", f"{sum(bool(u.border) for u in lay.units)} border"]
         body.append(f'<section><h2><a href="{_url(lay.page)}">{_text(lay.name)}</a></h2>')
         body.append(f'<p class="meta">{_text(", ".join(info))}</p>')
         body += _tops(lay)
@@ -255,7 +256,8 @@ def layer_page(lay: LayerView, layers: list[LayerView], meta: SiteMeta) -> str:
     has_rate = any(u.rate is not None for u in lay.units)
     body = [f"<h1>{_text(lay.name)}</h1>", _meta_line(meta),
             f'<p class="meta">{_text(lay.channels)} units, receptive field {_text(lay.rf)} px, '
-            f"{len(lay.rendered)} rendered, {sum(u.dead for u in lay.units)} dead (never positive)"
+            f"{len(lay.rendered)} rendered, {sum(u.dead for u in lay.units)} dead (never positive), "
+            f"{sum(bool(u.border) for u in lay.units)} border units (every top entry at one edge position)"
             f'{"" if has_rate else "; firing rates need unit statistics, which this store does not hold"}</p>']
     body += _tops(lay)
     rate_opt = '<option value="rate">firing rate</option>' if has_rate else ""
@@ -270,6 +272,7 @@ def layer_page(lay: LayerView, layers: list[LayerView], meta: SiteMeta) -> str:
         if u.rate is not None:
             cap.append(f"fires {u.rate:.1%}")
         badge = ' <span class="badge">dead</span>' if u.dead else ""
+        badge += f' <span class="badge" title="every top entry at (y, x) = {u.border}">border</span>' if u.border else ""
         if u.page:
             img = (f'<a href="{_url(u.page)}"><img loading="lazy" src="{_url(u.pair)}" '
                    f'alt="{_text(lay.name)} unit {u.unit}"></a>')
@@ -385,6 +388,9 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
         facts.append(f"fires on {u.rate:.1%} of images")
     if u.dead:
         facts.append("dead: never positive")
+    if u.border:
+        facts.append(f"border unit: every top entry at position (y, x) = {u.border} on the map's edge, a response "
+                     "to the image border (zero padding) more than to what the images show")
     facts.append(f"heatmap level {_num(u.level)} (quantile {meta.quantile:g}; {u.level_note})")
     body = [f'<p class="nav">{"".join(nav)}</p>', f"<h1>{_text(lay.name)} · unit {u.unit}</h1>",
             f'<p class="meta">{_text("; ".join(facts))}</p>', hist_svg(u.hist, u.level)]

@@ -48,11 +48,22 @@ from ..deconv import METHODS
 from ..devices import resolve_device
 from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
-from ..store.read import Store, strongest_channels
+from ..store.read import Store, border_units, overview_channels, strongest_channels
 from . import index_html as site
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
-from .montage import enlarge, fit_height, grid, grid_shape, overview, save_png, side_by_side, tile_scale
+from .montage import (
+    display_side,
+    fit_height,
+    grid,
+    grid_shape,
+    label_rows,
+    layer_tile,
+    overview,
+    save_png,
+    side_by_side,
+    to_display,
+)
 from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
 from .normalise import CONTRASTS, display
 from .project import Renderer, load_store_network
@@ -87,13 +98,13 @@ class Options:
 
 
 # --- montages -----------------------------------------------------------------------------
-def _montage(tiles: np.ndarray, filled: np.ndarray, k: int) -> np.ndarray:
-    """k uint8 (T, T, 3) tiles in a grid, enlarged to at least MIN_TILE; empty slots stay background."""
-    r = tiles.shape[1]
-    f = tile_scale(r)
-    big = enlarge(tiles, f)
+def _montage(tiles: np.ndarray, filled: np.ndarray, k: int, min_tile: int | None = None) -> np.ndarray:
+    """k uint8 (T, T, 3) tiles in a grid, each shown at ``display_side`` (at least ``min_tile``, default
+    MIN_TILE); empty slots stay background."""
+    side = display_side(tiles.shape[1], min_tile)
+    big = to_display(tiles, side)
     rows, cols = grid_shape(k)
-    return grid([big[i] if filled[i] else None for i in range(len(tiles))], rows, cols, tile=r * f)
+    return grid([big[i] if filled[i] else None for i in range(len(tiles))], rows, cols, tile=side)
 
 
 def _pair(proj: np.ndarray, im: np.ndarray | None, heat: np.ndarray | None) -> np.ndarray:
@@ -190,7 +201,7 @@ def render_store(
     with InterruptGuard(graceful=False), Store(store_path) as store:
         plan = _plan(store, layers, feats)
         if feats is not None and layer_level:  # the overview shows the strongest maps: render them
-            plan = {n: sorted(set(cs) | set(strongest_channels(store.arrays(n), n_overview))) for n, cs in plan.items()}
+            plan = {n: sorted(set(cs) | set(_overview_units(store, n, store.arrays(n), n_overview))) for n, cs in plan.items()}
         out_dir = Path(out) if out is not None else default_out_dir(store.path)
         with render_lock(out_dir):  # one render per folder; released on exit, error and SIGTERM
             dev = resolve_device(device)
@@ -341,8 +352,15 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
     return len(chans)
 
 
+def _overview_units(store: Store, layer: str, arrays: dict, n: int) -> list[int]:
+    """The feature maps a layer's overview shows: live, not the same images again, border units last
+    (``store.read.overview_channels``)."""
+    return overview_channels(arrays, n, int(store.layer_info(layer)["out_size"]))
+
+
 def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: str, k: int, n_overview: int) -> int:
-    """Top-k across feature maps (best entry of each of the k strongest channels) and the overview."""
+    """Top-k across feature maps (best entry of each of the k strongest channels) and the overview,
+    each cell labelled with its unit (border units say so: their top images are padding responses)."""
     top = strongest_channels(arrays, k)
     r = rnd.tile(layer)
     t = np.zeros((k, 3, r, r), np.float32)
@@ -351,17 +369,24 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: 
         t[:len(top)], cr[:len(top)] = rnd.project(layer, top, arrays["kept"][top, 0], arrays["y"][top, 0],
                                                   arrays["x"][top, 0], arrays["value"][top, 0])
     filled = np.arange(k) < len(top)
-    proj, im = _montage(display(t, contrast), filled, k), _montage(cr, filled, k)
+    border = border_units(arrays, int(rnd.store.layer_info(layer)["out_size"]))
+    name = {c: f"unit {c}" + (" · border" if border[c] else "") for c in range(len(border))}
+    cols = grid_shape(k)[1]
+    min_tile = layer_tile(cols)
+    side = display_side(r, min_tile)
+    proj, im = (label_rows(_montage(x, filled, k, min_tile), [name[c] for c in top], cols, side)
+                for x in (display(t, contrast), cr))
     fs = layer_files(layer)
     save_png(proj, out / fs["feat"])
     save_png(im, out / fs["im"])
-    pairs = []
-    for c in strongest_channels(arrays, n_overview):
+    pairs, labels = [], []
+    for c in _overview_units(rnd.store, layer, arrays, n_overview):
         p = out / feature_files(layer, c)["pair"]
         if p.exists():
             with Image.open(p) as img:
                 pairs.append(np.asarray(img.convert("RGB")))
-    save_png(overview(pairs, cols=4), out / fs["overview"])
+            labels.append(name[c])
+    save_png(overview(pairs, cols=4, labels=labels), out / fs["overview"])
     return len(top)
 
 
@@ -383,9 +408,11 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
         if has_layer:
             view.feat, view.im, view.overview = lf["feat"], lf["im"], lf["overview"]
         recorded = man.get("units", {}).get(layer, {})
+        border = border_units(arrays, int(info["out_size"]))
         for c in range(int(info["channels"])):
             v = float(arrays["value"][c, 0])
             unit = site.UnitView(c, v if np.isfinite(v) else None, None if rates is None else float(rates[c]))
+            unit.border = (int(arrays["y"][c, 0]), int(arrays["x"][c, 0])) if border[c] else None
             if c in done:
                 fs = feature_files(layer, c)
                 rec = recorded.get(str(c), {})
@@ -396,7 +423,7 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
                 unit.level, unit.hist = rec.get("level"), rec.get("hist")
                 unit.level_note = LEVEL_SOURCES.get(rec.get("source", ""), "")
                 unit.feat, unit.im, unit.overlay = fs["feat"], fs["im"], fs["overlay"]
-                unit.tile = tile * tile_scale(tile)
+                unit.tile = display_side(tile)
                 for e in store.entries(layer, c, arrays):
                     unit.entries.append(site.EntryView(e.rank, e.value, e.path, tuple(int(b) for b in e.box),
                                                        kept_image_file(e.kept)))

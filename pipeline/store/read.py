@@ -69,11 +69,64 @@ class UnitSummary:
         return [int(c) for c in np.flatnonzero(self.fired == 0)]
 
 
+def live_units(arrays: dict) -> np.ndarray:
+    """(C,) bool: the unit has a filled slot with a value above 0.
+
+    A dead unit (no slot, or every kept value <= 0) keeps images by the tie rule alone
+    (smaller image id, then position (0, 0)): its "top images" say nothing about it.
+    """
+    return ((arrays["kept"] >= 0) & (arrays["value"] > 0)).any(axis=1)
+
+
+def border_units(arrays: dict, size: int) -> np.ndarray:
+    """(C,) bool: a live unit whose filled slots (two or more) all sit at one (y, x) on the edge of
+    its ``size`` x ``size`` map.
+
+    Such a unit answers to the zero padding at that border (MobileNetV2 features.14: 30 of 160
+    units have all nine at one position), not to what its images show, so its top images
+    repeat other units' and its patches are mostly padding. Maps without an interior
+    (``size`` < 3) have no border units.
+    """
+    filled = arrays["kept"] >= 0
+    y = np.where(filled, arrays["y"], arrays["y"][:, :1])  # empty slots copy the first: they do not count
+    x = np.where(filled, arrays["x"], arrays["x"][:, :1])
+    one_place = (y == y[:, :1]).all(axis=1) & (x == x[:, :1]).all(axis=1)
+    edge = np.isin(y[:, 0], (0, size - 1)) | np.isin(x[:, 0], (0, size - 1))
+    return (size >= 3) & live_units(arrays) & (filled.sum(axis=1) >= 2) & one_place & edge
+
+
 def strongest_channels(arrays: dict, n: int) -> list[int]:
-    """The ``n`` channels with the largest top value (ties: lower channel), silent ones left out."""
-    best = np.where(arrays["kept"][:, 0] >= 0, arrays["value"][:, 0], -np.inf)
+    """The ``n`` channels with the largest top value (ties: lower channel); dead ones (see
+    :func:`live_units`) left out."""
+    best = np.where(live_units(arrays), arrays["value"][:, 0], -np.inf)
     order = np.lexsort((np.arange(len(best)), -best))
     return [int(c) for c in order[:n] if best[c] > -np.inf]
+
+
+def overview_channels(arrays: dict, n: int, size: int) -> list[int]:
+    """Up to ``n`` live channels that show different things: what a layer overview shows, in pick order.
+
+    Walking the channels from the strongest, a channel is skipped when more than half of its
+    kept images are among the kept images of one channel already picked (the same pictures
+    again), and border units (:func:`border_units`, whose top images are padding responses)
+    are left for later. When fewer than ``n`` remain, border units that bring new images come
+    next, then the strongest of the rest; dead units never.
+    """
+    order = strongest_channels(arrays, len(arrays["value"]))
+    border = border_units(arrays, size)
+    images = {c: set(arrays["kept"][c][arrays["kept"][c] >= 0].tolist()) for c in order}
+    picked: list[int] = []
+
+    def new(c: int) -> bool:
+        return all(len(images[c] & images[p]) * 2 <= len(images[c]) for p in picked)
+
+    for allowed in (lambda c: not border[c] and new(c), new, lambda c: True):
+        for c in order:
+            if len(picked) == n:
+                return picked
+            if c not in picked and allowed(c):
+                picked.append(c)
+    return picked
 
 
 class Store:
@@ -217,8 +270,7 @@ class Store:
         return self.f["kept/pixels"][kept]
 
     def geometry(self, layer: str) -> Geometry:
-        info = self.layer_info(layer)
-        return Geometry(int(info["rf"]), int(info["stride"]), int(info["padding"]))
+        return Geometry.from_attrs(self.layer_info(layer))
 
     def crop(self, entry: Entry) -> np.ndarray:
         """The entry's receptive field from its image as a T x T tile (uint8, RGB).

@@ -31,7 +31,10 @@
     /switches/<pool>       (M, C, Ho, Wo) uint8 max-pool winner offset dy*kernel+dx
                            attrs kernel, stride, padding, dilation
     /layers/<name>         attrs module (qualified module path), kind, channels, rf, stride,
-                           padding, out_size
+                           padding, out_size; decoder layers also period, box_lo, box_hi
+                           (boxes repeat every period units, stride pixels on; unit
+                           q*period + r sees [q*stride + box_lo[r], q*stride + box_hi[r]):
+                           models/geometry.py)
     /layers/<name>/value   (C, k) float32, NaN where the slot is empty
     /layers/<name>/kept    (C, k) int64 row in /kept, -1 where empty
     /layers/<name>/key     (C, k) int64 image key, -1 where empty

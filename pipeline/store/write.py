@@ -60,8 +60,8 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
             for name, e in fin.layers.items():
                 li = net.layers[name]
                 g = lg.create_group(name)
-                g.attrs.update(module=li.module, kind=li.kind, channels=li.channels, rf=li.rf, stride=li.stride,
-                               padding=li.padding, out_size=li.out_size)
+                g.attrs.update(module=li.module, kind=li.kind, channels=li.channels, out_size=li.out_size,
+                               **li.geometry.attrs())
                 g.create_dataset("value", data=e.values, **CHECKED)
                 g.create_dataset("kept", data=e.kept, **CHECKED)
                 g.create_dataset("key", data=e.keys, **CHECKED)
