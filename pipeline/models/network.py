@@ -28,7 +28,7 @@ class Network:
     model: nn.Module
     weights_name: str
     weights_hash: str
-    preprocessing: Preprocessing  # what the network was trained with (size and resize: the run's)
+    preprocessing: Preprocessing  # what the network was trained with (size and resize: the run's); or a preset name
     input_size: int = 224
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> module path
     family: str = "custom"  # registry family: says what ``all`` means
@@ -37,6 +37,8 @@ class Network:
     default: list[str] | None = field(init=False)  # what ``all`` means; None: every layer
 
     def __post_init__(self) -> None:
+        if isinstance(self.preprocessing, str):  # a preset's name, as Network was built before custom preprocessing
+            self.preprocessing = Preprocessing(self.preprocessing, self.input_size)
         name_of = {p: a for a, p in self.aliases.items()}
         table: dict[str, LayerInfo] = {}
         for path, t in _trace(self.model, self.input_size, self.preprocessing.channels).items():
