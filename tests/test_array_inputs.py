@@ -240,3 +240,20 @@ def test_reopen_reads_a_stores_items_from_any_folder(digits, tmp_path, monkeypat
     assert src.read(idx[0]) == (root / "png" / "05.png").read_bytes()
     assert reopen("gone.npz", str(root), ["gone.npz#1"]) is None
     assert reopen("digits.npz", str(root), ["digits.npz#99"]) is None
+
+
+def test_one_channel_autoencoder_over_an_array_mines_renders_and_embeds(tmp_path):
+    """The issue's seed, small: a one-channel convolutional autoencoder (its own preprocessing
+    attribute) over 28 px digits in an .npz with labels: code and decoder layers mined, rendered in
+    grey, the code layer embedded by label."""
+    images, labels = tiny_models.digit_arrays(n=20, size=28, seed=1)
+    np.savez(tmp_path / "ae.npz", images=images, labels=labels)
+    out = tmp_path / "ae.h5"
+    run(run_cfg(tmp_path / "ae.npz", out, model="tiny_models:autoencoder", size=28, layer="7,14", pooled="7"))
+    r = CliRunner().invoke(app, ["render", str(out), "--layer", "14", "--features", "0", "--quiet", "--device", "cpu",
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    a = np.asarray(Image.open(tmp_path / "r" / "14_0.png").convert("RGB")).astype(int)
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+    res = embed_store(out, "7", method="pca", k=3, baseline=0, thumbnails=5, out=tmp_path / "e", write=False)
+    assert res.n == 19 and (tmp_path / "e" / "7_categories.png").exists()  # 20 items, one duplicate

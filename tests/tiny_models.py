@@ -77,3 +77,12 @@ def tensor_dataset() -> Dataset:
 
 def broken_dataset() -> Dataset:
     return Digits(fail_at=4)
+
+
+def autoencoder() -> nn.Module:
+    """The convolutional autoencoder of tests/autoencoders.py on one channel, saying so."""
+    from autoencoders import make
+
+    m = make("convT", channels=1)
+    m.preprocessing = {"channels": 1, "mean": [0.0], "std": [1.0]}
+    return m
