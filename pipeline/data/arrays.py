@@ -79,10 +79,17 @@ class Collection:
         return len(self.images)
 
     def read(self, index: int) -> bytes:
+        """Item ``index`` as PNG bytes, or :class:`Unreadable` (a Dataset item that failed, an
+        array file cut short since it was opened)."""
         item = self.images[index]
         if isinstance(item, Unreadable):
             raise item
-        return item if isinstance(item, bytes) else encode_png(np.asarray(item))
+        if isinstance(item, bytes):
+            return item
+        try:
+            return encode_png(np.asarray(item))
+        except (OSError, ValueError) as e:
+            raise Unreadable(f"unreadable: item {index} of {self.name}: {_line(e)}") from None
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
