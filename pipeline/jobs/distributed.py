@@ -58,6 +58,7 @@ import torch
 import torch.distributed as tdist
 
 from ..data import image_key
+from ..data.read import Unreadable
 from ..devices import resolve_device
 from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
@@ -175,10 +176,9 @@ class RankShare(SkipKnown):
     def owner(self, index: int) -> tuple[int, str, int]:
         path = self.source.paths[index]
         try:
-            with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+            digest = hashlib.sha256(self.source.read(index)).hexdigest()
             sha = digest
-        except OSError:
+        except Unreadable:
             digest, sha = hashlib.sha256(("unreadable:" + self.source.relpath(path)).encode()).hexdigest(), ""
         key = image_key(digest)
         return key % self.world, sha, key

@@ -63,7 +63,7 @@ def load_store_network(store: Store, weights: str | None = None) -> Network:
     a = store.attrs
     name = weights or a["weights"]
     try:
-        net = load_network(a["model"], name, store.size)
+        net = load_network(a["model"], name, store.size, Preprocessing.from_dict(a["preprocessing"]))
     except WeightsError as e:
         if weights is None and name not in ("random", "imagenet", *BUNDLED):
             raise WeightsError(f"{e}; the store was mined with the checkpoint {name}: pass --weights PATH "

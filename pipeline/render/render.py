@@ -271,12 +271,11 @@ def render_store(
 
 def _visualize(net, store: Store, layer: str, chans: list[int], out: Path, steps: int) -> None:
     """Feature visualisations of the rendered units that do not have one yet (16 units per batch)."""
-    from ..data.preprocess import Preprocessing
     from ..visualize import VisualizeConfig, visualize_units
     from ..visualize.files import write_unit_images
 
     missing = [c for c in chans if not (out / feature_files(layer, c)["vis"]).exists()]
-    prep = Preprocessing(net.preprocessing_mode, store.size)
+    prep = net.prep(store.size)
     for s in range(0, len(missing), 16):
         chunk = missing[s:s + 16]
         write_unit_images(out, layer, chunk, visualize_units(net, layer, chunk, prep, VisualizeConfig(steps=steps))
