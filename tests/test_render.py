@@ -316,12 +316,15 @@ def test_saved_arrays_equal_projections(rendered, store_path):
     np.testing.assert_array_equal(im[0:crops.shape[1] * f:f, 0:crops.shape[1] * f:f], crops[0])
 
 
-def test_layer_top9_uses_strongest_channels(rendered, store_path):
+def test_layer_top9_shows_the_overview_units_best_entries(rendered, store_path):
+    from pipeline.store.read import overview_channels
+
     with Store(store_path) as s:
-        top = s.top_entries("conv1_1", 9)
+        a = s.arrays("conv1_1")
+        units = overview_channels(a, 9, int(s.layer_info("conv1_1")["out_size"]))
         rnd = Renderer(s, load_store_network(s), "cpu")
-        tiles, _ = rnd.project("conv1_1", [e.feature for e in top], [e.kept for e in top], [e.y for e in top],
-                               [e.x for e in top], [e.value for e in top])
+        tiles, _ = rnd.project("conv1_1", units, a["kept"][units, 0], a["y"][units, 0], a["x"][units, 0],
+                               a["value"][units, 0])
     png = np.asarray(Image.open(rendered.out / layer_files("conv1_1")["feat"]))
     f = display_side(3) // 3
     d = display(tiles)

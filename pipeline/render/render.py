@@ -48,7 +48,7 @@ from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
 from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
-from ..store.read import Store, border_units, overview_channels, strongest_channels
+from ..store.read import Store, border_units, overview_channels
 from . import index_html as site
 from .crop import CROPS, image_boxes, unit_crop
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
@@ -374,10 +374,11 @@ def _overview_units(store: Store, layer: str, arrays: dict, n: int) -> list[int]
 
 
 def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Options, k: int, n_overview: int) -> int:
-    """Top-k across feature maps (best entry of each of the k strongest channels) and the overview,
-    each cell labelled with its unit (border units say so: their top images are padding responses).
-    With the effective crop each entry has its own square, all shown at one display size."""
-    top = strongest_channels(arrays, k)
+    """Top-k across feature maps (the best entry of each of the k units the overview would pick first:
+    live, strongest first, not the same images again, border units last) and the overview, each cell
+    labelled with its unit (border units say so: their top images are padding responses). With the
+    effective crop each entry has its own square, all shown at one display size."""
+    top = _overview_units(rnd.store, layer, arrays, k)
     r = rnd.tile(layer)
     t = np.zeros((k, 3, r, r), np.float32)
     cr = np.zeros((k, r, r, 3), np.uint8)
