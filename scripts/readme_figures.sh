@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Remake every picture in README.md and docs/ from the offline demo's output (run scripts/demo.sh first).
+# Each figure, the file it comes from and the command that made it:
+#   demo_conv3_3_overview.png   mine render (defaults) of HED VGG16 conv3_3 -> OUT/render/conv3_3_overview.png
+#   demo_mobilenet_features11_overview.png   the same for MobileNetV2 features.11 (OUT/render-mobilenet)
+#   demo_methods.png            scripts/figure_methods.py: deconvnet on receptive fields vs the default
+#                               (guided, effective crop) for the same HED conv3_3 units
+#   demo_methods_mobilenet.png  the same for MobileNetV2 features.11 (guided averaged over 2 x 2 shifts)
+#   demo_reconstruct_vgg16_hed.jpg / demo_reconstruct_mobilenet_v2.jpg   mine reconstruct sheets
+#   demo_occlude_conv5_3.png    mine occlude of the strongest conv5_3 unit
+#   demo_embed_mobilenet_v2.png mine embed's thumbnail map of MobileNetV2 features.18
+#   viewer_unit_page.png        headless Chromium screenshot of a unit page of OUT/render
+#   OUT=out/demo scripts/readme_figures.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out/demo}"
+PY="${VENV:-.venv}/bin/python"
+IMG=docs/img
+mkdir -p "$IMG"
+cp "$OUT/render/conv3_3_overview.png" "$IMG/demo_conv3_3_overview.png"
+cp "$OUT/render-mobilenet/features.11_overview.png" "$IMG/demo_mobilenet_features11_overview.png"
+"$PY" scripts/figure_methods.py "$OUT/demo.h5" --layer conv3_3 --out "$IMG/demo_methods.png"
+"$PY" scripts/figure_methods.py "$OUT/mobilenet.h5" --layer features.11 --out "$IMG/demo_methods_mobilenet.png"
+to_jpg() { "$PY" -c "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], quality=85)" "$1" "$2"; }
+to_jpg "$OUT/reconstruct/vgg16-hed/sheet.png" "$IMG/demo_reconstruct_vgg16_hed.jpg"
+to_jpg "$OUT/reconstruct/mobilenet_v2/sheet.png" "$IMG/demo_reconstruct_mobilenet_v2.jpg"
+cp "$(ls "$OUT"/render/occlude/conv5_3_occ_*.png | head -1)" "$IMG/demo_occlude_conv5_3.png"
+cp "$OUT/embed/features.18_map.png" "$IMG/demo_embed_mobilenet_v2.png"
+if command -v chromium >/dev/null 2>&1; then
+  page=$(ls "$OUT"/render/conv3_3_unit_*.html | head -1)
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1400 \
+    --screenshot="$IMG/viewer_unit_page.png" "file://$(pwd)/$page" >/dev/null 2>&1
+fi
+ls -la "$IMG"
