@@ -39,6 +39,7 @@ import torch
 from ..data.read import Unreadable, read_file
 from ..durable import fsync_rename
 from ..jobs.combine import CONTENT_OK, _s
+from ..jobs.faults import pause_point
 from ..store.read import Store
 
 log = logging.getLogger("pipeline")
@@ -306,11 +307,11 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     and keeps the file's mode, temp files of dead writers are removed, and SIGINT/SIGTERM end the
     command with ``Interrupted`` (exit 5), lock and temp file gone. ``write=False`` reads only:
     no lock (the store is replaced atomically, an open reader keeps its version)."""
+    import time
+
     from ..jobs.lock import StoreLock
     from ..jobs.output import remove_stale_temps, store_target, write_isolated
     from ..jobs.signals import InterruptGuard
-
-    import time
 
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
@@ -345,6 +346,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
     from ..render.scatter import pick_thumbnails, to_canvas
 
     with Store(path) as s:
+        pause_point("embed")  # tests: stop here holding the lock (a signal, a concurrent --update)
         have = s.attrs.get("pooled") or []
         if not have:
             raise ValueError(f"{path} has no pooled vectors: mine it with `mine run ... --pooled LAYER`")
