@@ -364,3 +364,25 @@ def test_embed_sigterm_exits_5_without_lock_or_temp(store, tmp_path):
     assert p.returncode == exitcodes.INTERRUPTED, err
     assert "Traceback" not in err and [x for x in err.splitlines() if x.startswith("error:")] == ["error: interrupted"]
     assert leftovers(store.parent) == [] and leftovers(tmp_path) == []
+
+
+def test_embed_on_a_full_disk_is_exit_6_and_the_store_unchanged(store, tmp_path):
+    """The coordinates are written by a forked child: HDF5 2.0 segfaults closing a file whose write
+    failed (issue 23, item 14), and that must cost the child only, never the command."""
+    import resource
+
+    before = store.read_bytes()
+    limit = len(before) + 200  # the copy fits, the coordinates do not
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "pictures"
+    out.mkdir()
+    p = spawn(["embed", store, "--method", "pca", "--baseline", "0", "--out", out], tmp_path, preexec_fn=small_disk)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == exitcodes.STORE_ERROR, err
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write {store}" in errors[0] and "the store is unchanged" in errors[0], err
+    assert "Traceback" not in err
+    assert store.read_bytes() == before and leftovers(store.parent) == []
