@@ -15,8 +15,10 @@ Each round runs, at the same time:
 * ``mine embed`` (lock, read, isolated write), SIGTERM after a random delay;
 * in this process, two threads reading one open ``Store`` (arrays, pixels, pooled vectors).
 
-Expected exit codes are 0 (finished before the signal) and 5 (interrupted); anything that
-ends by a signal (-11 SIGSEGV, -6 SIGABRT) is a reproduction. The control (``--disk-full``)
+Expected exit codes are 0 (finished before the signal), 5 (interrupted) and -15 (SIGTERM came
+during Python's start-up, before the command installed its handler: importing torch takes
+seconds on a loaded machine); anything else that ends by a signal (-11 SIGSEGV, -6 SIGABRT) is a
+reproduction. The control (``--disk-full``)
 writes a store under a small ``RLIMIT_FSIZE``: that is a known, designed crash of the
 isolated writer child (HDF5 2.0 segfaults when a failed write is closed), reported by the
 parent as exit 6, and it leaves the same kind of dmesg line.
@@ -94,8 +96,8 @@ def round_(work: Path, r: int, base: Path, rng: random.Random) -> dict[str, int]
     shutil.copy(base, emb)
     p_emb = subprocess.Popen(mine("embed", emb, "--method", "tsne", "--baseline", "4"), env=env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    t_run = threading.Thread(target=lambda: codes.__setitem__("run --force + SIGTERM", signalled(p_run, rng.uniform(2, 12))))
-    t_emb = threading.Thread(target=lambda: codes.__setitem__("embed + SIGTERM", signalled(p_emb, rng.uniform(2, 12))))
+    t_run = threading.Thread(target=lambda: codes.__setitem__("run --force + SIGTERM", signalled(p_run, rng.uniform(5, 30))))
+    t_emb = threading.Thread(target=lambda: codes.__setitem__("embed + SIGTERM", signalled(p_emb, rng.uniform(5, 30))))
     t_run.start()
     t_emb.start()
     deadline = time.monotonic() + 300
@@ -164,7 +166,7 @@ def main() -> None:
             reads += threads_on_one_store(base, 1.0)
             codes = round_(work, r, base, rng)
             print(f"round {r}: {codes}", flush=True)
-            bad += [(r, what, c) for what, c in codes.items() if c not in (0, 5)]
+            bad += [(r, what, c) for what, c in codes.items() if c not in (0, 5, -signal.SIGTERM)]
         if args.disk_full:
             c = disk_full(work, base)
             print(f"disk-full control: exit {c} (6 expected; its writer child crashes by design)")

@@ -386,3 +386,13 @@ def test_embed_on_a_full_disk_is_exit_6_and_the_store_unchanged(store, tmp_path)
     assert len(errors) == 1 and f"cannot write {store}" in errors[0] and "the store is unchanged" in errors[0], err
     assert "Traceback" not in err
     assert store.read_bytes() == before and leftovers(store.parent) == []
+
+
+def test_embed_of_a_missing_store_creates_nothing(tmp_path):
+    store = tmp_path / "no" / "such" / "s.h5"
+    one_line_error(cli.invoke(app, ["embed", str(store)]), exitcodes.STORE_ERROR, "does not exist")
+    assert not (tmp_path / "no").exists()
+    os.mkfifo(tmp_path / "f.h5")
+    one_line_error(within(20, lambda: cli.invoke(app, ["embed", str(tmp_path / "f.h5")])), exitcodes.STORE_ERROR,
+                   "is not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]

@@ -317,6 +317,8 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
         raise ValueError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
     t0 = time.perf_counter()
     target = store_target(Path(path))
+    if not target.is_file():  # before locking: a lock must not create folders next to a missing store
+        Store(target)  # raises its one-line StoreError (missing, or not a regular file)
     with InterruptGuard(graceful=False), (StoreLock(target, command="embed") if write else contextlib.nullcontext()):
         if write:
             remove_stale_temps(target)
