@@ -396,3 +396,16 @@ def test_embed_of_a_missing_store_creates_nothing(tmp_path):
     one_line_error(within(20, lambda: cli.invoke(app, ["embed", str(tmp_path / "f.h5")])), exitcodes.STORE_ERROR,
                    "is not a regular file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+
+
+def test_embed_through_a_symlink_is_locked_out_by_the_targets_lock(store, live_pid):
+    from jobs_util import write_lock
+
+    from pipeline.jobs.lock import _proc_start
+
+    link = store.parent / "latest.h5"
+    link.symlink_to(store.name)
+    write_lock(store, live_pid, proc_start=_proc_start(live_pid))  # e.g. an --update of the target
+    one_line_error(cli.invoke(app, ["embed", str(link), "--method", "pca", "--baseline", "0"]), exitcodes.LOCKED,
+                   f"pid {live_pid}")
+    assert not (store.parent / "latest.h5.lock").exists()
