@@ -98,10 +98,25 @@ def guarded(fn, *args, **kw):
         fail(str(e).strip("'\""), code)
 
 
+PREP_HELP = ("Preprocessing preset: torchvision (RGB, ImageNet mean/std) | caffe (BGR, 0..255 minus the mean pixel). "
+             "Default: the weights' own (caffe for hed), else the model's preprocessing attribute, else torchvision.")
+CHANNELS_HELP = "Input channels the network was trained with: 1 (images converted to grey) or 3 (RGB)."
+MEAN_HELP = "Mean per channel subtracted from pixels in [0, 1], e.g. 0.1307 or 0.485,0.456,0.406 (default 0)."
+STD_HELP = "Std per channel dividing pixels in [0, 1] after the mean, e.g. 0.3081 (default 1)."
+
+
+def _prep(preprocessing, channels, mean, std):
+    from .data.preprocess import options
+
+    return options(preprocessing, channels, mean, std)
+
+
 @app.command()
 def run(
     layer: Optional[str] = typer.Option(None, help="Layer(s): conv4_4 | conv4_4,conv5_2 | all | 'conv*'. Default conv4_4."),
-    images: Optional[str] = typer.Option(None, help="Folder, text file of paths, glob, or caltech/<category|number|all>."),
+    images: Optional[str] = typer.Option(None, help="Folder, text file of paths, glob, caltech/<category|number|all>, "
+                                         "an array file (.npz with images[, labels], .npy, MNIST *-images-idx3-ubyte[.gz]) "
+                                         "or package.module:factory returning a torch Dataset."),
     model: Optional[str] = typer.Option(None, help="vgg19 (default) or vgg16."),
     weights: Optional[str] = typer.Option(None, help="imagenet (default) | hed (offline VGG16) | random | PATH to a checkpoint."),
     k: Optional[int] = typer.Option(None, help="Entries kept per channel (default 9)."),
@@ -122,6 +137,10 @@ def run(
     log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to the store)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
     pooled: Optional[str] = typer.Option(None, help="Also store per image the global average and max of these layer(s) (float16, /images/pooled_<L>) for `mine embed`."),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
     """Stream images through the model and store each channel's top-k activations.
 
@@ -138,7 +157,8 @@ def run(
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
                      data_root=data_root, out=out, precision=precision, update=update, force=force or None,
                      checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log,
-                     quiet=quiet or None, pooled=pooled)
+                     quiet=quiet or None, pooled=pooled, preprocessing=preprocessing, channels=channels, mean=mean,
+                     std=std)
     stats = JobStats(command="run", store=out or update)
     loaded = {}
 
@@ -208,6 +228,10 @@ def layers(
     model: str = typer.Option("vgg19", help="Any model --model takes (see README \"Models\"), or package.module:factory."),
     size: int = typer.Option(224, help="Input size used for output sizes."),
     every: bool = typer.Option(False, "--every", help="Every module output, not only what --layer all mines."),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
     """List layers: name, module path, channels, output size, receptive field R, stride S, padding P.
 
@@ -215,7 +239,7 @@ def layers(
     """
     from .models.weights import build_network
 
-    net = guarded(build_network, model, size)
+    net = guarded(lambda: build_network(model, size, _prep(preprocessing, channels, mean, std)))
     default = set(net.default or net.layers)
     rows = [li for li in net.layers.values() if every or li.name in default]
     width = max([len(li.name) for li in rows] + [5]) + 2
@@ -253,6 +277,10 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
             typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={geo.rf} S={geo.stride_text} P={geo.padding}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
+        if "label" in s.f["images"]:
+            labels = [v.decode() if isinstance(v, bytes) else v for v in s.f["images/label"][()]]
+            typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
+                       f"categories (`mine embed` colours by them)")
         _echo_unit_stats(s, st.count("ok"))
         _echo_border_units(s)
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
@@ -352,14 +380,16 @@ def render(
     features: Optional[str] = typer.Option(None, help="Channels, e.g. 0-63,171. Default: every channel."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render next to the store)."),
     weights: Optional[str] = typer.Option(None, help="Weights (default: the store's; must match its weights hash)."),
-    method: str = typer.Option("deconvnet", help="deconvnet (Zeiler & Fergus) | guided (guided backprop) | gradient (saliency)."),
+    method: str = typer.Option("guided", help="guided (guided backprop, the default: readable on every model) | deconvnet (Zeiler & Fergus, exactly) | gradient (saliency)."),
+    crop: str = typer.Option("effective", help="effective: each tile is the square holding 90% of its feature map's projection energy (at least 32 px) | rf: the whole theoretical receptive field (Zeiler & Fergus)."),
+    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid). Default: the stride of the model's first layer for guided/gradient (MobileNetV2, ResNet: 2; VGG: 1), 1 for the deconvnet."),
     contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
                                  "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
-    show: str = typer.Option("patch", help="Beside the projections: patch (receptive field) | heatmap (the unit's "
+    show: str = typer.Option("patch", help="Beside the projections: patch (the crop of the image) | heatmap (the unit's "
                              "activation over the whole image, top-quantile region outlined) | both."),
     quantile: float = typer.Option(0.99, help="Heatmap level: the unit's activation quantile over all positions."),
     shared_scale: bool = typer.Option(False, "--shared-scale", hidden=True, help="Deprecated: --contrast shared."),
-    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,R,R) projections as .npy."),
+    save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,T,T) projections as .npy (the crop's own pixels, never resampled) and each tile's box in input pixels (_box_C.npy)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget); "
                                              "the output does not depend on it."),
@@ -393,7 +423,7 @@ def render(
     result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
                      contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
                      overview_features=overview, progress=not quiet, force=force, method=method, show=show,
-                     quantile=quantile, visualize=visualize)
+                     quantile=quantile, visualize=visualize, crop=crop, shifts=shifts)
     typer.echo(result.summary())
 
 
@@ -412,13 +442,18 @@ def visualize(
     out: Path = typer.Option(Path("visualize"), help="Output folder."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB images in [0,1] as .npy."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
     """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation, Adam)."""
     from .visualize.run import visualize_layer
 
     paths = guarded(visualize_layer, model=model, weights=weights, layer=layer, features=features,
                     objective=objective, steps=steps, size=size, seed=seed, batch_size=batch_size,
-                    device=device, out=out, save_arrays=save_arrays, progress=not quiet)
+                    device=device, out=out, save_arrays=save_arrays, progress=not quiet,
+                    preprocessing=_prep(preprocessing, channels, mean, std))
     typer.echo(f"visualised {len(paths) - 1} unit(s) of {layer} -> {paths[-1]}")
 
 
@@ -451,6 +486,10 @@ def reconstruct(
     out: Path = typer.Option(Path("reconstruct"), help="Output folder."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB projections as .npy."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
     """Project an image back to pixels from a layer: what the layer keeps of the image.
 
@@ -465,7 +504,7 @@ def reconstruct(
         fail("give --feature or --top, not both", exitcodes.BAD_ARGS)
 
     def job():
-        net = load_network(model, weights, size)
+        net = load_network(model, weights, size, _prep(preprocessing, channels, mean, std))
         return reconstruct_images(net, [str(p) for p in images], net.select(layer), out, feature=feature, top=top,
                                   method=method, resize=resize, save_arrays=save_arrays, device=resolve_device(device))
 
@@ -488,6 +527,10 @@ def occlude(
     limit: Optional[int] = typer.Option(None, help="Store: only the unit's N best images (default all k)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: occlude/, or <store>-render/occlude for a store)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
+    mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
+    std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
     """Occlusion sensitivity: slide a grey square over the image and map how much a unit (or a class) drops.
 
@@ -501,10 +544,14 @@ def occlude(
     if batch_size < 1:
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
     kw = dict(layer=layer, feature=feature, klass=klass, patch=patch, stride=stride, batch_size=batch_size)
+    prep = _prep(preprocessing, channels, mean, std)
     if len(inputs) == 1 and inputs[0].suffix.lower() in (".h5", ".hdf5"):
+        if prep:
+            fail("a store records its preprocessing: --preprocessing/--channels/--mean/--std are for image files",
+                 exitcodes.BAD_ARGS)
         res = guarded(lambda: occlude_store(inputs[0], out, weights, limit=limit, device=resolve_device(device), **kw))
     else:
-        res = guarded(lambda: occlude_images(load_network(model, weights or "imagenet", size), [str(p) for p in inputs],
+        res = guarded(lambda: occlude_images(load_network(model, weights or "imagenet", size, prep), [str(p) for p in inputs],
                                              out or Path("occlude"), resize=resize, device=resolve_device(device), **kw))
     typer.echo(res.summary())
 

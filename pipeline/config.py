@@ -2,7 +2,9 @@
 
 A config file holds the same keys as ``mine run``'s options (with dashes or
 underscores): ``layer``, ``images``, ``model``, ``weights``, ``k``, ``batch_size`` ...
-and ``quiet``. Unknown keys are an error, so a typo in a nightly config fails loudly.
+and ``quiet``; the preprocessing a model was trained with as ``channels = 1``,
+``mean = [0.1307]`` (or ``"0.1307"``), ``std = [0.3081]``, ``preprocessing = "caffe"``.
+Unknown keys are an error, so a typo in a nightly config fails loudly.
 
 Why ``check_options``: a config file (or a notebook's ``RunConfig``) can hand any TOML
 or Python value to any option; ``k = "nine"`` or ``layer = ["conv1_2", 5]`` would
@@ -16,12 +18,15 @@ import os
 import tomllib
 from pathlib import Path
 
+from .data.preprocess import parse_values
+
 _INT, _STR, _BOOL = "an integer", "a string", "true or false"
-INTEGERS = {"k": 1, "batch_size": 1, "workers": 0, "size": 1, "limit": 1}  # key -> smallest value
-STRINGS = ("images", "model", "weights", "device", "resize", "precision")
+INTEGERS = {"k": 1, "batch_size": 1, "workers": 0, "size": 1, "limit": 1, "channels": 1}  # key -> smallest value
+STRINGS = ("images", "model", "weights", "device", "resize", "precision", "preprocessing")
 PATHS = ("data_root", "out", "update", "log")  # a str or a pathlib.Path
 BOOLEANS = ("force", "discard_checkpoint", "channels_last", "progress", "quiet")
-OPTIONAL = ("limit", "data_root", "out", "update", "log")  # None = not given
+NUMBERS = ("mean", "std")  # a number, a list of numbers, or "0.485,0.456,0.406"
+OPTIONAL = ("limit", "data_root", "out", "update", "log", "preprocessing", "channels", "mean", "std")  # None = not given
 
 
 def _is_int(v) -> bool:
@@ -47,6 +52,8 @@ def check_options(values: dict) -> None:
         elif key == "layer" and not (isinstance(v, str) or (isinstance(v, list) and v
                                                              and all(isinstance(x, str) for x in v))):
             raise ValueError(f"layer must be a string or a list of strings such as \"conv4_4\" (got {v!r})")
+        elif key in NUMBERS:
+            parse_values(v, key)
         elif key == "checkpoint_every" and not (isinstance(v, str) or _is_int(v)):
             raise ValueError(f"checkpoint_every must be a number of batches or a time such as \"5m\" (got {v!r})")
 

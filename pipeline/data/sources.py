@@ -22,6 +22,9 @@ Accepted specs (checked in this order):
 * any other existing file: that single image.
 * a glob pattern (contains ``*``, ``?`` or ``[``; ``**`` recurses): matching image files.
   Root = the pattern's leading folders that contain no wildcard.
+* an array file (``.npz``, ``.npy``, MNIST ``*-images-idx3-ubyte[.gz]``) or, when no such file
+  or folder exists, ``package.module:factory`` returning a torch Dataset: each item is one image
+  named ``<file>#<index>`` (see ``data.arrays``). Root = the file's folder (``/`` for a Dataset).
 
 Files named explicitly (in a list, or as the spec) are kept even when their extension is not
 an image's or when they have gone missing: the user asked for them, so the run records them as
@@ -39,6 +42,7 @@ Every failure raises :class:`SourceError` with one line that says what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import glob
 import os
@@ -46,6 +50,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from .arrays import Collection, item_names, open_collection
+from .errors import SourceError
+from .read import Unreadable, read_file
 
 __all__ = [
     "CALTECH_DIRNAME",
@@ -57,6 +65,7 @@ __all__ = [
     "caltech_categories",
     "find_caltech_root",
     "printable",
+    "reopen",
     "resolve_images",
     "undecodable",
 ]
@@ -71,24 +80,41 @@ _CATEGORY_DIR = re.compile(r"^(\d+)\.(.+)$")
 _FETCH_HINT = "python scripts/fetch_caltech256.py"
 
 
-class SourceError(Exception):
-    """The image spec cannot be resolved; the message is one line meant for the user."""
-
-
 @dataclass(frozen=True)
 class ImageSource:
     """A resolved, ordered image collection.
 
     ``paths`` are absolute and sorted by :meth:`relpath`; position ``i`` in ``paths`` is the
-    image's index for this run.
+    image's index for this run. For a :class:`~pipeline.data.arrays.Collection` (an array file
+    or a Dataset) the paths are ``root/<name>#<i>`` in index order, names only: :meth:`read`
+    takes the item from the collection.
     """
 
     spec: str
     root: Path
     paths: tuple[Path, ...]
+    collection: Collection | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def read(self, index: int) -> bytes:
+        """The bytes of image ``index`` (see ``data.read``); :class:`Unreadable` says why not."""
+        if self.collection is not None:
+            return self.collection.read(index)
+        path = self.paths[index]
+        if undecodable(path):
+            raise Unreadable("bad file name: not valid UTF-8")
+        return read_file(path)
+
+    def label(self, index: int) -> str | None:
+        """The collection's label of image ``index`` (None: the source has no labels)."""
+        labels = self.collection.labels if self.collection is not None else None
+        return labels[index] if labels is not None else None
+
+    def head(self, n: int) -> "ImageSource":
+        """The first ``n`` images (``--limit``)."""
+        return dataclasses.replace(self, paths=self.paths[:n])
 
     def relpath(self, p: str | os.PathLike[str]) -> str:
         """Path of ``p`` relative to :attr:`root`, with ``/`` separators (stored as "path")."""
@@ -129,6 +155,10 @@ def resolve_images(spec: str, data_root: str | Path | None = None) -> ImageSourc
         raise SourceError("empty image spec: give a folder, a list file, a glob or caltech/<category>")
     if text.lower().startswith(_CALTECH_PREFIXES):
         return _resolve_caltech(spec, text.split("/", 1)[1], data_root)
+    collection = open_collection(text)
+    if collection is not None:
+        return ImageSource(spec, collection.root, tuple(collection.root / n for n in
+                                                        item_names(collection.name, len(collection))), collection)
 
     path = Path(os.path.expanduser(text))
     if path.is_dir():
@@ -143,6 +173,29 @@ def resolve_images(spec: str, data_root: str | Path | None = None) -> ImageSourc
     if _GLOB_CHARS.search(text):
         return _resolve_glob(spec, os.path.expanduser(text))
     raise SourceError(f"no such file or folder: {text}{_caltech_typo_hint(text)}")
+
+
+def reopen(spec: str, root: str | Path, names: list[str]) -> tuple[ImageSource, list[int]] | None:
+    """The images a store names again, for reading (``mine embed``'s baseline and thumbnails):
+    ``(source, indices)`` with ``source.read(indices[j])`` the bytes of ``names[j]`` (relative to
+    ``root``), or None when they are no longer all there."""
+    root = Path(root)
+    paths = [root / n for n in names]
+    if all(p.is_file() for p in paths):
+        return ImageSource(spec, root, tuple(paths)), list(range(len(paths)))
+    heads = {n.rpartition("#")[0] for n in names}
+    if len(heads) != 1 or not all(n.rpartition("#")[2].isdigit() for n in names):
+        return None
+    head = heads.pop()
+    try:  # an array file beside the others, else a Dataset factory (its name is the spec)
+        collection = (open_collection(str(root / head)) if (root / head).is_file()
+                      else open_collection(head) if head == spec.strip() else None)
+    except SourceError:
+        return None
+    indices = [int(n.rpartition("#")[2]) for n in names]
+    if collection is None or max(indices) >= len(collection):
+        return None
+    return ImageSource(spec, root, tuple(paths), collection), indices
 
 
 # --- folders --------------------------------------------------------------------------------

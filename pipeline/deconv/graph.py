@@ -9,6 +9,14 @@ not interact (eval mode), so the gradient of the sum is each entry's projection.
 
 This is the general path: chains of Conv2d/ReLU/MaxPool2d use the windowed walker of
 :mod:`.project`, which needs no forward pass and is tested equal to this one.
+
+Shift averaging (``shifts`` = s > 1). A strided first layer (MobileNetV2's and ResNet's stride-2
+stems, AlexNet's stride 4) leaves a period-s grid in any backward pass to the pixels (Odena et al.
+2016), locked to the network's sampling grid, not to the image. Projecting the same entry on the
+image moved by each of the s x s one-pixel offsets and moving each projection back before
+averaging keeps what is tied to the image and cancels what is tied to the grid (its period-s
+components sum to zero over a full period of phases). The unit is the same (channel, y, x) on
+each moved copy; s x s forward and backward passes per entry.
 """
 from __future__ import annotations
 
@@ -20,14 +28,40 @@ from .rules import rectifier_rules
 
 
 def project_graph(net: Network, layer: str, x: torch.Tensor, channel: torch.Tensor, y: torch.Tensor,
-                  xx: torch.Tensor, value: torch.Tensor, method: str = "deconvnet") -> torch.Tensor:
-    """Full-size projections (B, 3, H, W) of B entries of ``layer``; ``x`` the normalised inputs (B, 3, H, W)."""
+                  xx: torch.Tensor, value: torch.Tensor, method: str = "deconvnet", shifts: int = 1) -> torch.Tensor:
+    """Full-size projections (B, 3, H, W) of B entries of ``layer``; ``x`` the normalised inputs (B, 3, H, W).
+
+    ``shifts`` > 1: the mean over the ``shifts`` x ``shifts`` one-pixel moves of the image (module doc).
+    """
     def one_entry(out: torch.Tensor) -> torch.Tensor:
         seed = torch.zeros_like(out)
         seed[torch.arange(len(x), device=x.device), channel, y, xx] = value.to(out.dtype)
         return seed
 
-    return backproject(net, layer, x, one_entry, method)
+    if shifts <= 1:
+        return backproject(net, layer, x, one_entry, method)
+    total = None
+    for dy in range(shifts):
+        for dx in range(shifts):
+            g = move(backproject(net, layer, move(x, dy, dx, edge=True), one_entry, method), -dy, -dx)
+            total = g if total is None else total + g
+    return total / (shifts * shifts)
+
+
+def move(x: torch.Tensor, dy: int, dx: int, edge: bool = False) -> torch.Tensor:
+    """``out[..., i, j] = x[..., i + dy, j + dx]``: the picture moved up-left by (dy, dx) pixels.
+
+    What comes in at the border repeats the edge pixel (``edge``: an image, no black band for the
+    network to respond to) or is zero (a projection moved back: nothing was projected there).
+    """
+    h, w = x.shape[-2:]
+    iy = torch.arange(h, device=x.device) + dy
+    ix = torch.arange(w, device=x.device) + dx
+    out = x.index_select(-2, iy.clamp(0, h - 1)).index_select(-1, ix.clamp(0, w - 1))
+    if not edge:
+        keep = ((iy >= 0) & (iy < h))[:, None] & ((ix >= 0) & (ix < w))[None, :]
+        out = out * keep.to(out.dtype)
+    return out
 
 
 def backproject(net: Network, layer: str, x: torch.Tensor, seed_of, method: str = "deconvnet") -> torch.Tensor:

@@ -48,6 +48,7 @@ from .unitstats import union_stats
 CONTENT_OK = ("ok", "duplicate")
 POOLED = "pooled_"  # /images/pooled_<layer>: (N, 2, C) float16 per image, see mining.pooled
 COLUMNS = ("path", "sha256", "key", "status", "width", "height")
+LABEL = "label"  # optional column: an array/Dataset source's labels
 
 
 def _s(v) -> str:
@@ -87,7 +88,7 @@ def config_of_run(net: Network, prep: Preprocessing, k: int, layers: list[str], 
                   pooled: list[str] = ()) -> dict:
     """The identity of a run's results (``pooled`` only when given, so older ids stay valid)."""
     return {"model": net.arch, "weights_hash": net.weights_hash,
-            "preprocessing": {"mode": prep.mode, "size": prep.size, "resize": prep.resize},
+            "preprocessing": prep.to_dict(),
             "k": int(k), "layers": sorted(layers), "precision": precision,
             **({"pooled": sorted(pooled)} if pooled else {})}
 
@@ -123,7 +124,7 @@ def part_from_store(store, layers: list[str]) -> Part:
     """A finished store as a part; its kept pixels serve finalize (no source files needed)."""
     images = store.images()
     table = {c: (np.array([_s(v) for v in images[c]], dtype=object) if images[c].dtype.kind in "OSU"
-                 else images[c]) for c in COLUMNS}
+                 else images[c]) for c in (*COLUMNS, LABEL) if c in images}
     kept_row = {int(k): i for i, k in enumerate(store.kept_keys())}
 
     def record_of(key: int) -> dict:
@@ -182,9 +183,11 @@ def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
         for j in range(len(t["path"])):
             ident = (_reroot(_s(t["path"][j]), part.root, common), int(t["key"][j]))
             if ident not in rows:
-                rows[ident] = (_s(t["sha256"][j]), _s(t["status"][j]), int(t["width"][j]), int(t["height"][j]))
-    table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h)
-                          for (path, key), (sha, st, w, h) in sorted(rows.items())])
+                label = _s(t[LABEL][j]) if LABEL in t else None
+                rows[ident] = (_s(t["sha256"][j]), _s(t["status"][j]), int(t["width"][j]), int(t["height"][j]),
+                               label or None)
+    table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h, label)
+                          for (path, key), (sha, st, w, h, label) in sorted(rows.items())])
     return common, table
 
 

@@ -58,8 +58,7 @@ import torch
 import torch.distributed as tdist
 
 from ..data import image_key
-from ..data.read import Unreadable, read_file
-from ..data.sources import undecodable
+from ..data.read import Unreadable
 from ..devices import resolve_device
 from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
@@ -176,11 +175,8 @@ class RankShare(SkipKnown):
 
     def owner(self, index: int) -> tuple[int, str, int]:
         path = self.source.paths[index]
-        try:  # the one reader of image files (regular files only, size cap, no blocking open), and the
-            # same rule as ImageDataset for names, so the owner is decided by the key its record gets
-            if undecodable(path):
-                raise Unreadable("bad file name")
-            digest = hashlib.sha256(read_file(path)).hexdigest()
+        try:
+            digest = hashlib.sha256(self.source.read(index)).hexdigest()
             sha = digest
         except Unreadable:
             digest, sha = hashlib.sha256(("unreadable:" + self.source.relpath(path)).encode()).hexdigest(), ""

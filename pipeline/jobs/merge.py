@@ -82,14 +82,15 @@ def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None 
             for s in stores[1:]:
                 check_compatible(ref_cfg, str(ref.path), config_of_store(s.attrs), str(s.path))
             a = ref.attrs
-            net = load_network(a["model"], weights or a["weights"], int(a["input_size"]))
+            net = load_network(a["model"], weights or a["weights"], int(a["input_size"]),
+                               Preprocessing.from_dict(a["preprocessing"]))
             if net.weights_hash != a["weights_hash"]:
                 raise WeightsError(
                     f"weights {weights or a['weights']!r} (hash {net.weights_hash[:12]}) are not the ones the stores "
                     f"were mined with (hash {a['weights_hash'][:12]}); pass --weights with the original file")
             layers = list(a["layers"])
             pp = a["preprocessing"]
-            prep = Preprocessing(pp["mode"], int(pp["size"]), pp["resize"])
+            prep = Preprocessing.from_dict(pp)
             if config_of_run(net, prep, ref.k, layers, a.get("precision", "fp32"), a.get("pooled") or []) != ref_cfg:
                 raise WeightsError(f"the network rebuilt from {ref.path} does not match its attributes")
             net.to(dev)

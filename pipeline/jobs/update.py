@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, image_key
-from ..data.read import Unreadable, read_file
-from ..data.sources import undecodable
+from ..data.read import Unreadable
 from .combine import CONTENT_OK, _s
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
@@ -43,13 +42,10 @@ class SkipKnown(ImageDataset):
     def __getitem__(self, i: int) -> dict:
         if self.known:
             index = self.indices[i]
-            path = self.source.paths[index]
             try:
-                if undecodable(path):
-                    return super().__getitem__(i)  # records the bad name as usual
-                digest = hashlib.sha256(read_file(path)).hexdigest()
+                digest = hashlib.sha256(self.source.read(index)).hexdigest()
             except Unreadable:
-                return super().__getitem__(i)  # records the unreadable file as usual
+                return super().__getitem__(i)  # records the unreadable file (or bad name) as usual
             key = image_key(digest)
             if key in self.known:
                 s = self.prep.size

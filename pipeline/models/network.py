@@ -7,12 +7,14 @@ never to module indices directly.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ..data.preprocess import Preprocessing
 from .layers import LayerInfo, select_layers
 from .registry import default_layers
 from .trace import trace
@@ -26,7 +28,7 @@ class Network:
     model: nn.Module
     weights_name: str
     weights_hash: str
-    preprocessing_mode: str  # "torchvision" or "caffe"
+    preprocessing: Preprocessing  # what the network was trained with (size and resize: the run's); or a preset name
     input_size: int = 224
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> module path
     family: str = "custom"  # registry family: says what ``all`` means
@@ -35,9 +37,11 @@ class Network:
     default: list[str] | None = field(init=False)  # what ``all`` means; None: every layer
 
     def __post_init__(self) -> None:
+        if isinstance(self.preprocessing, str):  # a preset's name, as Network was built before custom preprocessing
+            self.preprocessing = Preprocessing(self.preprocessing, self.input_size)
         name_of = {p: a for a, p in self.aliases.items()}
         table: dict[str, LayerInfo] = {}
-        for path, t in trace(self.model, self.input_size).items():
+        for path, t in _trace(self.model, self.input_size, self.preprocessing.channels).items():
             mod = self.model.get_submodule(path)
             kind = ("pool" if isinstance(mod, nn.MaxPool2d) else
                     "conv" if path in name_of and name_of[path].startswith("conv") else t.kind)
@@ -45,6 +49,16 @@ class Network:
             table[name] = LayerInfo(name, path, kind, t.channels, t.geometry, t.out_size, t.order)
         self.layers = table
         self.default = default_layers(self.family, list(table), {n: li.module for n, li in table.items()})
+
+    @property
+    def preprocessing_mode(self) -> str:
+        """``"torchvision"``, ``"caffe"`` or ``"custom"`` (see :attr:`preprocessing`)."""
+        return self.preprocessing.mode
+
+    def prep(self, size: int | None = None, resize: str | None = None) -> Preprocessing:
+        """The network's preprocessing at ``size`` (default its input size) with ``resize``."""
+        return dataclasses.replace(self.preprocessing, size=size or self.input_size,
+                                   resize=resize or self.preprocessing.resize)
 
     def select(self, spec: str | list[str]) -> list[str]:
         """Layer names for ``conv4_4,layer3.1`` / ``all`` / globs, in network order."""
@@ -83,6 +97,20 @@ class Network:
         for p in self.model.parameters():
             return p.device
         return torch.device("cpu")
+
+
+def _trace(model: nn.Module, size: int, channels: int) -> dict:
+    """``trace`` with an error that says what does not fit: the channels, else the size."""
+    try:
+        return trace(model, size, channels)
+    except ValueError as e:
+        first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first[1].in_channels != channels:
+            want = first[1].in_channels
+            raise ValueError(f"this network takes {want}-channel input (its first convolution {first[0]} has "
+                             f"in_channels={want}) but the preprocessing gives {channels} channel(s): pass "
+                             f"--channels {want}, or set model.preprocessing in the model's factory") from None
+        raise ValueError(f"{e} (for smaller inputs use a larger --size)") from None
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:

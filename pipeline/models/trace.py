@@ -194,7 +194,7 @@ class _GeometryMode(TorchFunctionMode):
             return None
 
 
-def trace(model: nn.Module, size: int) -> dict[str, Traced]:
+def trace(model: nn.Module, size: int, channels: int = 3) -> dict[str, Traced]:
     """Qualified module path -> Traced, for every module whose output is a layer (see module doc)."""
     calls: dict[str, int] = {}
     seen: dict[str, tuple] = {}
@@ -215,7 +215,7 @@ def trace(model: nn.Module, size: int) -> dict[str, Traced]:
             handles.append(m.register_forward_hook(hook(name)))
     meta = {k: torch.empty_like(v, device="meta")
             for k, v in [*model.named_parameters(), *model.named_buffers()]}
-    x = torch.empty(1, 3, size, size, device="meta")
+    x = torch.empty(1, channels, size, size, device="meta")
     try:
         with torch.no_grad(), mode:
             mode.geo[id(x)] = Geometry()

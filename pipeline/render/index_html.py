@@ -174,6 +174,7 @@ class SiteMeta:
     quantile: float = 0.99
     images_root: str = ""
     grid: tuple[int, int] = (3, 3)  # rows x cols of the unit montages
+    crop: str = "rf"  # "effective": tiles and boxes are the square holding 90% of the projection's energy
 
 
 def _url(name: str) -> str:
@@ -404,6 +405,9 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
     rows, cols = meta.grid
     t = u.tile
     mw, mh = cols * t + (cols - 1) * GAP, rows * t + (rows - 1) * GAP
+    effective = meta.crop == "effective"
+    patch = "patch where the unit looks (90% of the projection's energy)" if effective else "receptive-field patch"
+    box = "crop box" if effective else "box"
     for e in u.entries:
         src = f"{meta.images_root.rstrip('/')}/{e.path}" if meta.images_root and not e.path.startswith("/") else e.path
         r, c = divmod(e.rank, cols)
@@ -413,13 +417,13 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
             f'<div class="entry" id="rank-{e.rank}">'
             f"<figure>{_crop(u.feat, (mw, mh), tile, t, 224, f'projection, rank {e.rank}')}"
             f'<figcaption class="label">projection ({_text(meta.method)})</figcaption></figure>'
-            f"<figure>{_crop(u.im, (mw, mh), tile, t, 224, f'receptive-field patch, rank {e.rank}')}"
-            '<figcaption class="label">receptive-field patch</figcaption></figure>'
+            f"<figure>{_crop(u.im, (mw, mh), tile, t, 224, f'{patch}, rank {e.rank}')}"
+            f'<figcaption class="label">{patch}</figcaption></figure>'
             f'<figure><div class="heat"><img src="{_url(e.image)}" alt="image, rank {e.rank}">'
             f"{_crop(u.overlay, (k * meta.size, meta.size), (e.rank * meta.size, 0), meta.size, 256, 'heatmap')}"
             '</div><figcaption class="label">heatmap: region above the level outlined, box in blue</figcaption>'
             f"</figure><dl><dt>rank</dt><dd>{e.rank}</dd><dt>value</dt><dd>{_text(f'{e.value:.6g}')}</dd>"
-            f"<dt>box</dt><dd>{_text(list(e.box))} (top, left, bottom, right)</dd>"
+            f"<dt>{box}</dt><dd>{_text(list(e.box))} (top, left, bottom, right)</dd>"
             f'<dt>image</dt><dd title="{_text(src)}">{_text(e.path)}</dd></dl></div>')
     return _page(f"{lay.name} unit {u.unit} · {meta.title}", body, layers, meta, lay.name,
                  prev.page if prev else None, nxt.page if nxt else None)

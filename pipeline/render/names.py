@@ -15,7 +15,8 @@ def safe_name(layer: str) -> str:
 def feature_files(layer: str, c: int) -> dict[str, str]:
     n = safe_name(layer)
     return {"feat": f"{n}_feat_{c}.png", "im": f"{n}_im_{c}.png", "heat": f"{n}_heat_{c}.png", "pair": f"{n}_{c}.png",
-            "array": f"{n}_feat_{c}.npy", "page": f"{n}_unit_{c}.html", "overlay": f"units/{n}_{c}_heat.png",
+            "array": f"{n}_feat_{c}.npy",
+            "box_array": f"{n}_box_{c}.npy", "page": f"{n}_unit_{c}.html", "overlay": f"units/{n}_{c}_heat.png",
             "occlusion": f"occlude/{n}_occ_{c}.png", "vis": f"{n}_vis_{c}.png", "vis_array": f"{n}_vis_{c}.npy"}
 
 

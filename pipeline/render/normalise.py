@@ -31,9 +31,11 @@ ROBUST_PERCENTILE = 99.0
 
 
 def to_rgb(tiles: np.ndarray, prep: Preprocessing | str) -> np.ndarray:
-    """(N, 3, R, R) in the network's channel order -> the same in RGB order."""
-    mode = prep if isinstance(prep, str) else prep.mode
-    order = channel_order(Preprocessing(mode))
+    """(N, 3, R, R) in the network's channel order -> the same in RGB order; a one-channel
+    network's (N, 1, R, R) -> grey (N, 3, R, R), the channel repeated."""
+    if tiles.shape[1] == 1:
+        return np.ascontiguousarray(np.repeat(tiles, 3, axis=1))
+    order = channel_order(prep)
     if tiles.shape[1] != 3:
         raise ValueError(f"expected 3 colour channels, got {tiles.shape[1]}")
     return np.ascontiguousarray(tiles[:, ::-1]) if order == "BGR" else tiles

@@ -39,6 +39,17 @@ CACHE_BYTES = 1 << 30  # switches/pixels of all kept images are held in memory b
 BATCH_BYTES = 1 << 30  # target peak memory of one projection batch
 MAX_BATCH = 256
 MAPS_BATCH = 16  # images per forward pass of Renderer.maps
+MAX_SHIFTS = 4  # shift averaging costs shifts**2 passes per entry
+
+
+def auto_shifts(net: Network, method: str) -> int:
+    """Shift averaging by default (``deconv.graph``): the stride of the network's first layer for
+    guided and gradient projections (a stride-2 stem's grid cancels), none for the deconvnet, which
+    stays exactly Zeiler & Fergus's."""
+    if method == "deconvnet":
+        return 1
+    first = min(net.layers.values(), key=lambda li: li.order).geometry
+    return max(1, min(MAX_SHIFTS, first.stride)) if first.period == 1 else 1
 
 
 def _pair(a) -> np.ndarray:
@@ -52,7 +63,7 @@ def load_store_network(store: Store, weights: str | None = None) -> Network:
     a = store.attrs
     name = weights or a["weights"]
     try:
-        net = load_network(a["model"], name, store.size)
+        net = load_network(a["model"], name, store.size, Preprocessing.from_dict(a["preprocessing"]))
     except WeightsError as e:
         if weights is None and name not in ("random", "imagenet", *BUNDLED):
             raise WeightsError(f"{e}; the store was mined with the checkpoint {name}: pass --weights PATH "
@@ -105,10 +116,14 @@ class Renderer:
     """Projects and crops entries of a store with its network (see :func:`load_store_network`)."""
 
     def __init__(self, store: Store, net: Network, device: torch.device | str = "cpu",
-                 batch_size: int | None = None, cache_bytes: int = CACHE_BYTES, method: str = "deconvnet") -> None:
+                 batch_size: int | None = None, cache_bytes: int = CACHE_BYTES, method: str = "deconvnet",
+                 shifts: int | None = 1) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
         self.store, self.net, self.method = store, net, method
+        self.shifts = auto_shifts(net, method) if shifts is None else int(shifts)
+        if not 1 <= self.shifts <= MAX_SHIFTS:
+            raise ValueError(f"--shifts must be between 1 and {MAX_SHIFTS}, got {self.shifts}")
         self.device = torch.device(device)
         net.to(self.device)
         self.size = store.size
@@ -136,7 +151,8 @@ class Renderer:
 
     def windowed(self, layer: str) -> int | None:
         """Chain index of the layer when the windowed deconvnet applies, else None."""
-        return self.net.chain_index(layer) if self.method == "deconvnet" and self.chain is not None else None
+        plain = self.method == "deconvnet" and self.shifts == 1
+        return self.net.chain_index(layer) if plain and self.chain is not None else None
 
     def _switch_rows(self, pool: str, layer: str) -> _Rows:
         if pool not in self._switches:
@@ -209,7 +225,8 @@ class Renderer:
         else:
             pix, pidx = self._pixel_rows().get(kept)
             inputs = normalize(torch.from_numpy(np.ascontiguousarray(pix[pidx])).to(dev), self.prep)
-            full = project_graph(self.net, layer, inputs, as_t(channel), as_t(y), as_t(x), as_t(value), self.method)
+            full = project_graph(self.net, layer, inputs, as_t(channel), as_t(y), as_t(x), as_t(value), self.method,
+                                 self.shifts)
             with torch.inference_mode():
                 z = shift_crop(full, as_t(oy), as_t(ox), t)
         return z.float().cpu().numpy()

@@ -37,19 +37,20 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..deconv import METHODS
+from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
 from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
 from ..store.read import Store, border_units, overview_channels, strongest_channels
 from . import index_html as site
+from .crop import CROPS, image_boxes, unit_crop
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .montage import (
@@ -80,15 +81,17 @@ class Options:
     """What decides the pixels of a render (recorded per feature map and per layer in the manifest:
     a map made with other options is re-rendered)."""
 
-    method: str = "deconvnet"
+    method: str = DEFAULT_METHOD
     contrast: str = "robust"
     show: str = "patch"
     quantile: float = DEFAULT_QUANTILE
     overview: int = 16
+    crop: str = "effective"
+    shifts: int | None = None  # shift averaging (``deconv.graph``); None until the model resolves "auto"
 
     def check(self) -> None:
         for name, val, allowed in (("method", self.method, METHODS), ("contrast", self.contrast, CONTRASTS),
-                                   ("show", self.show, SHOWS)):
+                                   ("show", self.show, SHOWS), ("crop", self.crop, CROPS)):
             if val not in allowed:
                 raise ValueError(f"unknown {name} {val!r}; use one of: {', '.join(allowed)}")
         if not 0 < self.quantile < 1:
@@ -164,11 +167,13 @@ def render_store(
     overview_features: int | None = None,
     progress: bool = True,
     force: bool = False,
-    method: str = "deconvnet",
+    method: str = DEFAULT_METHOD,
     show: str = "patch",
     quantile: float = DEFAULT_QUANTILE,
     shared_scale: bool | None = None,
     visualize: int = 0,
+    crop: str = "effective",
+    shifts: int | None = None,
 ) -> RenderResult:
     """Render a store: every channel of every layer by default, or the selected ones.
 
@@ -182,7 +187,9 @@ def render_store(
     manifest records per map) unless ``force``. The folder is locked while rendering
     (``LockedError`` if another live render holds it; released on errors and SIGTERM, which
     raises ``Interrupted``). The files do not depend on ``batch_size`` (see ``project``). ``method``:
-    deconvnet (default), guided or gradient (see ``deconv.rules``); ``contrast``: robust
+    guided (default), deconvnet or gradient (see ``deconv.rules``); ``shifts``: shift averaging (see
+    ``deconv.graph``; None: ``project.auto_shifts``); ``crop``: effective (default) or rf (see
+    ``crop``); ``contrast``: robust
     (default), max or shared (see ``normalise``); ``show``: what goes beside the projections,
     patch (default), heatmap or both, with the heatmap level at the unit's ``quantile`` (see
     ``heatmap``). ``shared_scale=True`` is the deprecated spelling of ``contrast="shared"``.
@@ -195,7 +202,7 @@ def render_store(
         warnings.warn("shared_scale is deprecated; use contrast='shared'", DeprecationWarning, stacklevel=2)
         contrast = "shared"
     n_overview = 16 if overview_features is None else overview_features
-    opts = Options(method, contrast, show, float(quantile), int(n_overview))
+    opts = Options(method, contrast, show, float(quantile), int(n_overview), crop)
     opts.check()
     layer_level = feats is None or bool(overview_features)
     with InterruptGuard(graceful=False), Store(store_path) as store:
@@ -206,7 +213,8 @@ def render_store(
         with render_lock(out_dir):  # one render per folder; released on exit, error and SIGTERM
             dev = resolve_device(device)
             net = load_store_network(store, weights)
-            rnd = Renderer(store, net, dev, batch_size, method=method)
+            rnd = Renderer(store, net, dev, batch_size, method=method, shifts=shifts)
+            opts = replace(opts, shifts=rnd.shifts)  # what "auto" chose for this model is what the files show
             key = store_key(store)
             optd = asdict(opts)
             man = load_manifest(out_dir, key, optd)
@@ -251,7 +259,7 @@ def render_store(
                     if visualize:
                         _visualize(net, store, layer, plan[layer], out_dir, visualize)
                     if layer in todo_layers:
-                        res.projections += _render_layer(rnd, layer, arrays, out_dir, opts.contrast, k, n_overview)
+                        res.projections += _render_layer(rnd, layer, arrays, out_dir, opts, k, n_overview)
                         man["layers"][layer] = {"options": optd}
                         save_manifest(out_dir, man)
                         bar.update(1)
@@ -263,12 +271,11 @@ def render_store(
 
 def _visualize(net, store: Store, layer: str, chans: list[int], out: Path, steps: int) -> None:
     """Feature visualisations of the rendered units that do not have one yet (16 units per batch)."""
-    from ..data.preprocess import Preprocessing
     from ..visualize import VisualizeConfig, visualize_units
     from ..visualize.files import write_unit_images
 
     missing = [c for c in chans if not (out / feature_files(layer, c)["vis"]).exists()]
-    prep = Preprocessing(net.preprocessing_mode, store.size)
+    prep = net.prep(store.size)
     for s in range(0, len(missing), 16):
         chunk = missing[s:s + 16]
         write_unit_images(out, layer, chunk, visualize_units(net, layer, chunk, prep, VisualizeConfig(steps=steps))
@@ -311,6 +318,7 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
             Image.fromarray(pixels[np.nonzero(rows == m)[0][0]]).save(f, quality=92)
     (out / "units").mkdir(exist_ok=True)
     r = crops.shape[1]
+    geo = rnd.net.layers[layer].geometry
     for j, c in enumerate(chunk):
         sel = np.nonzero(c_idx == j)[0]
         ranks = r_idx[sel]
@@ -320,12 +328,15 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         cr = np.zeros((k, r, r, 3), np.uint8)
         heat = np.zeros((k, size, size, 3), np.uint8)
         t[ranks], cr[ranks] = tiles[sel], crops[sel]
+        filled = kept[j] >= 0
+        t, cr, side, corners = unit_crop(t, cr, filled, opts.crop, size)
+        oy, ox = geo.tile_origin(arrays["y"][c], arrays["x"][c], size)
+        boxes = image_boxes(oy + corners[:, 0], ox + corners[:, 1], side, size, filled)
         strip = np.zeros((size, k * size, 4), np.uint8)  # the unit page's overlays, rank by rank
         for i, rank in zip(sel, ranks):
-            ov = overlay(maps[i], level, size, arrays["box"][c, rank])
+            ov = overlay(maps[i], level, size, boxes[rank])
             heat[rank] = composite(pixels[i], ov)
             strip[:, rank * size:(rank + 1) * size] = ov
-        filled = kept[j] >= 0
         proj = _montage(display(t, opts.contrast), filled, k)
         im = _montage(cr, filled, k)
         hm = _montage(heat, filled, k) if opts.show != "patch" else None
@@ -339,16 +350,19 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
             (out / fs["heat"]).unlink(missing_ok=True)
         save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
-            tmp = out / f".{fs['array']}.tmp-{os.getpid()}.npy"
-            np.save(tmp, t)
-            os.replace(tmp, out / fs["array"])
+            for name, a in (("array", t), ("box_array", boxes)):
+                tmp = out / f".{fs[name]}.tmp-{os.getpid()}.npy"
+                np.save(tmp, a)
+                os.replace(tmp, out / fs[name])
         else:
             (out / fs["array"]).unlink(missing_ok=True)
+            (out / fs["box_array"]).unlink(missing_ok=True)
         hist = unit_hist(rnd.store, layer, c)
         if hist is None and len(sel):
             counts, edges = np.histogram(maps[sel], bins=24)
             hist = {"edges": edges.tolist(), "counts": counts.tolist(), "over": "top-k"}
-        units[str(c)] = {"level": level if np.isfinite(level) else None, "source": source, "hist": hist}
+        units[str(c)] = {"level": level if np.isfinite(level) else None, "source": source, "hist": hist,
+                         "crop": {"kind": opts.crop, "side": int(side), "boxes": boxes.tolist()}}
         records[str(c)] = {"options": asdict(opts), "arrays": bool(save_arrays)}
     return len(chans)
 
@@ -359,9 +373,10 @@ def _overview_units(store: Store, layer: str, arrays: dict, n: int) -> list[int]
     return overview_channels(arrays, n, int(store.layer_info(layer)["out_size"]))
 
 
-def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: str, k: int, n_overview: int) -> int:
+def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Options, k: int, n_overview: int) -> int:
     """Top-k across feature maps (best entry of each of the k strongest channels) and the overview,
-    each cell labelled with its unit (border units say so: their top images are padding responses)."""
+    each cell labelled with its unit (border units say so: their top images are padding responses).
+    With the effective crop each entry has its own square, all shown at one display size."""
     top = strongest_channels(arrays, k)
     r = rnd.tile(layer)
     t = np.zeros((k, 3, r, r), np.float32)
@@ -374,9 +389,11 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: 
     name = {c: f"unit {c}" + (" · border" if border[c] else "") for c in range(len(border))}
     cols = grid_shape(k)[1]
     min_tile = layer_tile(cols)
-    side = display_side(r, min_tile)
-    proj, im = (label_rows(_montage(x, filled, k, min_tile), [name[c] for c in top], cols, side)
-                for x in (display(t, contrast), cr))
+    cells = [unit_crop(t[i:i + 1], cr[i:i + 1], filled[i:i + 1], opts.crop, rnd.size) for i in range(k)]
+    side = display_side(max(c[2] for c in cells), min_tile)
+    shown = [(to_display(display(p, opts.contrast), side)[0], to_display(im, side)[0]) for p, im, _, _ in cells]
+    proj, im = (label_rows(grid([s[j] if filled[i] else None for i, s in enumerate(shown)], *grid_shape(k), tile=side),
+                           [name[c] for c in top], cols, side) for j in (0, 1))
     fs = layer_files(layer)
     save_png(proj, out / fs["feat"])
     save_png(im, out / fs["im"])
@@ -389,6 +406,11 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, contrast: 
             labels.append(name[c])
     save_png(overview(pairs, cols=4, labels=labels), out / fs["overview"])
     return len(top)
+
+
+def _method_title(opts: Options) -> str:
+    shifts = opts.shifts or 1
+    return METHOD_TITLES[opts.method] + (f", mean over {shifts} x {shifts} one-pixel shifts" if shifts > 1 else "")
 
 
 def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
@@ -424,16 +446,19 @@ def _site(store: Store, man: dict, out: Path, opts: Options) -> Path:
                 unit.level, unit.hist = rec.get("level"), rec.get("hist")
                 unit.level_note = LEVEL_SOURCES.get(rec.get("source", ""), "")
                 unit.feat, unit.im, unit.overlay = fs["feat"], fs["im"], fs["overlay"]
-                unit.tile = display_side(tile)
+                crop = rec.get("crop") or {}
+                unit.tile = display_side(crop.get("side", tile))
+                boxes = crop.get("boxes")  # the crop's boxes; the receptive field's without one
                 for e in store.entries(layer, c, arrays):
-                    unit.entries.append(site.EntryView(e.rank, e.value, e.path, tuple(int(b) for b in e.box),
+                    box = boxes[e.rank] if boxes else e.box
+                    unit.entries.append(site.EntryView(e.rank, e.value, e.path, tuple(int(b) for b in box),
                                                        kept_image_file(e.kept)))
             view.units.append(unit)
         layers.append(view)
     a = store.attrs
     meta = site.SiteMeta(
         title=f"mine · {store.path.stem}", store=store.path.name, model=str(a["model"]), weights=str(a["weights"]),
-        k=store.k, size=store.size, method=METHOD_TITLES[opts.method], contrast=opts.contrast, show=opts.show,
-        quantile=opts.quantile, images_root=str(a.get("images_root") or ""))
+        k=store.k, size=store.size, method=_method_title(opts), contrast=opts.contrast, show=opts.show,
+        quantile=opts.quantile, images_root=str(a.get("images_root") or ""), crop=opts.crop)
     meta.grid = grid_shape(store.k)
     return site.write_site(out, layers, meta)

@@ -252,7 +252,7 @@ class Store:
         return self._paths[int(self._kept_image[kept])]
 
     def images(self) -> dict[str, np.ndarray]:
-        """The per-file columns (path, sha256, key, status, width, height); not the pooled vectors."""
+        """The per-file columns (path, sha256, key, status, width, height[, label]); not the pooled vectors."""
         return {k: self.f["images"][k][()] for k in self.f["images"] if not k.startswith("pooled_")}
 
     def pooled(self, layer: str) -> np.ndarray:

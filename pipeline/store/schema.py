@@ -3,6 +3,10 @@
     /                      attrs: format="mine-store", schema_version, status, model,
                            weights, weights_hash, preprocessing (JSON), k, input_size,
                            images_spec, layers (JSON list), versions (JSON),
+                           (preprocessing: mode torchvision | caffe, size, resize;
+                           mode custom adds channels 1 | 3, mean and std per
+                           channel on pixels in [0, 1]; /kept/pixels stay RGB,
+                           grey for one channel)
                            created, images_seen, images_skipped, seconds,
                            inputs_id (sha256 of the configuration, the image
                            list and, for --update/merge, the input stores: equal
@@ -13,6 +17,10 @@
     /images/key            (N,) int64 stable image id (from the hash)
     /images/status         (N,) str   "ok", "duplicate", or "skipped: <reason>"
     /images/width, height  (N,) int32 original size (0 when unreadable)
+    /images/label          (N,) str   only for an array/Dataset source with labels (.npz
+                           ``labels``, MNIST's labels file, a Dataset's (image, label)
+                           items): the item's label, "" where unknown; ``mine embed``'s
+                           categories when no --labels is given
     /images/pooled_<L>     (N, 2, C) float16, only with ``mine run --pooled L`` (attr
                            ``pooled`` lists them): spatial mean and max per image, NaN
                            for skipped files

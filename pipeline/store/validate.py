@@ -150,6 +150,10 @@ def _check_images(f: h5py.File, a: dict) -> np.ndarray:
         raise Damaged(f"/images columns differ in length: {n}")
     if "images_seen" in a and a["images_seen"] != n["path"]:
         raise Damaged(f"attribute images_seen is {a['images_seen']} but /images has {n['path']} rows")
+    if "label" in f["images"]:
+        labels = _dataset(f, "images/label", "str", (n["path"],))
+        if len(labels) != n["path"]:
+            raise Damaged(f"/images/label has {len(labels)} rows but /images has {n['path']}")
     bad = [s for s in cols["status"] if plain(s) not in ("ok", "duplicate") and not plain(s).startswith("skipped")]
     if bad:
         raise Damaged(f"/images/status holds {plain(bad[0])!r}; expected ok, duplicate or skipped: <reason>")

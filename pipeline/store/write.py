@@ -28,7 +28,7 @@ CHECKED = {"fletcher32": True}  # numeric datasets stored uncompressed: a flippe
 
 def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndarray], fin: Finalized,
                 stats: dict[str, dict] | None = None) -> Path:
-    """``images``: columns path/sha256/key/status/width/height over every file of the source;
+    """``images``: columns path/sha256/key/status/width/height[/label] over every file of the source;
     ``stats``: layer -> ``UnitStats.result()`` (None: the store has no unit statistics)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,16 +93,20 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
         lg.create_dataset("fires", data=np.asarray(r["fired"], np.int64), **CHECKED)
 
 
-def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict[str, np.ndarray]:
-    """The /images columns from rows (path, sha256, key, status, width, height) in path order.
+def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """The /images columns from rows (path, sha256, key, status, width, height[, label]) in
+    path order.
 
     ``status`` None marks a file whose content was used; among such files with equal
     content the first path is "ok" and the rest "duplicate", whatever order they were
-    mined in, so fresh runs, updates and merges label duplicates alike.
+    mined in, so fresh runs, updates and merges label duplicates alike. ``label`` (text, None
+    for none) makes a ``label`` column when some row has one: an array or Dataset source's
+    labels, ``mine embed``'s categories.
     """
     first: dict[int, int] = {}
-    status = [st if st is not None else ("ok" if first.setdefault(key, i) == i else "duplicate")
-              for i, (_, _, key, st, _, _) in enumerate(rows)]
+    status = [r[3] if r[3] is not None else ("ok" if first.setdefault(r[2], i) == i else "duplicate")
+              for i, r in enumerate(rows)]
+    labels = [r[6] if len(r) > 6 else None for r in rows]
     return {
         "path": np.array([r[0] for r in rows], dtype=object),
         "sha256": np.array([r[1] for r in rows], dtype=object),
@@ -110,4 +114,6 @@ def images_table(rows: list[tuple[str, str, int, str | None, int, int]]) -> dict
         "status": np.array(status, dtype=object),
         "width": np.array([r[4] for r in rows], dtype=np.int32),
         "height": np.array([r[5] for r in rows], dtype=np.int32),
+        **({"label": np.array(["" if v is None else v for v in labels], dtype=object)}
+           if any(v is not None for v in labels) else {}),
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..data.preprocess import Preprocessing, normalize_float
+from ..data.preprocess import Preprocessing, as_seen, normalize_float
 from ..mining.taps import hooked, run_to
 from ..models.network import Network
 from .fourier import FourierImage
@@ -57,7 +57,8 @@ def layer_output(net: Network, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 def visualize_units(net: Network, layer: str, channels: list[int], prep: Preprocessing,
                     cfg: VisualizeConfig = VisualizeConfig()) -> torch.Tensor:
-    """(B, 3, S, S) float32 RGB images in [0, 1] (before the network's normalisation), S = prep.size."""
+    """(B, 3, S, S) float32 RGB images in [0, 1] (before the network's normalisation), S = prep.size;
+    grey (the luma the network sees) for a one-channel network."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {cfg.objective!r}; use one of: {', '.join(OBJECTIVES)}")
     if cfg.steps < 1:
@@ -81,4 +82,4 @@ def visualize_units(net: Network, layer: str, channels: list[int], prep: Preproc
             loss.backward()
         opt.step()
     with torch.no_grad():
-        return param.image().float().cpu()
+        return as_seen(param.image().float().cpu(), prep)
