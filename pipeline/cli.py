@@ -582,6 +582,11 @@ def embed(
 
     if k < 1:
         fail("--k must be >= 1", exitcodes.BAD_ARGS)
+    for name, value in (("--baseline", baseline), ("--thumbnails", thumbnails)):
+        if value < 0:
+            fail(f"{name} must be >= 0 (got {value})", exitcodes.BAD_ARGS)
+    if perplexity is not None and not perplexity > 0:
+        fail(f"--perplexity must be > 0 (got {perplexity})", exitcodes.BAD_ARGS)
     res = guarded(lambda: embed_store(store, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails,
                                       out, resolve_device(device), write=not no_write))
     typer.echo(res.summary())

@@ -3,11 +3,14 @@
 ``write_fsync`` writes bytes through a freshly opened descriptor and fsyncs before
 closing (lock files, appended run records). ``fsync_rename`` makes a finished temp
 file durable, atomically puts it in place and fsyncs the folder so the rename
-itself survives a power loss (stores, checkpoints).
+itself survives a power loss (stores, checkpoints). The replaced file's permission bits
+carry over to its successor: a store an operator made 0600 (private) or 0444 (read-only) stays
+so through ``mine run --update``, ``mine embed`` and every other rewrite.
 """
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -22,7 +25,11 @@ def write_fsync(path: str | os.PathLike, data: bytes, flags: int) -> None:
 
 
 def fsync_rename(tmp: Path, target: Path) -> None:
-    """Make ``tmp`` durable, then atomically replace ``target`` with it."""
+    """Make ``tmp`` durable, then atomically replace ``target`` with it (keeping ``target``'s mode)."""
+    try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+    except FileNotFoundError:
+        pass  # a new file: the umask decides, as for any file we create
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)

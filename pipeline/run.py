@@ -201,6 +201,24 @@ class _Schedule:
                     or (self.seconds and time.monotonic() - self.t >= self.seconds))
 
 
+#: Bounds of ``k`` (README "Limits"). A channel keeps at most one entry per image, so a k above the
+#: collection's size only adds empty slots, yet every slot costs memory while mining (about 256
+#: bytes: top-k state, merges, finalize; measured 2.25 GB peak RSS for 5.1 M slots) and 44 bytes in
+#: the store. ``--k 100000`` over 8 images used 7.7 GB; ``--k 10**12`` was a traceback.
+MAX_K = 10_000
+MAX_SLOTS = 2**23  # k x (channels summed over the mined layers): about 2 GiB while mining
+
+
+def check_k(k: int, channels: int | None = None) -> None:
+    """Refuse (``ValueError``, exit 2) a ``k`` above :data:`MAX_K`, or one whose slots over
+    ``channels`` (summed over the mined layers) exceed :data:`MAX_SLOTS`."""
+    if k > MAX_K:
+        raise ValueError(f"--k {k} is above the largest k a store holds, {MAX_K}")
+    if channels and k * channels > MAX_SLOTS:
+        raise ValueError(f"--k {k} over {channels} channels is {k * channels} slots, above the limit of {MAX_SLOTS} "
+                         f"(about 2 GiB while mining); use --k {MAX_SLOTS // channels} or fewer, or fewer layers")
+
+
 def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = None) -> RunResult:
     """Mine ``cfg.layer`` over ``cfg.images`` and write the store; returns where and how much.
 
@@ -210,6 +228,7 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
     t0 = time.perf_counter()
     stats = stats if stats is not None else JobStats()
     check_options(dataclasses.asdict(cfg))
+    check_k(cfg.k)
     if cfg.precision not in DTYPES:
         raise ValueError(f"unknown precision {cfg.precision!r}; use {', '.join(DTYPES)}")
     if cfg.update and cfg.force:
@@ -228,6 +247,7 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
             raise ValueError("run(cfg, net): give the preprocessing to load_network, not to RunConfig")
         net = net or load_network(cfg.model, cfg.weights, cfg.size, wanted)
         layers = net.select(cfg.layer)
+        check_k(cfg.k, sum(net.layers[n].channels for n in layers))
         pooled = net.select(cfg.pooled) if cfg.pooled else []
         prep = net.prep(cfg.size, cfg.resize)
         if cfg.limit:

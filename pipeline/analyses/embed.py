@@ -22,8 +22,11 @@ image content (rows of status ``ok``). Categories: the folder of each file (Calt
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -33,13 +36,19 @@ import h5py
 import numpy as np
 import torch
 
+from ..data.read import Unreadable, read_file
 from ..durable import fsync_rename
 from ..jobs.combine import CONTENT_OK, _s
+from ..jobs.faults import pause_point
 from ..store.read import Store
 
+log = logging.getLogger("pipeline")
+
+UNLABELLED = "?"  # the category of an image a --labels file does not list
 POOLS = ("avg", "max", "both")
 METHODS = ("tsne", "pca")
 PCA_DIMS = 50
+THUMB = 40  # side of a thumbnail on the map, pixels
 TSNE_ITER = 500
 
 
@@ -62,15 +71,59 @@ def folder_labels(paths: list[str]) -> list[str]:
     return [os.path.dirname(p) or "." for p in paths]
 
 
-def file_labels(paths: list[str], labels_file: str | Path) -> list[str]:
-    """Categories from a CSV of ``path,category`` rows (path relative to the images root, or a
-    bare file name); a header row ``path,category`` is allowed. Unlisted files: ``?``."""
+def read_labels(labels_file: str | Path) -> dict[str, str]:
+    """``path -> category`` from a CSV of ``path,category`` rows (a header row ``path,category`` is
+    allowed). Read with the one file reader (regular files only, size cap: a FIFO or a link to
+    ``/dev/zero`` is refused, not read); every problem is one line naming the file."""
+    p = Path(labels_file)
+    if not p.exists():
+        raise FileNotFoundError(f"--labels {p} does not exist")
+    try:
+        text = read_file(p).decode("utf-8-sig")
+    except Unreadable as e:
+        raise ValueError(f"--labels {p}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--labels {p} is not UTF-8 text (byte {e.start} is not valid UTF-8)") from None
     table: dict[str, str] = {}
-    with open(labels_file, newline="", encoding="utf-8") as fh:
-        for row in csv.reader(fh):
+    try:
+        for row in csv.reader(io.StringIO(text, newline="")):
             if len(row) >= 2 and row[0].strip() and row[0].strip().lower() != "path":
-                table[row[0].strip()] = row[1].strip()
-    return [table.get(p, table.get(os.path.basename(p), "?")) for p in paths]
+                table[os.path.normpath(row[0].strip())] = row[1].strip()
+    except csv.Error as e:
+        raise ValueError(f"--labels {p} is not a CSV of path,category rows ({e})") from None
+    return table
+
+
+def file_labels(paths: list[str], labels_file: str | Path, root: str | Path = "") -> list[str]:
+    """Categories from a ``--labels`` CSV (``read_labels``): a row names an image by its path
+    relative to the images root, by its absolute path (``root`` joined to it: what ``mine top
+    --json`` prints as ``file``), or by its bare file name. Unlisted images: ``?``."""
+    table = read_labels(labels_file)
+
+    def lookup(rel: str) -> str:
+        for name in (os.path.normpath(rel), os.path.normpath(os.path.join(str(root), rel)) if root else None,
+                     os.path.basename(rel)):
+            if name is not None and name in table:
+                return table[name]
+        return UNLABELLED
+
+    return [lookup(p) for p in paths]
+
+
+def check_labelled(cats: list[str], labels_file, root: str, used: list[str]) -> np.ndarray:
+    """Indices of the images a ``--labels`` file gives a category: none is a one-line refusal
+    (every image would be ``?`` and k-NN a meaningless 100 %); some missing is a warning, and
+    k-NN then counts the labelled images only."""
+    have = np.array([i for i, c in enumerate(cats) if c != UNLABELLED], np.int64)
+    missing = [u for u, c in zip(used, cats) if c == UNLABELLED]
+    if not len(have):
+        raise ValueError(f"--labels {labels_file} names none of the store's {len(cats)} images (e.g. {used[0]!r}); "
+                         f"give paths relative to the images root {root}, absolute paths, or file names")
+    if missing:
+        log.warning(f"--labels {labels_file} gives no category for {len(missing)} of {len(cats)} images "
+                    f"(e.g. {missing[0]!r}): they are {UNLABELLED!r} on the map and k-NN counts the "
+                    f"{len(have)} labelled ones only")
+    return have
 
 
 # --- coordinates ------------------------------------------------------------------------------
@@ -82,7 +135,16 @@ def pca(x: np.ndarray, dims: int = 2, seed: int = 0) -> np.ndarray:
     return PCA(dims, svd_solver="full", random_state=seed).fit_transform(x).astype(np.float32)
 
 
+def identical(x: np.ndarray, rtol: float = 1e-6) -> bool:
+    """True when every row of ``x`` is the same vector (up to ``rtol`` of its largest entry)."""
+    spread = float(np.ptp(x, axis=0).max()) if x.size else 0.0
+    return spread <= rtol * float(np.abs(x).max(initial=0.0))
+
+
 def tsne(x: np.ndarray, seed: int = 0, perplexity: float | None = None) -> np.ndarray:
+    """Why the pre-check: identical vectors (copies of one photo, a layer that is 0 on every image)
+    make scikit-learn's PCA start NaN (it divides by the first axis' spread) and its Barnes-Hut
+    code then crashes the process (SIGSEGV). Their exact embedding is one point: all at (0, 0)."""
     from sklearn.manifold import TSNE
 
     n = len(x)
@@ -90,6 +152,9 @@ def tsne(x: np.ndarray, seed: int = 0, perplexity: float | None = None) -> np.nd
         raise ValueError(f"t-SNE needs at least 4 images, the store has {n}: use --method pca")
     p = perplexity if perplexity is not None else min(30.0, (n - 1) / 3)
     reduced = pca(x, PCA_DIMS, seed) if x.shape[1] > PCA_DIMS else x
+    if identical(x) or identical(reduced, 0.0):
+        log.warning(f"the {n} pooled vectors are identical: every image is at the same place on the map")
+        return np.zeros((n, 2), np.float32)
     t = TSNE(2, perplexity=p, init="pca", learning_rate="auto", max_iter=TSNE_ITER, random_state=seed,
              n_jobs=min(os.cpu_count() or 1, 8))
     return t.fit_transform(reduced).astype(np.float32)
@@ -219,7 +284,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
     """t x t thumbnails of the chosen points: from the source files, else the store's kept pixels."""
     from PIL import Image
 
-    from ..data import BadImage, Unreadable, decode_image, read_file
+    from ..data import BadImage, decode_image
 
     root = Path(str(store.attrs.get("images_root")))
     kept = {int(k): i for i, k in enumerate(store.kept_keys())}
@@ -229,7 +294,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
     for j, i in enumerate(chosen):
         r = int(rows[i])
         img = None
-        try:
+        try:  # the one file reader: a source swapped for a FIFO or a /dev/zero link is refused, not read
             data = (found[0].read(found[1][j]) if found is not None
                     else read_file(root / _s(store.f["images/path"][r])))
             img = decode_image(data, t)
@@ -249,19 +314,57 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
                 baseline: int = 500, thumbnails: int = 300, out: Path | None = None, device="cpu",
                 write: bool = True) -> EmbedResult:
     """``mine embed STORE``: coordinates into the store, ``<layer>_map.png`` (thumbnails) and
-    ``<layer>_categories.png`` (scatter by category) in ``out``, k-NN accuracies in the result."""
+    ``<layer>_categories.png`` (scatter by category) in ``out``, k-NN accuracies in the result.
+
+    The store is handled as ``mine run`` handles it: a symlink is followed (the target is
+    written, the link stays), the target's lock is held from the first read to the rename of
+    the rewritten file (so a ``mine run --update`` cannot finish in between and leave ``/embed``
+    rows that no longer match ``/images``), the write runs in a forked child (``write_isolated``)
+    and keeps the file's mode, temp files of dead writers are removed, and SIGINT/SIGTERM end the
+    command with ``Interrupted`` (exit 5), lock and temp file gone. ``write=False`` reads only:
+    no lock (the store is replaced atomically, an open reader keeps its version)."""
     import time
 
     from ..jobs.lock import StoreLock
-    from ..render.montage import save_png
-    from ..render.names import default_out_dir, safe_name
-    from ..render.scatter import category_scatter, pick_thumbnails, thumbnail_map, to_canvas
+    from ..jobs.output import remove_stale_temps, store_target, write_isolated
+    from ..jobs.signals import InterruptGuard
 
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
-    path = Path(path)
     t0 = time.perf_counter()
+    target = store_target(Path(path))
+    if not target.is_file():  # before locking: a lock must not create folders next to a missing store
+        Store(target)  # raises its one-line StoreError (missing, or not a regular file)
+    with InterruptGuard(graceful=False), (StoreLock(target, command="embed") if write else contextlib.nullcontext()):
+        if write:
+            remove_stale_temps(target)
+        res, xy, cats, data = _embed_locked(target, layer, method, pool, labels, seed, perplexity, k, baseline,
+                                            thumbnails, device)
+        _save_pictures(res, xy, cats, data["thumbs"], out or _default_out(Path(path)), pool)
+        if write:
+            attrs = {"method": method, "pool": pool, "seed": seed, "knn": res.knn,
+                     "perplexity": perplexity if perplexity is not None else -1}
+            write_isolated(target, lambda: write_coordinates(target, res.layer, xy, data["rows"], data["n_images"],
+                                                             data["keys"], data["status"], attrs),
+                           kept="the store is unchanged")
+    res.seconds["total"] = time.perf_counter() - t0
+    return res
+
+
+def _default_out(path: Path) -> Path:
+    from ..render.names import default_out_dir
+
+    return default_out_dir(path) / "embed"
+
+
+def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails, device):
+    """Everything ``embed_store`` computes from the store: (result, coordinates, categories, data)."""
+    import time
+
+    from ..render.scatter import pick_thumbnails, to_canvas
+
     with Store(path) as s:
+        pause_point("embed")  # tests: stop here holding the lock (a signal, a concurrent --update)
         have = s.attrs.get("pooled") or []
         if not have:
             raise ValueError(f"{path} has no pooled vectors: mine it with `mine run ... --pooled LAYER`")
@@ -271,41 +374,44 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
             raise ValueError(f"{path} holds {len(rows)} usable image(s): nothing to map")
         paths = [_s(p) for p in s.f["images/path"][()]]
         used = [paths[r] for r in rows]
-        cats = (file_labels(used, labels) if labels else stored_labels(s, rows) or folder_labels(used))
+        root = str(s.attrs.get("images_root"))
+        cats = file_labels(used, labels, root) if labels else (stored_labels(s, rows) or folder_labels(used))
+        known = check_labelled(cats, labels, root, used) if labels else np.arange(len(rows))
         res = EmbedResult(layer, method, len(rows))
         t = time.perf_counter()
         xy = tsne(x, seed, perplexity) if method == "tsne" else pca(x, 2, seed)
         res.seconds[method] = time.perf_counter() - t
         t = time.perf_counter()
-        res.knn[f"{k}-NN, {layer} {pool} ({len(rows)} images)"] = knn_accuracy(x, cats, k)
-        res.knn["always the largest category"] = majority_rate(cats)
+        lab = [cats[i] for i in known]
+        keff = max(1, min(k, len(known) - 1))  # what knn_accuracy uses: a label must not claim more
+        res.knn[f"{keff}-NN, {layer} {pool} ({len(known)} images)"] = knn_accuracy(x[known], lab, k)
+        res.knn["always the largest category"] = majority_rate(lab)
         if baseline:
-            sample = np.sort(np.random.default_rng(seed).permutation(len(rows))[:baseline])
+            sample = np.sort(known[np.random.default_rng(seed).permutation(len(known))[:baseline]])
             rnd = random_features(s, layer, pool, rows[sample], device=device)
             sub = [cats[i] for i in sample]
-            tag = f"{len(sample)} images"
-            if len(sample) < len(rows):
-                res.knn[f"{k}-NN, {layer} {pool} (sample of {tag})"] = knn_accuracy(x[sample], sub, k)
-            res.knn[f"{k}-NN, random weights ({tag})"] = (knn_accuracy(rnd, sub, k) if rnd is not None
-                                                          else float("nan"))
+            tag, ks = f"{len(sample)} images", max(1, min(k, len(sample) - 1))
+            if len(sample) < len(known):
+                res.knn[f"{ks}-NN, {layer} {pool} (sample of {tag})"] = knn_accuracy(x[sample], sub, k)
+            res.knn[f"{ks}-NN, random weights ({tag})"] = (knn_accuracy(rnd, sub, k) if rnd is not None
+                                                           else float("nan"))
         res.seconds["knn"] = time.perf_counter() - t
-        thumb = 40
-        chosen = pick_thumbnails(to_canvas(xy, 1200, thumb), thumb, thumbnails, seed)
-        thumbs = _thumbnails(s, rows, chosen, thumb)
-        keys, status = s.f["images/key"][()], [_s(v) for v in s.f["images/status"][()]]
-        n_images = len(paths)
-    out = Path(out) if out else default_out_dir(path) / "embed"
+        chosen = pick_thumbnails(to_canvas(xy, 1200, THUMB), THUMB, thumbnails, seed)
+        data = {"thumbs": _thumbnails(s, rows, chosen, THUMB), "rows": rows, "n_images": len(paths),
+                "keys": s.f["images/key"][()], "status": [_s(v) for v in s.f["images/status"][()]]}
+    return res, xy, cats, data
+
+
+def _save_pictures(res: EmbedResult, xy, cats, thumbs, out: Path, pool: str) -> None:
+    from ..render.montage import save_png
+    from ..render.names import safe_name
+    from ..render.scatter import category_scatter, thumbnail_map
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name = safe_name(layer)
-    files = [out / f"{name}_map.png", out / f"{name}_categories.png"]
-    save_png(thumbnail_map(xy, thumbs, cats, thumb=thumb), files[0])
-    title = f"{method} of {layer} ({pool}) - " + ", ".join(f"{w}: {a:.0%}" for w, a in res.knn.items() if a == a)[:140]
-    save_png(category_scatter(xy, cats, title=title), files[1])
-    res.files = files
-    if write:
-        attrs = {"method": method, "pool": pool, "seed": seed, "knn": res.knn,
-                 "perplexity": perplexity if perplexity is not None else -1}
-        with StoreLock(path, command="embed"):
-            write_coordinates(path, layer, xy, rows, n_images, keys, status, attrs)
-    res.seconds["total"] = time.perf_counter() - t0
-    return res
+    name = safe_name(res.layer)
+    res.files = [out / f"{name}_map.png", out / f"{name}_categories.png"]
+    save_png(thumbnail_map(xy, thumbs, cats, thumb=THUMB), res.files[0])
+    title = (f"{res.method} of {res.layer} ({pool}) - "
+             + ", ".join(f"{w}: {a:.0%}" for w, a in res.knn.items() if a == a)[:140])
+    save_png(category_scatter(xy, cats, title=title), res.files[1])

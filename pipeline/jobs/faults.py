@@ -14,6 +14,10 @@ says to go on (e.g. a SIGINT was received). Points used by ``mine run``:
     checkpoint-write  checkpoint data written to the temp file, not yet renamed
     finalize          finalize is loading the n-th kept image
     store-written     the store is in place, the checkpoint not yet removed
+
+and by ``mine embed``:
+
+    embed             the store's lock is held and the store open, nothing read yet
 """
 from __future__ import annotations
 

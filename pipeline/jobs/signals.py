@@ -15,6 +15,11 @@ Outside the streaming pass (``graceful`` off: setting up, finalize, writing the
 store) a signal raises ``Interrupted`` immediately; the store writer removes its
 temp file on the way out and the previous store stays in place.
 
+The handler itself only sets a flag or raises: it never touches HDF5, a checkpoint or any
+file (the checkpoint is written by the stream loop after the handler returned, with numpy, and
+stores only by a forked writer), so a signal that lands while the main thread is inside HDF5
+cannot re-enter the library (issue 23, item 14).
+
 Handlers are installed only in the main thread (Python allows no other) and the
 previous ones are restored on exit, so library users keep their own.
 """

@@ -6,26 +6,39 @@ One small running statistic in the style of ``topk.RunningTopK`` (``add`` / ``re
 rectified: for a layer after its ReLU both are >= 0 anyway). Rows are keyed by image key, so
 an image whose content was already seen is not stored twice, and a duplicate file, an
 ``--update`` and a ``mine merge`` find its vector by content. float16 halves the store and is
-ample for embeddings and nearest neighbours (relative error 5e-4).
+ample for embeddings and nearest neighbours (relative error 5e-4). Its range is not: a value
+beyond +-65504 would become ``inf`` (a model with activations near 1e10 stored ``inf`` in most
+values, silently). Values are therefore **clipped** to +-65504 before the conversion, and the
+first result of a statistic holding clipped values logs one warning naming the layer, the count
+and what to do (rescale the model's input or weights). We chose clipping over float32 storage
+so that the store's dtype, the device memory (N x 2 x C x 2 bytes) and older stores stay as
+they are; the warning makes the distortion visible instead of silent.
 
 Rows are kept on the device as the batches go (no host synchronisation per batch) and brought
 to the host only for a checkpoint or the store.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger("pipeline")
+
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def pool(out: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) map -> (B, 2, C) float16: spatial mean and max."""
     f = out.float().flatten(2)
-    return torch.stack([f.mean(2), f.amax(2)], 1).to(torch.float16)
+    return torch.stack([f.mean(2), f.amax(2)], 1).clamp(-F16_MAX, F16_MAX).to(torch.float16)
 
 
 class PooledVectors:
-    def __init__(self, channels: int) -> None:
-        self.channels = channels
+    def __init__(self, channels: int, name: str = "") -> None:
+        self.channels, self.name = channels, name
+        self._warned = False
         self._keys: list[torch.Tensor] = []
         self._rows: list[torch.Tensor] = []
 
@@ -42,7 +55,17 @@ class PooledVectors:
         keys = torch.cat([k.cpu() for k in self._keys]).numpy().astype(np.int64)
         rows = torch.cat([r.cpu() for r in self._rows]).numpy()
         keys, first = np.unique(keys, return_index=True)
-        return keys, rows[first]
+        rows = rows[first]
+        self._warn_clipped(rows)
+        return keys, rows
+
+    def _warn_clipped(self, rows: np.ndarray) -> None:
+        clipped = int((np.abs(rows) >= F16_MAX).sum())
+        if clipped and not self._warned:
+            self._warned = True
+            log.warning(f"pooled vectors of {self.name or 'a layer'}: {clipped} of {rows.size} values are beyond "
+                        f"float16's range and were clipped to +-{F16_MAX:.0f}, which distorts `mine embed` of this "
+                        f"layer; rescale the model's inputs or weights so its activations stay below that")
 
     def as_dict(self) -> dict[int, np.ndarray]:
         keys, rows = self.result()

@@ -137,7 +137,7 @@ def _images(part: dict[str, dict]) -> int:
 def new_state(net: Network, layers: list[str], k: int, device: torch.device, pooled: list[str] = ()) -> StreamState:
     return StreamState({n: RunningTopK(net.layers[n].channels, k, device) for n in layers},
                        {n: UnitStats(net.layers[n].channels, device) for n in layers},
-                       pooled={n: PooledVectors(net.layers[n].channels) for n in pooled})
+                       pooled={n: PooledVectors(net.layers[n].channels, n) for n in pooled})
 
 
 def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, channels_last: bool) -> torch.Tensor:

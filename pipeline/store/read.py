@@ -257,13 +257,17 @@ class Store:
 
     def pooled(self, layer: str) -> np.ndarray:
         """(N, 2, C) float16 per /images row: spatial mean [0] and max [1] of ``layer``, NaN where the
-        file was skipped (``mine run --pooled``)."""
+        file was skipped (``mine run --pooled``); ``StoreError`` if a used row is not finite."""
         name = f"pooled_{layer}"
         if name not in self.f["images"]:
             have = self.attrs.get("pooled") or []
             raise ValueError(f"{self.path} has no pooled vectors of {layer!r} (it has: {', '.join(have) or 'none'}); "
                              f"mine with `mine run ... --pooled {layer}`")
-        return self.f["images"][name][()]
+        v = self.f["images"][name][()]
+        used = np.array([plain(s) in ("ok", "duplicate") for s in self.f["images/status"][()]], bool)
+        if not np.isfinite(v[used]).all():
+            raise StoreError(f"{self.path} is damaged: /images/{name} holds NaN or infinity on a used image")
+        return v
 
     def pixels(self, kept) -> np.ndarray:
         """uint8 (S, S, 3) RGB network input of a kept image (or a batch for a sorted index list)."""

@@ -7,7 +7,7 @@ not valid JSON, NaN where a value must be, ``k = 0``) would otherwise end in a
 traceback, a misleading exit code, or, worse, be merged silently into a new store.
 
 ``validate`` reads the small parts of a store -- attributes, ``/images``, the ``/kept``
-keys and every ``/layers`` array -- and checks each against ``schema.py``; the big
+keys, every ``/layers`` array, the shapes of pooled vectors and embeddings -- and checks each against ``schema.py``; the big
 compressed datasets (pixels, switches) are checked by shape and dtype only (zlib's
 checksum catches a flipped bit in them when they are read). A flipped bit in an
 uncompressed numeric dataset is caught by HDF5's fletcher32 checksum, which
@@ -105,6 +105,8 @@ def _check_attrs(a: dict) -> None:
         may(name, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     for name in ("created", "inputs_id"):
         may(name, text, "text")
+    may("pooled", lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v),
+        "a list of distinct layer names")
 
 
 def _dataset(f: h5py.File, name: str, kind: str, shape: tuple) -> h5py.Dataset:
@@ -220,6 +222,24 @@ def _check_layer(f: h5py.File, name: str, k: int, size: int, kept_keys: np.ndarr
         raise Damaged(f"{where} keeps one image twice for the same channel")
 
 
+def _check_pooled(f: h5py.File, a: dict, n: int) -> None:
+    """``/images/pooled_<L>`` of every layer the ``pooled`` attribute names: float (N, 2, C), one
+    row per /images row. Shape and dtype only: the values (finite on used rows) are checked when
+    read (``Store.pooled``), as the other large datasets are."""
+    for layer in a.get("pooled") or []:
+        _dataset(f, f"images/pooled_{layer}", "float", (n, 2, None))
+
+
+def _check_embed(f: h5py.File, a: dict, n: int) -> None:
+    """``/embed/<L>`` (``mine embed``): float (N, 2), one row per /images row, of a pooled layer."""
+    if "embed" not in f:
+        return
+    for layer in _group(f, "embed"):
+        if layer not in (a.get("pooled") or []):
+            raise Damaged(f"/embed/{layer} maps a layer without pooled vectors")
+        _dataset(f, f"embed/{layer}", "float", (n, 2))
+
+
 def validate(f: h5py.File, path, require_complete: bool = True) -> dict:
     """Check ``f`` (see module docstring); its root attributes as Python values, or ``StoreError``."""
     try:
@@ -228,6 +248,8 @@ def validate(f: h5py.File, path, require_complete: bool = True) -> dict:
         _check_attrs(attrs)
         image_keys = _check_images(f, attrs)
         kept_keys = _check_kept(f, image_keys, attrs["input_size"])
+        _check_pooled(f, attrs, len(image_keys))
+        _check_embed(f, attrs, len(image_keys))
         _group(f, "layers")
         for name in attrs["layers"]:
             _check_layer(f, name, attrs["k"], attrs["input_size"], kept_keys)
