@@ -120,3 +120,31 @@ def test_operations_doc_lists_every_exit_code():
     assert len(codes) >= 7
     for name, value in codes.items():
         assert re.search(rf"^\| {value} \| {name} \|", doc, re.M), f"docs/operations.md lacks exit code {value} {name}"
+
+
+def _anchors(md: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", md, flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_every_relative_link_and_image_resolves():
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    assert len(pages) >= 10
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", link):
+                continue
+            path, _, frag = link.partition("#")
+            target = page.parent / path if path else page
+            if not target.exists() or (frag and target.suffix == ".md" and frag not in _anchors(target.read_text())):
+                broken.append(f"{page.name}: {link}")
+    assert not broken, broken
+
+
+def test_readme_gives_the_one_test_command_and_stays_short():
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/test.sh" in readme
+    assert len(readme.splitlines()) <= 220, "README grows: move reference material to docs/"
