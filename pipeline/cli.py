@@ -225,7 +225,7 @@ def merge(
 
 @app.command()
 def layers(
-    model: str = typer.Option("vgg19", help="Any model --model takes (see README \"Models\"), or package.module:factory."),
+    model: str = typer.Option("vgg19", help="Any model --model takes (see docs/models.md), or package.module:factory."),
     size: int = typer.Option(224, help="Input size used for output sizes."),
     every: bool = typer.Option(False, "--every", help="Every module output, not only what --layer all mines."),
     preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
@@ -303,7 +303,7 @@ def _echo_unit_stats(s, used: int) -> None:
         typer.echo("statistics   no statistics (store written before mine kept unit statistics)")
         return
     n = int(s.f["stats"].attrs["images"])
-    note = f" ({n - used} counted twice: see mine merge in README)" if n != used else ""
+    note = f" ({n - used} counted twice: see mine merge in docs/scaling.md)" if n != used else ""
     typer.echo(f"statistics   activation histograms over {n} images{note}")
     for name in s.layers:
         dead = s.unit_stats(name).dead

@@ -1,4 +1,4 @@
-"""Exit codes of the `mine` command, stable for cron wrappers (README lists them)."""
+"""Exit codes of the `mine` command, stable for cron wrappers (docs/operations.md lists them)."""
 
 OK = 0
 BAD_ARGS = 2  # unknown option/layer/model/feature, invalid value

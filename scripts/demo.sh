@@ -33,7 +33,7 @@ t=$(date +%s)
 "$MINE" reconstruct $PHOTOS --model vgg16 --weights hed --layer conv1_2,conv2_2,conv3_3,conv4_3,conv5_3 \
   --out "$OUT/reconstruct/vgg16-hed"
 # MobileNetV2 has no max-pools (stride-2 convolutions): its deconvnet reconstructions are checkerboards,
-# guided backpropagation shows what the layers keep (README, `mine reconstruct`).
+# guided backpropagation shows what the layers keep (docs/rendering.md, `mine reconstruct`).
 # shellcheck disable=SC2086
 "$MINE" reconstruct $PHOTOS --model mobilenet_v2 --weights imagenet --method guided \
   --layer features.2,features.5,features.9,features.13,features.17 --out "$OUT/reconstruct/mobilenet_v2"

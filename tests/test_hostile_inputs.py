@@ -88,7 +88,7 @@ def test_byte_cap(tmp_path):
         f.truncate(MAX_FILE_BYTES + 1)
     r = record(big)
     assert r["ok"] is False and r["reason"] == f"too large: {MAX_FILE_BYTES + 1} bytes (limit {MAX_FILE_BYTES})"
-    assert MAX_FILE_BYTES == 256 * 2**20  # the figure README states
+    assert MAX_FILE_BYTES == 256 * 2**20  # the figure docs/mining.md states
 
 
 def test_pixel_cap_after_resize_is_checked_before_resizing(tmp_path):

@@ -333,9 +333,10 @@ def test_feature_ranges_are_checked_before_expansion(full, tmp_path):
     assert time.monotonic() - t0 < 10 and not (tmp_path / "r").exists()
 
 
-def test_readme_states_the_limits_and_what_happens_to_changed_files():
+def test_docs_state_the_limits_and_what_happens_to_changed_files():
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    root = Path(__file__).parents[1]
+    readme = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     for phrase in ("256 MiB", "100 megapixels", "25 megapixels", "changed since it was mined", "regular files"):
         assert phrase in readme, phrase

@@ -119,7 +119,7 @@ def test_exit_codes(change, code, images, tmp_path):
 
 def test_exit_code_table_is_documented():
     root = os.path.join(os.path.dirname(__file__), "..")
-    docs = [os.path.join(root, "README.md"), os.path.join(root, "docs", "nightly.md")]
+    docs = [os.path.join(root, "README.md"), os.path.join(root, "docs", "operations.md")]
     doc = "".join(open(p).read() for p in docs if os.path.exists(p))
     for name in ("OK", "BAD_ARGS", "MISSING_INPUT", "LOCKED", "INTERRUPTED", "STORE_ERROR", "FAILED"):
         assert f"| {getattr(exitcodes, name)} |" in doc, name

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 METHODS = ("deconvnet", "guided", "gradient")
-DEFAULT_METHOD = "guided"  # what `mine render` shows unless told otherwise (README: "Which projection")
+DEFAULT_METHOD = "guided"  # what `mine render` shows unless told otherwise (docs/rendering.md: "Which projection")
 
 _RELU = {F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 _HARDTANH = {F.hardtanh, F.hardtanh_, torch._C._nn.hardtanh, torch._C._nn.hardtanh_}

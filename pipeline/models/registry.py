@@ -1,6 +1,6 @@
 """One table of every model ``--model`` takes: builder, ImageNet weights, aliases, default layers.
 
-Families and what ``--layer all`` means for them (README "Models" repeats this):
+Families and what ``--layer all`` means for them (docs/models.md repeats this):
 
 =============  ==============================================  ===================================
 family         models                                          ``all``

@@ -1,4 +1,4 @@
-"""The HDF5 store layout, version 1 (README "Store schema" documents it for h5py users).
+"""The HDF5 store layout, version 1 (docs/store.md documents it for h5py users).
 
     /                      attrs: format="mine-store", schema_version, status, model,
                            weights, weights_hash, preprocessing (JSON), k, input_size,
