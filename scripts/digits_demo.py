@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 import digits_models  # noqa: E402
 
 HELD_OUT = 297  # digits kept out of training (1,500 train)
+QUICK_IMAGES = 300  # digits mined with --quick
 SAMPLES = 5  # held-out digits reconstructed by `mine reconstruct`
 CNN_LAYERS = "conv1,conv2,conv3"
 AE_LAYERS = "conv1,conv2,code,up1,dec2,dec3"  # encoder, the code, ConvTranspose2d, the conv after an Upsample, output
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cnn-epochs", type=int, default=8)
     p.add_argument("--ae-epochs", type=int, default=30)
-    p.add_argument("--quick", action="store_true", help="20 training steps per model and fewer pictures (the test)")
+    p.add_argument("--quick", action="store_true",
+                   help="20 training steps per model, the first 300 digits mined, fewer pictures (the test)")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["--size", "28", "--device", "cpu"]
     cli("layers", "--model", "digits_models:cnn", "--size", "28")
     cli("layers", "--model", "digits_models:autoencoder", "--size", "28")
-    run = ["run", "--images", str(npz), "--workers", "0", "--force", "--quiet", "--log", str(out / "mine-runs.jsonl")]
+    mined = QUICK_IMAGES if a.quick else len(images)
+    run = ["run", "--images", str(npz), "--limit", str(mined), "--workers", "0", "--force", "--quiet",
+           "--log", str(out / "mine-runs.jsonl")]
     cli(*run, "--model", "digits_models:cnn", "--weights", str(out / "cnn.pth"), "--layer", CNN_LAYERS,
         "--out", str(out / "cnn.h5"), *common)
     cli(*run, "--model", "digits_models:autoencoder", "--weights", str(out / "ae.pth"), "--layer", AE_LAYERS,
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     features = ["--features", "0-1", "--overview", "4"] if a.quick else ["--overview", "16"]
     cli("render", str(out / "cnn.h5"), "--out", str(out / "render-cnn"), "--quiet", "--device", "cpu", *features)
     cli("render", str(out / "ae.h5"), "--out", str(out / "render-ae"), "--quiet", "--device", "cpu", *features)
-    cli("embed", str(out / "ae.h5"), "--layer", "code", "--pool", "both", "--baseline", str(len(images)),
+    cli("embed", str(out / "ae.h5"), "--layer", "code", "--pool", "both", "--baseline", str(mined),
         "--out", str(out / "embed"), "--device", "cpu")
     flat = flat_code_knn(images, labels, out / "ae.pth")
     results.update({f"flat_knn_{k}": v for k, v in flat.items()})
