@@ -142,6 +142,87 @@ def flat_code_knn(images: np.ndarray, labels: np.ndarray, weights: Path) -> dict
     return res
 
 
+def train_both(images: np.ndarray, labels: np.ndarray, out: Path, a: argparse.Namespace) -> dict:
+    """Train the CNN and the autoencoder on the training split, save ``cnn.pth`` / ``ae.pth`` and the
+    seed's figure; returns the held-out CNN accuracy and autoencoder losses."""
+    tr, te = split(len(images), a.seed)
+    steps = 20 if a.quick else None
+    res: dict = {}
+    t = time.perf_counter()
+    cnn = digits_models.cnn()
+    x, y = to_input(images, digits_models.MEAN, digits_models.STD), torch.from_numpy(labels)
+    train(cnn, x[tr], y[tr], nn.functional.cross_entropy, a.cnn_epochs, a.seed, steps)
+    with torch.no_grad():
+        res["cnn_accuracy"] = float((cnn(x[te]).argmax(1) == y[te]).float().mean())
+    torch.save(cnn.state_dict(), out / "cnn.pth")
+    print(f"CNN: {len(tr)} digits, {a.cnn_epochs} epochs: held-out accuracy {res['cnn_accuracy']:.1%} "
+          f"on {len(te)} digits ({time.perf_counter() - t:.0f} s)")
+    t = time.perf_counter()
+    ae = digits_models.autoencoder()
+    x01 = to_input(images, 0.0, 1.0)
+    train(ae, x01[tr], x01[tr], nn.functional.binary_cross_entropy, a.ae_epochs, a.seed, steps)
+    with torch.no_grad():
+        res["ae_bce"] = float(nn.functional.binary_cross_entropy(ae(x01[te]), x01[te]))
+        res["ae_mse"] = float(nn.functional.mse_loss(ae(x01[te]), x01[te]))
+    torch.save(ae.state_dict(), out / "ae.pth")
+    print(f"autoencoder: {a.ae_epochs} epochs: held-out BCE {res['ae_bce']:.4f}, MSE {res['ae_mse']:.4f} "
+          f"({time.perf_counter() - t:.0f} s)")
+    res["held_out_firsts"] = [int(te[labels[te] == d][0]) for d in range(10)]  # one held-out digit of each class
+    ae_figure(ae, images[res["held_out_firsts"]], out / "ae_outputs.png")
+    return res
+
+
+def explore(out: Path, npz: Path, mined: int, samples: list[Path], quick: bool) -> None:
+    """The CLI on both models, as a user types it (see the module doc)."""
+    common = ["--size", "28", "--device", "cpu"]
+    cli("layers", "--model", "digits_models:cnn", "--size", "28")
+    cli("layers", "--model", "digits_models:autoencoder", "--size", "28")
+    run = ["run", "--images", str(npz), "--limit", str(mined), "--workers", "0", "--force", "--quiet",
+           "--log", str(out / "mine-runs.jsonl")]
+    cli(*run, "--model", "digits_models:cnn", "--weights", str(out / "cnn.pth"), "--layer", CNN_LAYERS,
+        "--out", str(out / "cnn.h5"), *common)
+    cli(*run, "--model", "digits_models:autoencoder", "--weights", str(out / "ae.pth"), "--layer", AE_LAYERS,
+        "--pooled", "code", "--out", str(out / "ae.h5"), *common)
+    features = ["--features", "0-1", "--overview", "4"] if quick else ["--overview", "16"]
+    cli("render", str(out / "cnn.h5"), "--out", str(out / "render-cnn"), "--quiet", "--device", "cpu", *features)
+    cli("render", str(out / "ae.h5"), "--out", str(out / "render-ae"), "--quiet", "--device", "cpu", *features)
+    cli("embed", str(out / "ae.h5"), "--layer", "code", "--pool", "both", "--baseline", str(mined),
+        "--out", str(out / "embed"), "--device", "cpu")
+    cli("reconstruct", *map(str, samples), "--model", "digits_models:autoencoder", "--weights", str(out / "ae.pth"),
+        "--layer", AE_LAYERS, "--out", str(out / "reconstruct-ae"), *common)
+    cli("reconstruct", *map(str, samples), "--model", "digits_models:cnn", "--weights", str(out / "cnn.pth"),
+        "--layer", CNN_LAYERS, "--out", str(out / "reconstruct-cnn"), *common)
+
+
+def demo(a: argparse.Namespace) -> dict:
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    images, labels = digits_28()
+    npz = out / "digits.npz"
+    np.savez(npz, images=images, labels=labels)
+    mean, std = images.mean() / 255, images.std() / 255
+    assert abs(mean - digits_models.MEAN) < 1e-3 and abs(std - digits_models.STD) < 1e-3, (mean, std)
+    print(f"data: scikit-learn's {len(images)} 8x8 digits upsampled to 28 px (bicubic to 20 px in a 4 px frame, "
+          f"as MNIST) -> {npz}; pixel mean {mean:.4f}, std {std:.4f}")
+    res = train_both(images, labels, out, a)
+    res["train_s"] = time.perf_counter() - start
+    print(f"training in all {res['train_s']:.0f} s")
+    (out / "samples").mkdir(exist_ok=True)
+    samples = [out / "samples" / f"digit{d}.png" for d in range(SAMPLES)]
+    for d, path in enumerate(samples):
+        Image.fromarray(images[res["held_out_firsts"][d]]).save(path)
+    explore(out, npz, QUICK_IMAGES if a.quick else len(images), samples, a.quick)
+    flat = flat_code_knn(images, labels, out / "ae.pth")
+    res.update({f"flat_knn_{k}": v for k, v in flat.items()})
+    print(f"for comparison (computed by this script, mine embed's 5-NN rule): the code flattened to 128 numbers, "
+          f"as the seed's t-SNE takes it: {flat['trained']:.1%} trained, {flat['random']:.1%} random weights; "
+          f"raw pixels {flat['pixels']:.1%}")
+    res["total_s"] = time.perf_counter() - start
+    print(f"\ndigits demo finished in {res['total_s']:.0f} s (training {res['train_s']:.0f} s): pictures in {out}/")
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="out/digits", help="output folder (default out/digits)")
@@ -151,81 +232,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true",
                    help="20 training steps per model, the first 300 digits mined, fewer pictures (the test)")
     a = p.parse_args(argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    torch.manual_seed(a.seed)
-    torch.use_deterministic_algorithms(True)
-    steps = 20 if a.quick else None
-
-    images, labels = digits_28()
-    npz = out / "digits.npz"
-    np.savez(npz, images=images, labels=labels)
-    mean, std = images.mean() / 255, images.std() / 255
-    assert abs(mean - digits_models.MEAN) < 1e-3 and abs(std - digits_models.STD) < 1e-3, (mean, std)
-    print(f"data: scikit-learn's {len(images)} 8x8 digits upsampled to 28 px (bicubic to 20 px in a 4 px frame, "
-          f"as MNIST) -> {npz}; pixel mean {mean:.4f}, std {std:.4f}")
-    tr, te = split(len(images), a.seed)
-    results: dict = {}
-
-    t = time.perf_counter()
-    cnn = digits_models.cnn()
-    x = to_input(images, digits_models.MEAN, digits_models.STD)
-    y = torch.from_numpy(labels)
-    train(cnn, x[tr], y[tr], nn.functional.cross_entropy, a.cnn_epochs, a.seed, steps)
-    with torch.no_grad():
-        results["cnn_accuracy"] = float((cnn(x[te]).argmax(1) == y[te]).float().mean())
-    torch.save(cnn.state_dict(), out / "cnn.pth")
-    print(f"CNN: {len(tr)} digits, {a.cnn_epochs} epochs: held-out accuracy {results['cnn_accuracy']:.1%} "
-          f"on {len(te)} digits ({time.perf_counter() - t:.0f} s)")
-
-    t = time.perf_counter()
-    ae = digits_models.autoencoder()
-    x01 = to_input(images, 0.0, 1.0)
-    train(ae, x01[tr], x01[tr], nn.functional.binary_cross_entropy, a.ae_epochs, a.seed, steps)
-    with torch.no_grad():
-        results["ae_bce"] = float(nn.functional.binary_cross_entropy(ae(x01[te]), x01[te]))
-        results["ae_mse"] = float(nn.functional.mse_loss(ae(x01[te]), x01[te]))
-    torch.save(ae.state_dict(), out / "ae.pth")
-    results["train_s"] = time.perf_counter() - start
-    print(f"autoencoder: {a.ae_epochs} epochs: held-out BCE {results['ae_bce']:.4f}, MSE {results['ae_mse']:.4f} "
-          f"({time.perf_counter() - t:.0f} s); training in all {results['train_s']:.0f} s")
-    first = [int(te[labels[te] == d][0]) for d in range(10)]  # one held-out digit of each class
-    ae_figure(ae, images[first], out / "ae_outputs.png")
-
-    common = ["--size", "28", "--device", "cpu"]
-    cli("layers", "--model", "digits_models:cnn", "--size", "28")
-    cli("layers", "--model", "digits_models:autoencoder", "--size", "28")
-    mined = QUICK_IMAGES if a.quick else len(images)
-    run = ["run", "--images", str(npz), "--limit", str(mined), "--workers", "0", "--force", "--quiet",
-           "--log", str(out / "mine-runs.jsonl")]
-    cli(*run, "--model", "digits_models:cnn", "--weights", str(out / "cnn.pth"), "--layer", CNN_LAYERS,
-        "--out", str(out / "cnn.h5"), *common)
-    cli(*run, "--model", "digits_models:autoencoder", "--weights", str(out / "ae.pth"), "--layer", AE_LAYERS,
-        "--pooled", "code", "--out", str(out / "ae.h5"), *common)
-    features = ["--features", "0-1", "--overview", "4"] if a.quick else ["--overview", "16"]
-    cli("render", str(out / "cnn.h5"), "--out", str(out / "render-cnn"), "--quiet", "--device", "cpu", *features)
-    cli("render", str(out / "ae.h5"), "--out", str(out / "render-ae"), "--quiet", "--device", "cpu", *features)
-    cli("embed", str(out / "ae.h5"), "--layer", "code", "--pool", "both", "--baseline", str(mined),
-        "--out", str(out / "embed"), "--device", "cpu")
-    flat = flat_code_knn(images, labels, out / "ae.pth")
-    results.update({f"flat_knn_{k}": v for k, v in flat.items()})
-    print(f"for comparison (computed by this script, mine embed's 5-NN rule): the code flattened to 128 numbers, "
-          f"as the seed's t-SNE takes it: {flat['trained']:.1%} trained, {flat['random']:.1%} random weights; "
-          f"raw pixels {flat['pixels']:.1%}")
-    samples = out / "samples"
-    samples.mkdir(exist_ok=True)
-    paths = []
-    for d in range(SAMPLES):
-        paths.append(samples / f"digit{d}.png")
-        Image.fromarray(images[first[d]]).save(paths[-1])
-    cli("reconstruct", *map(str, paths), "--model", "digits_models:autoencoder", "--weights", str(out / "ae.pth"),
-        "--layer", AE_LAYERS, "--out", str(out / "reconstruct-ae"), *common)
-    cli("reconstruct", *map(str, paths), "--model", "digits_models:cnn", "--weights", str(out / "cnn.pth"),
-        "--layer", CNN_LAYERS, "--out", str(out / "reconstruct-cnn"), *common)
-    results["total_s"] = time.perf_counter() - start
-    print(f"\ndigits demo finished in {results['total_s']:.0f} s (training {results['train_s']:.0f} s): pictures in {out}/")
-    return results
+    was = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state untouched
+        torch.manual_seed(a.seed)
+        torch.use_deterministic_algorithms(True)
+        try:
+            return demo(a)
+        finally:
+            torch.use_deterministic_algorithms(was)
 
 
 if __name__ == "__main__":
