@@ -6,8 +6,11 @@
 # features 0-3, and build index.html for each. Then the per-image analyses: reconstruction sheets (HED
 # VGG16, ImageNet MobileNetV2) of three photos from lower to upper layers, the occlusion maps of the
 # strongest conv5_3 unit on its top-3 images (linked from index.html), and the t-SNE maps of the photos
-# with k-NN category accuracies (animals / people / other, from data/demo/SOURCES.md). Re-running is
-# cheap: finished stores are reused, up-to-date PNGs are skipped.
+# with k-NN category accuracies (animals / people / other, from data/demo/SOURCES.md). Last, the offline
+# digits demo (scripts/digits_demo.py, out/demo/digits): scikit-learn's 8x8 digits upsampled to 28 px, the
+# seeds' digit CNN and convolutional autoencoder trained in about a minute, mined, rendered, embedded and
+# reconstructed. Re-running is cheap: finished stores are reused, up-to-date PNGs are skipped (the digits
+# demo always retrains, seeded: the same numbers every time).
 #   OUT=out/demo scripts/demo.sh        (default output folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +56,11 @@ awk -F'|' 'BEGIN{print "path,category"} /^\| [A-Za-z0-9_]+\.jpg/ {f=$2; c=$4; gs
 "$MINE" embed "$STORE" --layer conv5_3 --labels "$CATS" --out "$OUT/embed"
 "$MINE" embed "$MOBILE" --layer features.18 --labels "$CATS" --out "$OUT/embed"
 echo "embeddings: $(( $(date +%s) - t )) s"
+t=$(date +%s)
+"$PY" scripts/digits_demo.py --out "$OUT/digits"
+echo "digits demo: $(( $(date +%s) - t )) s"
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
 echo "open $(pwd)/$OUT/render/index.html and $(pwd)/$OUT/render-mobilenet/index.html"
 echo "analyses: $(pwd)/$OUT/reconstruct, $(pwd)/$OUT/render/occlude, $(pwd)/$OUT/embed"
+echo "digits: $(pwd)/$OUT/digits/render-cnn/index.html, $(pwd)/$OUT/digits/render-ae/index.html, $(pwd)/$OUT/digits/embed"
