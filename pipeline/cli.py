@@ -40,6 +40,9 @@ def _setup() -> None:
     logger = logging.getLogger("pipeline")
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines(logging.WARNING))
+    from .jobs.faults import pause_point
+
+    pause_point("command")  # tests: a command about to start, under the process's signal handler
 
 
 def fail(msg: str, code: int) -> None:
@@ -592,5 +595,27 @@ def embed(
     typer.echo(res.summary())
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``mine`` program (``python -m pipeline`` and the ``mine`` script): the commands under one
+    SIGINT/SIGTERM handler for the whole process (``jobs.signals.ProcessSignals``), so a signal at
+    any moment, shutting down included, ends with exit 5 and never kills the process (143)."""
+    from .jobs.faults import pause_point
+    from .jobs.signals import ProcessSignals
+
+    signals = ProcessSignals().install()
+    code = 130  # a signal that ends the command before typer returns (see below)
+    try:
+        try:
+            app(prog_name="mine")
+            code = exitcodes.OK
+        except SystemExit as e:  # typer ends every command with one (a KeyboardInterrupt that escaped it: 130)
+            code = e.code if isinstance(e.code, int) else (exitcodes.OK if e.code is None else 1)
+        pause_point("exit")  # tests: the command is done, its lock released, the process not yet gone
+        received = signals.settle()
+    except KeyboardInterrupt:  # the first signal landed while the command was returning
+        received = signals.settle()
+    if received and code in (exitcodes.OK, 130):
+        done = " after the command finished (its output is complete)" if code == exitcodes.OK else ""
+        sys.stderr.write(f"error: interrupted by {received}{done}\n")
+        code = exitcodes.INTERRUPTED
+    sys.exit(code)

@@ -393,6 +393,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin,
                                                           combined.stats),
                            f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
+            guard.hint = f"the store {path} is complete"  # not "re-run to finish" from here on
         if dist is not None:  # the others wait for the outcome
             dist.agree(None)
         pause_point("store-written")

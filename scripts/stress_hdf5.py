@@ -49,7 +49,7 @@ RUN = ["--layer", "conv2_2", "--model", "vgg16", "--weights", "random", "--size"
 
 
 def mine(*args) -> list[str]:
-    return [sys.executable, "-c", "from pipeline.cli import app; app()", *map(str, args)]
+    return [sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)]
 
 
 def env(**extra) -> dict:

@@ -169,8 +169,16 @@ def overview(pairs: list[np.ndarray], cols: int = 4, height: int = 200, gap: int
 
 
 def save_png(img: np.ndarray, path: Path) -> None:
-    """Write a PNG atomically (temp file + rename): a reader never sees half an image."""
+    """Write a PNG atomically (temp file + rename): a reader never sees half an image, and a
+    failed write (a full disk, a signal) leaves no ``.NAME.tmp-PID`` behind."""
+    from ..jobs.faults import pause_point
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
+        pause_point("png-write")  # tests: the temp file written, not yet renamed
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
