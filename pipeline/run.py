@@ -237,6 +237,8 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
     # Signals end the run at once until the streaming pass, which stops them at a batch boundary.
     with InterruptGuard(graceful=False) as guard:
         dist = distributed.join(cfg.device)  # distributed: None outside torchrun
+        if dist is not None:  # every rank the same arguments, before any work; the record lists every rank
+            dist.check_same_arguments(dataclasses.asdict(cfg), stats)
         device = dist.device if dist else resolve_device(cfg.device)
         path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else None
         if path is not None and store_target(path).is_dir():

@@ -50,7 +50,7 @@ def sigterm_at(point: str, args: list, cwd: Path) -> tuple[int, str]:
 
 
 def commands(d: Path) -> dict:
-    """command -> (pause point mid-work, arguments). ``png-write``: a PNG's temp file is written and
+    """command -> (pause point mid-work, arguments). ``atomic-write``: a PNG's temp file is written and
     not yet renamed; ``command``: the (read-only) command is about to start."""
     img = str(d / "imgs" / "a" / "img00.png")
     return {
@@ -58,13 +58,13 @@ def commands(d: Path) -> dict:
                            "--workers", "0", "--batch-size", "2", "--quiet", "--out", str(d / "w" / "r.h5")]),
         "merge": ("finalize", ["merge", str(d / "a.h5"), str(d / "b.h5"), "--out", str(d / "w" / "m.h5"),
                                "--device", "cpu"]),
-        "render": ("png-write", ["render", str(d / "w" / "a.h5"), "--layer", "conv1_2", "--features", "0-1",
+        "render": ("atomic-write", ["render", str(d / "w" / "a.h5"), "--layer", "conv1_2", "--features", "0-1",
                                  "--out", str(d / "w" / "render"), "--device", "cpu", "--quiet"]),
-        "visualize": ("png-write", ["visualize", "--layer", "conv1_2", "--features", "0-1", *UNIT, "--size", "32",
+        "visualize": ("atomic-write", ["visualize", "--layer", "conv1_2", "--features", "0-1", *UNIT, "--size", "32",
                                     "--steps", "2", "--out", str(d / "w" / "vis"), "--device", "cpu", "--quiet"]),
-        "reconstruct": ("png-write", ["reconstruct", img, "--layer", "conv1_2", *UNIT, "--size", "32",
+        "reconstruct": ("atomic-write", ["reconstruct", img, "--layer", "conv1_2", *UNIT, "--size", "32",
                                       "--out", str(d / "w" / "rec"), "--device", "cpu"]),
-        "occlude": ("png-write", ["occlude", img, "--layer", "conv1_2", "--feature", "0", *UNIT, "--size", "32",
+        "occlude": ("atomic-write", ["occlude", img, "--layer", "conv1_2", "--feature", "0", *UNIT, "--size", "32",
                                   "--patch", "8", "--stride", "8", "--out", str(d / "w" / "occ"), "--device", "cpu"]),
         "embed": ("embed", ["embed", str(d / "w" / "p.h5"), "--method", "pca", "--baseline", "0",
                             "--out", str(d / "w" / "emb")]),
@@ -303,3 +303,38 @@ def test_a_failed_png_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         montage.save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 11. torchrun ranks started with different arguments ---------------------------------------
+
+def test_ranks_started_with_different_arguments_refuse_in_one_line(mined, tmp_path):
+    """Two ranks started by hand (the torchrun environment, gloo) with different --k: both exit 2
+    before any work, naming the option; rank 0's run record lists both ranks."""
+    import json
+    import socket
+    import subprocess
+
+    from jobs_util import mine_argv
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank, k in ((0, "2"), (1, "3")):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        env.pop("MINE_TEST_PAUSE_AT", None)
+        args = run_argv(mined, "--size", "32", "--device", "cpu", "--out", str(tmp_path / "s.h5"))
+        args[args.index("--k") + 1] = k
+        procs.append(subprocess.Popen(mine_argv(*args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == exitcodes.BAD_ARGS, err
+        lines = [x for x in err.splitlines() if x.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert "started with different arguments: rank 1 differs from rank 0 in k (2 vs 3)" in lines[0], lines[0]
+    assert not (tmp_path / "s.h5").exists() and stale(tmp_path) == []
+    record = json.loads((tmp_path / "mine-runs.jsonl").read_text().splitlines()[-1])
+    assert record["exit_code"] == exitcodes.BAD_ARGS and record["world_size"] == 2
+    assert [r["rank"] for r in record["ranks"]] == [0, 1]

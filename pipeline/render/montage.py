@@ -21,7 +21,6 @@ Layout (what tests and users can rely on):
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -171,14 +170,6 @@ def overview(pairs: list[np.ndarray], cols: int = 4, height: int = 200, gap: int
 def save_png(img: np.ndarray, path: Path) -> None:
     """Write a PNG atomically (temp file + rename): a reader never sees half an image, and a
     failed write (a full disk, a signal) leaves no ``.NAME.tmp-PID`` behind."""
-    from ..jobs.faults import pause_point
+    from ..durable import write_atomically
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
-        pause_point("png-write")  # tests: the temp file written, not yet renamed
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG", compress_level=1))
