@@ -20,8 +20,8 @@ handler installed). Expected exit codes are 0 (finished before the signal) and 5
 (interrupted); anything that ends by a signal (-11 SIGSEGV, -6 SIGABRT, -15: no handler) is
 listed. A SIGTERM after the work is done and the lock released, while the command writes its
 run record and Python shuts down, is exit 5 as well ("... after the command finished"; it was -15
-before the process-wide handler of ``cli.main``); any other code then is noted "after the lock". The control (``--disk-full``)
-writes a store under a small ``RLIMIT_FSIZE``: that is a known, designed crash of the
+before the process-wide handler of ``cli.main``); any other code then is noted "after the lock".
+The control (``--disk-full``) writes a store under a small ``RLIMIT_FSIZE``: that is a known, designed crash of the
 isolated writer child (HDF5 2.0 segfaults when a failed write is closed), reported by the
 parent as exit 6, and it leaves the same kind of dmesg line.
 """
