@@ -645,6 +645,9 @@ def main() -> None:
         received = signals.settle()
     except KeyboardInterrupt:  # the first signal landed while the command was returning
         received = signals.settle()
+    except BaseException:  # a bug: its traceback is printed with signals ignored
+        signals.settle()
+        raise
     if received and code in (exitcodes.OK, 130):
         done = " after the command finished (its output is complete)" if code == exitcodes.OK else ""
         sys.stderr.write(f"error: interrupted by {received}{done}\n")

@@ -398,6 +398,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             guard.hint = f"the store {path} is complete"  # not "re-run to finish" from here on
         if dist is not None:  # the others wait for the outcome
             dist.agree(None)
+            guard.hint = f"the store {path} is complete"
         pause_point("store-written")
         ck_path.unlink(missing_ok=True)
         if dist is None or dist.rank == 0:
