@@ -2,6 +2,6 @@
 
     torchrun --nproc-per-node 8 -m pipeline run --layer all --images caltech/all --out all.h5
 """
-from .cli import app
+from .cli import main
 
-app(prog_name="mine")
+main()

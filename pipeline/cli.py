@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from . import exitcodes
+from .config import check_size
 from .store.schema import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -40,6 +41,9 @@ def _setup() -> None:
     logger = logging.getLogger("pipeline")
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines(logging.WARNING))
+    from .jobs.faults import pause_point
+
+    pause_point("command")  # tests: a command about to start, under the process's signal handler
 
 
 def fail(msg: str, code: int) -> None:
@@ -77,11 +81,32 @@ def classify(e: BaseException) -> int:
         return exitcodes.STORE_ERROR
     if isinstance(e, ReproduceError):
         return exitcodes.FAILED
+    if out_of_memory(e):
+        return exitcodes.BAD_ARGS
     if isinstance(e, (ValueError, KeyError)):
         return exitcodes.BAD_ARGS
     if isinstance(e, OSError):
         return exitcodes.STORE_ERROR
     return None
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, torch's (CUDA) OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    import torch
+
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def message(e: BaseException) -> str:
+    """The one line for a mapped failure: a KeyError without the quotes ``str`` adds (and nothing else
+    stripped: a message may end in a quote), out of memory with what to change."""
+    if out_of_memory(e):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"out of memory ({first.rstrip('. ')}): use a smaller --batch-size or --size"
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return e.args[0]
+    return str(e).strip()
 
 
 def guarded(fn, *args, **kw):
@@ -95,7 +120,7 @@ def guarded(fn, *args, **kw):
         code = classify(e)
         if code is None:
             raise
-        fail(str(e).strip("'\""), code)
+        fail(message(e), code)
 
 
 PREP_HELP = ("Preprocessing preset: torchvision (RGB, ImageNet mean/std) | caffe (BGR, 0..255 minus the mean pixel). "
@@ -194,7 +219,7 @@ def _recorded(job, stats, log_path):
         if code is None:
             code, msg = 1, f"{type(e).__name__}: {e}"
             raise
-        msg = str(e).strip("'\"")
+        msg = message(e)
     finally:
         # Next to the store; a run that failed before it knew its store (no --out, e.g. images
         # not found) has nowhere sensible to log unless --log was given.
@@ -239,6 +264,7 @@ def layers(
     """
     from .models.weights import build_network
 
+    guarded(check_size, size)
     net = guarded(lambda: build_network(model, size, _prep(preprocessing, channels, mean, std)))
     default = set(net.default or net.layers)
     rows = [li for li in net.layers.values() if every or li.name in default]
@@ -414,6 +440,8 @@ def render(
         fail("give --feature or --features, not both", exitcodes.BAD_ARGS)
     if batch_size is not None and batch_size < 1:
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
+    if visualize < 0:
+        fail(f"--visualize must be a number of steps >= 0 (got {visualize}; 0: none)", exitcodes.BAD_ARGS)
     if shared_scale:
         typer.echo("warning: --shared-scale is deprecated; use --contrast shared", err=True)
         contrast = "shared"
@@ -450,6 +478,7 @@ def visualize(
     """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation, Adam)."""
     from .visualize.run import visualize_layer
 
+    guarded(check_size, size, max(batch_size, 1))
     paths = guarded(visualize_layer, model=model, weights=weights, layer=layer, features=features,
                     objective=objective, steps=steps, size=size, seed=seed, batch_size=batch_size,
                     device=device, out=out, save_arrays=save_arrays, progress=not quiet,
@@ -502,6 +531,7 @@ def reconstruct(
 
     if feature is not None and top is not None:
         fail("give --feature or --top, not both", exitcodes.BAD_ARGS)
+    guarded(check_size, size)
 
     def job():
         net = load_network(model, weights, size, _prep(preprocessing, channels, mean, std))
@@ -537,12 +567,15 @@ def occlude(
     Writes one PNG (picture with the unit's receptive-field box, heatmap: red where hiding the
     region lowers the score) and a .npy per image of the (n, n) scores, one per square position.
     """
-    from .analyses.occlude import occlude_images, occlude_store
+    from .analyses.occlude import check_target, occlude_images, occlude_store
     from .devices import resolve_device
     from .models.weights import load_network
 
     if batch_size < 1:
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
+    if limit is not None and limit < 1:
+        fail(f"--limit must be >= 1 (got {limit})", exitcodes.BAD_ARGS)
+    guarded(check_size, size, batch_size)
     kw = dict(layer=layer, feature=feature, klass=klass, patch=patch, stride=stride, batch_size=batch_size)
     prep = _prep(preprocessing, channels, mean, std)
     if len(inputs) == 1 and inputs[0].suffix.lower() in (".h5", ".hdf5"):
@@ -551,6 +584,7 @@ def occlude(
                  exitcodes.BAD_ARGS)
         res = guarded(lambda: occlude_store(inputs[0], out, weights, limit=limit, device=resolve_device(device), **kw))
     else:
+        guarded(check_target, layer, feature, klass)  # before loading the network
         res = guarded(lambda: occlude_images(load_network(model, weights or "imagenet", size, prep), [str(p) for p in inputs],
                                              out or Path("occlude"), resize=resize, device=resolve_device(device), **kw))
     typer.echo(res.summary())
@@ -592,5 +626,30 @@ def embed(
     typer.echo(res.summary())
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``mine`` program (``python -m pipeline`` and the ``mine`` script): the commands under one
+    SIGINT/SIGTERM handler for the whole process (``jobs.signals.ProcessSignals``), so a signal at
+    any moment, shutting down included, ends with exit 5 and never kills the process (143)."""
+    from .jobs.faults import pause_point
+    from .jobs.signals import ProcessSignals
+
+    signals = ProcessSignals().install()
+    code = 130  # a signal that ends the command before typer returns (see below)
+    try:
+        try:
+            app(prog_name="mine")
+            code = exitcodes.OK
+        except SystemExit as e:  # typer ends every command with one (a KeyboardInterrupt that escaped it: 130)
+            code = e.code if isinstance(e.code, int) else (exitcodes.OK if e.code is None else 1)
+        pause_point("exit")  # tests: the command is done, its lock released, the process not yet gone
+        received = signals.settle()
+    except KeyboardInterrupt:  # the first signal landed while the command was returning
+        received = signals.settle()
+    except BaseException:  # a bug: its traceback is printed with signals ignored
+        signals.settle()
+        raise
+    if received and code in (exitcodes.OK, 130):
+        done = " after the command finished (its output is complete)" if code == exitcodes.OK else ""
+        sys.stderr.write(f"error: interrupted by {received}{done}\n")
+        code = exitcodes.INTERRUPTED
+    sys.exit(code)

@@ -26,15 +26,34 @@ STRINGS = ("images", "model", "weights", "device", "resize", "precision", "prepr
 PATHS = ("data_root", "out", "update", "log")  # a str or a pathlib.Path
 BOOLEANS = ("force", "discard_checkpoint", "channels_last", "progress", "quiet")
 NUMBERS = ("mean", "std")  # a number, a list of numbers, or "0.485,0.456,0.406"
-OPTIONAL = ("limit", "data_root", "out", "update", "log", "preprocessing", "channels", "mean", "std")  # None = not given
+OPTIONAL = ("limit", "data_root", "out", "update", "log", "preprocessing", "channels", "mean", "std",
+            "pooled")  # None = not given
+# The memory budget of an input size, checked before any tensor is allocated (an allocator traceback,
+# or 90 GB asked for at size 100000, otherwise): one side at most MAX_SIZE pixels, and a batch at most
+# MAX_BATCH_PIXELS input pixels (a VGG's first layers hold 64 float32 channels of each: about 8 GiB).
+MAX_SIZE = 4096
+MAX_BATCH_PIXELS = 2 ** 25
+
+
+def check_size(size: int, batch_size: int = 1, option: str = "--size") -> None:
+    """Refuse (``ValueError``, exit 2) a size below 1 or beyond the memory budget above."""
+    if not _is_int(size) or size < 1:
+        raise ValueError(f"{option} must be a positive number of pixels (got {size!r})")
+    if size > MAX_SIZE:
+        raise ValueError(f"{option} {size} is above the largest input size, {MAX_SIZE} pixels")
+    if batch_size * size * size > MAX_BATCH_PIXELS:
+        raise ValueError(f"{option} {size} with --batch-size {batch_size} is {batch_size * size * size} input pixels "
+                         f"per batch, above the budget of {MAX_BATCH_PIXELS}; use --batch-size "
+                         f"{max(1, MAX_BATCH_PIXELS // (size * size))} or a smaller size")
 
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def check_options(values: dict) -> None:
-    """Raise ``ValueError`` (one line naming the key) for a value of the wrong type or range."""
+def check_options(values: dict, budget: bool = True) -> None:
+    """Raise ``ValueError`` (one line naming the key) for a value of the wrong type or range, and
+    (``budget``) for a size and batch size beyond the memory budget together."""
     for key, v in values.items():
         if v is None and key in OPTIONAL:
             continue
@@ -49,13 +68,16 @@ def check_options(values: dict) -> None:
             raise ValueError(f"{key} must be {_STR} (a path) (got {v!r})")
         elif key in BOOLEANS and not isinstance(v, bool):
             raise ValueError(f"{key} must be {_BOOL} (got {v!r})")
-        elif key == "layer" and not (isinstance(v, str) or (isinstance(v, list) and v
+        elif key in ("layer", "pooled") and not (isinstance(v, str) or (isinstance(v, list) and v
                                                              and all(isinstance(x, str) for x in v))):
-            raise ValueError(f"layer must be a string or a list of strings such as \"conv4_4\" (got {v!r})")
+            raise ValueError(f"{key} must be a string or a list of strings such as \"conv4_4\" (got {v!r})")
         elif key in NUMBERS:
             parse_values(v, key)
         elif key == "checkpoint_every" and not (isinstance(v, str) or _is_int(v)):
             raise ValueError(f"checkpoint_every must be a number of batches or a time such as \"5m\" (got {v!r})")
+    if budget and _is_int(values.get("size")) and values["size"] >= 1:
+        batch = values.get("batch_size")
+        check_size(values["size"], batch if _is_int(batch) and batch >= 1 else 1, option="size")
 
 
 def load_config(path: str | Path | None, overrides: dict):
@@ -84,12 +106,14 @@ def load_config(path: str | Path | None, overrides: dict):
             if key not in known:
                 raise ValueError(f"unknown key {k!r} in {p}; known: {', '.join(sorted(known))}")
             values[key] = v
+        check_options(values, budget=False)  # the file's own values, also those a flag overrides below
     values.update({k: v for k, v in overrides.items() if v is not None})
     check_options(values)
     if "images" not in values:
         raise ValueError("no images given: pass --images or set images in the config file")
-    if isinstance(values.get("layer"), list):
-        values["layer"] = ",".join(values["layer"])
+    for key in ("layer", "pooled"):
+        if isinstance(values.get(key), list):
+            values[key] = ",".join(values[key])
     if "quiet" in values:
         values["progress"] = not values.pop("quiet")
     return RunConfig(**values)

@@ -24,6 +24,23 @@ def write_fsync(path: str | os.PathLike, data: bytes, flags: int) -> None:
         os.close(fd)
 
 
+def write_atomically(path: str | os.PathLike, write, suffix: str = "") -> None:
+    """``write(tmp)`` to ``.NAME.tmp-PID<suffix>`` beside ``path``, then rename it over ``path``: a reader
+    never sees half a file, and a write that fails (a full disk, a signal) leaves no temp file behind.
+    ``suffix``: for writers that append one (``np.save`` adds ``.npy`` to any other name)."""
+    from .jobs.faults import pause_point
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        write(tmp)
+        pause_point("atomic-write")  # tests: the temp file written, not yet renamed
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def fsync_rename(tmp: Path, target: Path) -> None:
     """Make ``tmp`` durable, then atomically replace ``target`` with it (keeping ``target``'s mode)."""
     try:

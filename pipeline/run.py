@@ -237,6 +237,8 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
     # Signals end the run at once until the streaming pass, which stops them at a batch boundary.
     with InterruptGuard(graceful=False) as guard:
         dist = distributed.join(cfg.device)  # distributed: None outside torchrun
+        if dist is not None:  # every rank the same arguments, before any work; the record lists every rank
+            dist.check_same_arguments(dataclasses.asdict(cfg), stats)
         device = dist.device if dist else resolve_device(cfg.device)
         path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else None
         if path is not None and store_target(path).is_dir():
@@ -393,8 +395,10 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin,
                                                           combined.stats),
                            f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
+            guard.hint = f"the store {path} is complete"  # not "re-run to finish" from here on
         if dist is not None:  # the others wait for the outcome
             dist.agree(None)
+            guard.hint = f"the store {path} is complete"
         pause_point("store-written")
         ck_path.unlink(missing_ok=True)
         if dist is None or dist.rank == 0:

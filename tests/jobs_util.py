@@ -63,7 +63,7 @@ def cli_args(images, out, *extra) -> list[str]:
 
 def mine_argv(*args) -> list[str]:
     """The `mine` command as a subprocess of this interpreter."""
-    return [sys.executable, "-c", "from pipeline.cli import app; app()", *map(str, args)]
+    return [sys.executable, "-c", "from pipeline.cli import main; main()", *map(str, args)]
 
 
 def spawn(args, cwd: Path, pause_at: str | None = None, ready: Path | None = None, **popen) -> subprocess.Popen:

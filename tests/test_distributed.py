@@ -75,6 +75,8 @@ def jobs(images, tmp_path_factory):
     res["killed_out"] = procs["killed"].communicate()
     res["killed_left"] = left(d["killed"])
     res["killed_cks"] = [load_checkpoint(p) for p in checkpoint_files(d["killed"] / "s.h5")]
+    log = d["killed"] / "mine-runs.jsonl"
+    res["killed_record"] = json.loads(log.read_text().splitlines()[-1]) if log.exists() else None
     for n in ("two", "three", "a", "b"):
         res[n] = finish(procs[n])
     # phase 2
@@ -125,6 +127,8 @@ def test_rank_killed_then_same_command_resumes(jobs, full):
     assert len(res["killed_cks"]) == 2
     # rank 1 paused after its 2nd batch, before checkpointing it: its checkpoint holds the 1st
     assert any(not c.complete for c in res["killed_cks"])
+    rec = res["killed_record"]  # rank 0's, written as it stopped: every rank listed (issue 23, item 11)
+    assert rec is not None and rec["world_size"] == 2 and [r["rank"] for r in rec["ranks"]] == [0, 1], rec
     for n in ("killed", "killed3", "killed1"):  # the same command; 3 processes; one process
         assert_same_store(d[n] / "s.h5", full)
         assert left(d[n]) == []

@@ -86,3 +86,15 @@ def autoencoder() -> nn.Module:
     m = make("convT", channels=1)
     m.preprocessing = {"channels": 1, "mean": [0.0], "std": [1.0]}
     return m
+
+
+LONG = "c" * 300  # a layer name longer than a file name may be
+
+
+def odd_names() -> nn.Module:
+    """Layers named ``a/b`` and ``a_b`` (the same file name under a naive escape) and a 300-character one."""
+    m = nn.Sequential()
+    m.add_module("a/b", nn.Conv2d(3, 4, 3))
+    m.add_module("a_b", nn.ReLU())
+    m.add_module(LONG, nn.Conv2d(4, 4, 3))
+    return m

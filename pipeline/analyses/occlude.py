@@ -51,10 +51,25 @@ def starts(size: int, patch: int, stride: int) -> np.ndarray:
     return np.arange(0, size - patch + 1, stride)
 
 
+def check_target(layer: str | None, feature: int | None, klass: int | None) -> None:
+    """Refuse (``ValueError``) anything but a unit (--layer and --feature) or a class (--class)."""
+    if (klass is None) == (feature is None):
+        raise ValueError("give --layer and --feature for a unit, or --class for a class score")
+    if feature is not None and layer is None:
+        raise ValueError("--feature needs --layer")
+
+
+def one_layer(net: Network, layer: str) -> str:
+    """The layer's name in ``net`` for a name or module path (as every command takes), exactly one."""
+    names = net.select(layer)
+    if len(names) != 1:
+        raise ValueError(f"--layer {layer} names {len(names)} layers; occlude takes one, e.g. {names[0]}")
+    return names[0]
+
+
 def unit_score(net: Network, layer: str, feature: int) -> Score:
     """Spatial maximum of map ``feature`` of ``layer``; the forward stops after the layer."""
-    if layer not in net.layers:
-        raise ValueError(f"layer {layer!r} is not a layer of {net.arch}; see `mine layers --model {net.arch}`")
+    layer = one_layer(net, layer)
     c = net.layers[layer].channels
     if not 0 <= feature < c:
         raise ValueError(f"feature {feature} out of range: {layer} has {c} channels")
@@ -141,10 +156,9 @@ def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names:
                    patch: int = 32, stride: int = 8, batch_size: int = 32, device="cpu") -> OccludeResult:
     """Maps of N images (uint8 pixels), one figure ``<stem>.png`` (rows images: picture with the
     unit's receptive-field box at its arg-max, heatmap) and ``<stem>.<i>.npy`` (the (n, n) scores)."""
-    if (klass is None) == (feature is None):
-        raise ValueError("give --feature (with --layer) for a unit, or --class for a class score")
-    if feature is not None and layer is None:
-        raise ValueError("--feature needs --layer")
+    check_target(layer, feature, klass)
+    if layer is not None:
+        layer = one_layer(net, layer)
     net.to(device)
     x = as_input(pixels, prep, net.device)
     score = unit_score(net, layer, feature) if klass is None else class_score(net, klass)
@@ -179,6 +193,9 @@ def target_stem(layer: str | None, feature: int | None, klass: int | None) -> st
 def occlude_images(net: Network, images: list[str | Path], out: Path, resize: str = "center-crop", **kw) -> OccludeResult:
     """``mine occlude IMAGE...``: one figure for the named images."""
     prep = preprocessing(net, resize)
+    check_target(kw.get("layer"), kw.get("feature"), kw.get("klass"))
+    if kw.get("layer") is not None:
+        kw = {**kw, "layer": one_layer(net, kw["layer"])}
     pixels = load_pixels(images, prep)
     names = [Path(p).stem for p in images]
     stem = target_stem(kw.get("layer"), kw.get("feature"), kw.get("klass"))

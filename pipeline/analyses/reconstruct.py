@@ -28,7 +28,7 @@ from ..render.montage import save_png
 from ..render.names import safe_name
 from ..render.normalise import display, to_rgb
 from ..render.sheet import labelled_grid
-from .inputs import as_input, load_pixels, preprocessing
+from .inputs import as_input, image_stems, load_pixels, preprocessing
 
 
 def map_mask(out: torch.Tensor, feature: int | None = None, top: int | None = None) -> torch.Tensor:
@@ -91,8 +91,8 @@ def reconstruct_images(net: Network, images: list[str | Path], layers: list[str]
     for layer in layers:
         proj = to_rgb(reconstruct(net, layer, x, feature, top, method).cpu().numpy(), prep)
         shown = display(proj)
-        for i, path in enumerate(images):
-            stem = f"{Path(path).stem}.{safe_name(layer)}"
+        for i, name in enumerate(image_stems(images)):
+            stem = f"{name}.{safe_name(layer)}"
             png = out / f"{stem}.png"
             save_png(labelled_grid([[pixels[i], shown[i]]], cols=["input", f"{layer}{_what(feature, top)}"]), png)
             res.files.append(png)

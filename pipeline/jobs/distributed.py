@@ -265,6 +265,27 @@ class Dist:
     def barrier(self) -> None:
         self.agree(None)
 
+    def check_same_arguments(self, config: dict, stats) -> None:
+        """Before any work: every rank must run the same resolved configuration (ranks started by
+        hand, or by a launcher that passed different arguments, would otherwise fail later, one
+        rank in a collective and the other told to re-run what can never succeed). Refuses in one
+        line (``ValueError``, exit 2) on every rank, naming the options that differ. ``stats.ranks``
+        gets every rank's identity (rank, host, pid, device) first, so the run record lists every rank
+        whatever happens next (a rank killed before the end included)."""
+        import json
+
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+        info = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
+        everything = self.gather_all((digest, config, info))
+        self.ranks = stats.ranks = [i for _, _, i in everything]
+        for r, (d, other, _) in enumerate(everything):
+            if d != everything[0][0]:
+                keys = sorted(k for k in set(config) | set(other) if everything[0][1].get(k) != other.get(k))
+                shown = ", ".join(f"{k} ({everything[0][1].get(k)!r} vs {other.get(k)!r})" for k in keys)
+                raise ValueError(f"the ranks of this torchrun job were started with different arguments: rank {r} "
+                                 f"differs from rank 0 in {shown or 'its configuration'}; start every rank with the "
+                                 f"same command")
+
     # --- lock and checkpoints ------------------------------------------------------------
     @contextmanager
     def store_lock(self, store: Path):

@@ -18,6 +18,13 @@ says to go on (e.g. a SIGINT was received). Points used by ``mine run``:
 and by ``mine embed``:
 
     embed             the store's lock is held and the store open, nothing read yet
+
+and by every command:
+
+    command           the command is about to start (the process's signal handler is in place)
+    atomic-write      a file written through ``durable.write_atomically`` (PNGs, pages, arrays,
+                      the render manifest) is in its temp file, not yet renamed
+    exit              the command has ended (locks released), the process not yet gone
 """
 from __future__ import annotations
 

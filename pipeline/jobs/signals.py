@@ -22,6 +22,11 @@ cannot re-enter the library (issue 23, item 14).
 
 Handlers are installed only in the main thread (Python allows no other) and the
 previous ones are restored on exit, so library users keep their own.
+
+The ``mine`` program itself (``cli.main``) installs one more handler for the whole process,
+``ProcessSignals``, and never restores the default: a guard restores it on exit, so a signal
+that lands before, between or after the guards (a command without one, a lock just released,
+the process shutting down) still ends the command with exit 5 instead of killing it (143).
 """
 from __future__ import annotations
 
@@ -32,6 +37,43 @@ from .errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 3.0  # longest wait for the current batch after the first signal
+
+
+class ProcessSignals:
+    """The ``mine`` process's own SIGINT/SIGTERM handler (``install`` once, ``settle`` at exit).
+
+    While the command works, the first signal raises ``Interrupted`` (exit 5; locks and temp
+    files are released by the ``with`` blocks it unwinds). ``settle`` is called when the command
+    has ended: from then on a signal is only recorded, and the process ignores further ones,
+    so nothing can kill it with 143 while it shuts down.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.finished = False
+
+    def install(self) -> "ProcessSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        first = self.received is None
+        self.received = self.received or signal.Signals(signum).name
+        if first and not self.finished:
+            raise Interrupted(f"interrupted by {self.received}")
+
+    def settle(self) -> str | None:
+        """Stop raising, ignore signals from now on; the signal received (if any), for the exit code.
+
+        ``signal.signal`` runs pending Python handlers before it changes one (CPython), so a
+        signal delivered just before is recorded, not lost."""
+        self.finished = True
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
+        return self.received
 
 
 class InterruptGuard:

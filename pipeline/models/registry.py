@@ -81,14 +81,18 @@ def spec_of(arch: str) -> ModelSpec:
         mod, _, fn = arch.partition(":")
         try:
             factory = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"custom model {arch!r}: cannot import {fn} from {mod} ({e})") from None
+        except Exception as e:  # noqa: BLE001 - user code: any failure to import is one line
+            raise ValueError(f"custom model {arch!r}: cannot import {fn} from {mod} ({type(e).__name__}: {e})") from None
         return ModelSpec("custom", partial(_custom, factory, arch))
     raise ValueError(f"unknown model {arch!r}; choose from: {', '.join(MODELS)}, or package.module:factory")
 
 
 def _custom(factory, arch: str, imagenet: bool = False) -> nn.Module:
-    m = factory()
+    try:
+        m = factory()
+    except Exception as e:  # noqa: BLE001 - user code: it may raise anything, or need arguments
+        raise ValueError(f"custom model {arch!r}: the factory failed: {type(e).__name__}: {e} "
+                         f"(it is called with no arguments and must return an nn.Module)") from None
     if not isinstance(m, nn.Module):
         raise ValueError(f"custom model {arch!r}: the factory returned {type(m).__name__}, not an nn.Module")
     return m.eval()

@@ -26,10 +26,25 @@ BUNDLED = ("hed",)
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 
-def _unwrap(state: dict) -> dict:
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
+def _unwrap(state) -> dict:
+    """The state dict of a checkpoint (a bare one or under ``state_dict``); ``ValueError`` unless it is
+    a mapping keyed by parameter names (strings)."""
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
+    bad = [k for k in state if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"it is not a state dict of named tensors: key {bad[0]!r} is not a string")
     return dict(state)
+
+
+def _check_finite(state: dict, weights: str) -> None:
+    """NaN or infinite weights make every activation NaN: refuse them here (a weights error, exit 3)
+    rather than let mining end in a failed finalize check (exit 7)."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise WeightsError(f"weights {weights!r}: {k} holds NaN or infinite values")
 
 
 def _fit(state: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -141,6 +156,7 @@ def load_network(arch: str, weights: str = "imagenet", input_size: int = 224,
             model.load_state_dict(state)
         except RuntimeError as e:
             raise WeightsError(f"weights {weights!r} do not fit {arch}: {str(e).splitlines()[0]}") from None
+        _check_finite(state, weights)
     model.eval().requires_grad_(False)
     name = weights if weights in ("random", "imagenet", *BUNDLED) else str(Path(weights).resolve())
     if isinstance(preprocessing, Preprocessing):

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..durable import write_atomically
 from .montage import GAP
 
 __all__ = ["EntryView", "LayerView", "SiteMeta", "UnitView", "render_pages", "write_site"]
@@ -454,8 +455,5 @@ def write_site(out_dir: Path, layers: list[LayerView], meta: SiteMeta) -> Path:
     """Write every page (temp file + rename each); returns the index's path."""
     out_dir = Path(out_dir)
     for name, text in render_pages(layers, meta).items():
-        path = out_dir / name
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(out_dir / name, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
     return out_dir / "index.html"

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ..durable import write_atomically
 from ..jobs.lock import StoreLock
 from ..store.read import Store
 
@@ -87,6 +87,4 @@ def forget(m: dict, layer: str, chans=(), layer_level: bool = False) -> None:
 
 
 def save_manifest(out: Path, m: dict) -> None:
-    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(m, sort_keys=True))
-    os.replace(tmp, out / MANIFEST)
+    write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(m, sort_keys=True)))

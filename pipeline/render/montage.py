@@ -21,7 +21,6 @@ Layout (what tests and users can rely on):
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +168,8 @@ def overview(pairs: list[np.ndarray], cols: int = 4, height: int = 200, gap: int
 
 
 def save_png(img: np.ndarray, path: Path) -> None:
-    """Write a PNG atomically (temp file + rename): a reader never sees half an image."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    """Write a PNG atomically (temp file + rename): a reader never sees half an image, and a
+    failed write (a full disk, a signal) leaves no ``.NAME.tmp-PID`` behind."""
+    from ..durable import write_atomically
+
+    write_atomically(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG", compress_level=1))

@@ -1,15 +1,31 @@
 """File names of a render: per feature map, per layer, the output folder, feature lists."""
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 MAX_FEATURES = 1 << 20  # no layer has more channels; ranges are checked before they are expanded
 
 
+MAX_NAME = 100  # characters of a layer in a file name: room for suffixes, temp names and PIDs under 255 bytes
+
+
 def safe_name(layer: str) -> str:
-    """A layer name usable in a file name (path separators and NUL replaced)."""
-    return re.sub(r"[/\\\x00]", "_", layer) or "_"
+    """A layer name usable in a file name, and injective: two layers never share their files.
+
+    Letters, digits, ``_``, ``-`` and (not leading) ``.`` stay as they are, so ``conv4_3`` and
+    ``features.14`` are themselves; every other byte (``/``, ``~``, a space, a leading dot ...) is
+    ``~XX`` (its UTF-8 byte in hex), so ``a/b`` is ``a~2fb`` and never ``a_b``. A name longer than
+    :data:`MAX_NAME` is cut and ends in ``~~`` (which no escape makes) and 16 hex digits of its hash (a 300-character layer
+    would otherwise overflow the file system's 255 bytes)."""
+    out = "".join(c if re.fullmatch(r"[A-Za-z0-9_-]", c) or (c == "." and i) else
+                  "".join(f"~{b:02x}" for b in c.encode("utf-8", "surrogatepass")) for i, c in enumerate(layer))
+    if not out:
+        return "~"
+    if len(out) > MAX_NAME:
+        out = f"{out[:MAX_NAME - 18]}~~{hashlib.sha256(layer.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+    return out
 
 
 def feature_files(layer: str, c: int) -> dict[str, str]:

@@ -34,7 +34,6 @@ Typical use::
 """
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
+from ..durable import write_atomically
 from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
 from ..store.read import Store, border_units, overview_channels
@@ -351,9 +351,7 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
             for name, a in (("array", t), ("box_array", boxes)):
-                tmp = out / f".{fs[name]}.tmp-{os.getpid()}.npy"
-                np.save(tmp, a)
-                os.replace(tmp, out / fs[name])
+                write_atomically(out / fs[name], lambda tmp, a=a: np.save(tmp, a), suffix=".npy")
         else:
             (out / fs["array"]).unlink(missing_ok=True)
             (out / fs["box_array"]).unlink(missing_ok=True)
