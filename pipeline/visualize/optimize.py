@@ -1,7 +1,8 @@
 """Optimise one image per unit, for a batch of units of one layer at once.
 
 Objective ``channel``: the mean of the unit's map; ``neuron``: the unit at the map's centre.
-Every step renders the Fourier images, warps each by its own random transform, applies the
+Every step renders the Fourier images, warps each by its own random transform, resizes the batch
+to a random input size (``transforms.random_input_size``: scale robustness), applies the
 model's own preprocessing (RGB/BGR, mean/std) and runs the network up to the layer (the forward
 stops there); Adam then ascends each unit's objective. Units are independent rows (eval mode,
 per-row generators, element-wise Adam), so a batch gives each unit the image it gets alone: exactly
@@ -30,7 +31,7 @@ from ..deconv.rules import rectifier_rules
 from ..mining.taps import hooked, run_to
 from ..models.network import Network
 from .fourier import FourierImage
-from .transforms import random_affine, warp
+from .transforms import ZOOM, random_affine, random_input_size, resize, warp
 
 OBJECTIVES = ("channel", "neuron")
 
@@ -42,6 +43,7 @@ class VisualizeConfig:
     lr: float = 0.05
     seed: int = 0
     redirect: float = 0.2  # share of the steps, the first ones, under the redirected ReLU gradient
+    zoom: tuple[float, float] = ZOOM  # range of the network's input size over the image size; (1, 1): none
     progress: bool = False
 
 
@@ -80,6 +82,7 @@ def visualize_units(net: Network, layer: str, channels: list[int], prep: Preproc
     dev = net.device
     dtype = next(net.model.parameters()).dtype
     gens = [torch.Generator().manual_seed(unit_seed(cfg.seed, layer, c)) for c in channels]
+    sizes = torch.Generator().manual_seed(unit_seed(cfg.seed, layer, -1))  # the run's own: input sizes
     param = FourierImage.random(gens, prep.size).to(dev, dtype)
     opt = torch.optim.Adam(param.parameters(), lr=cfg.lr)
     ch = torch.as_tensor(channels, device=dev)
@@ -88,7 +91,8 @@ def visualize_units(net: Network, layer: str, channels: list[int], prep: Preproc
         theta = random_affine(gens, prep.size).to(dev)
         rule = rectifier_rules("redirected") if step < redirected else contextlib.nullcontext()
         with torch.enable_grad(), rule:
-            x = normalize_float(warp(param.image(), theta), prep)
+            n = random_input_size(sizes, prep.size, cfg.zoom)
+            x = normalize_float(resize(warp(param.image(), theta), n), prep)
             loss = -objective(layer_output(net, layer, x), ch, cfg.objective).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
