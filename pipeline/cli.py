@@ -389,7 +389,8 @@ def visualize(
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB images in [0,1] as .npy."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation, Adam)."""
+    """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation,
+    shown to the network at 1-2x its size, Lucid's redirected ReLU gradient for the first 20% of steps, Adam)."""
     from .visualize.run import visualize_layer
 
     paths = guarded(visualize_layer, model=model, weights=weights, layer=layer, features=features,
