@@ -475,7 +475,8 @@ def visualize(
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
 ) -> None:
-    """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation, Adam)."""
+    """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation,
+    shown to the network at 1-2x its size, Lucid's redirected ReLU gradient for the first 20% of steps, Adam)."""
     from .visualize.run import visualize_layer
 
     guarded(check_size, size, max(batch_size, 1))

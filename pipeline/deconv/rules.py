@@ -22,6 +22,11 @@ derivative.
 ``forward`` (torchvision's GoogLeNet and DenseNet call ``F.relu``), which module hooks such as
 Captum's miss. Rectifiers are computed out of place under the rule, so nothing a backward needs
 is overwritten by an in-place ReLU.
+
+One more rule serves optimisation rather than projection (``mine visualize``): ``redirected``
+(Lucid's redirected ReLU gradient) is the ordinary gradient, except in a batch row where that is
+zero everywhere (a unit silent on the whole image); there the signal passes wherever a descent step
+would not push the input further outside the rectifier's range, so a silent unit can start to fire.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 
 METHODS = ("deconvnet", "guided", "gradient")
 DEFAULT_METHOD = "guided"  # what `mine render` shows unless told otherwise (docs/rendering.md: "Which projection")
+OPTIMISATION_RULES = ("redirected",)  # not a projection method: for optimising an input (visualize)
 
 _RELU = {F.relu, torch.relu, torch.relu_, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 _HARDTANH = {F.hardtanh, F.hardtanh_, torch._C._nn.hardtanh, torch._C._nn.hardtanh_}
@@ -57,6 +63,25 @@ class _Rectify(torch.autograd.Function):
         return out, None, None, None
 
 
+class _Redirect(torch.autograd.Function):
+    """clamp(x, lo, hi) forward; backward: the ordinary gradient, or, in a batch row where it is zero
+    everywhere, the signal ``g`` except where a descent step (x moves by -g) would push x further out."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x)
+        return x.clamp(lo, None if math.isinf(hi) else hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        plain = g * ((x > ctx.lo) & (x < ctx.hi))
+        redirected = g * ~(((x <= ctx.lo) & (g > 0)) | ((x >= ctx.hi) & (g < 0)))
+        silent = plain.eq(0).all() if g.dim() < 2 else plain.flatten(1).eq(0).all(1).view(-1, *[1] * (g.dim() - 1))
+        return torch.where(silent, redirected, plain), None, None
+
+
 def _bounds(func, args, kwargs) -> tuple[float, float] | None:
     """(lo, hi) of a ReLU-family call, None for anything else."""
     if func in _RELU:
@@ -74,7 +99,7 @@ class rectifier_rules(TorchFunctionMode):
     """Within ``with rectifier_rules(method):`` every ReLU-family call follows ``method``."""
 
     def __init__(self, method: str = "deconvnet") -> None:
-        if method not in METHODS:
+        if method not in METHODS + OPTIMISATION_RULES:
             raise ValueError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
         super().__init__()
         self.method = method
@@ -83,6 +108,8 @@ class rectifier_rules(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.method != "gradient":
             b = _bounds(func, args, kwargs)
+            if b is not None and self.method in OPTIMISATION_RULES:
+                return _Redirect.apply(args[0], b[0], b[1])
             if b is not None:
                 return _Rectify.apply(args[0], b[0], b[1], self.method == "guided")
         return func(*args, **kwargs)

@@ -2,7 +2,9 @@
 
     {layer}_vis_{c}.png   the unit's optimised image at the network's input size
     {layer}_vis_{c}.npy   with save_arrays: float32 (3, H, W), RGB in [0, 1], before normalisation
-    {layer}_vis.png       every visualised unit of the layer, in channel order, in one grid
+    {layer}_vis.png       every visualised unit of the layer, in channel order, in one grid: each tile
+                          enlarged by one integer factor (nearest neighbour) so the grid is at least
+                          GRID_WIDTH pixels wide, its unit number above it
 """
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..render.montage import grid, grid_shape, save_png
+from ..render.montage import BACKGROUND, enlarge, grid_shape, save_png
 from ..render.names import feature_files, safe_name
+from ..render.sheet import labelled_grid
+
+GRID_WIDTH = 600
+GRID_GAP = 6
 
 
 def vis_files(layer: str, c: int) -> dict[str, str]:
@@ -40,17 +46,35 @@ def write_unit_images(out: Path, layer: str, channels: list[int], images: np.nda
             os.replace(tmp, out / fs["array"])
 
 
+def unit_grid(tiles: list[np.ndarray], channels: list[int], width: int = GRID_WIDTH) -> np.ndarray:
+    """(T, T, 3) uint8 tiles, one per unit, as a labelled grid at least ``width`` pixels wide."""
+    cols = grid_shape(len(tiles))[1]
+    t = tiles[0].shape[0]
+    factor = max(1, -(-(width - (cols - 1) * GRID_GAP) // (cols * t)))
+    big = list(enlarge(np.stack(tiles), factor))
+    bands = [labelled_grid([big[i:i + cols]], cols=[f"unit {c}" for c in channels[i:i + cols]], gap=GRID_GAP)
+             for i in range(0, len(big), cols)]  # one captioned row of tiles each
+    out = np.full((sum(b.shape[0] for b in bands) + (len(bands) - 1) * GRID_GAP, bands[0].shape[1], 3),
+                  BACKGROUND, np.uint8)
+    y = 0
+    for b in bands:
+        out[y:y + b.shape[0], :b.shape[1]] = b
+        y += b.shape[0] + GRID_GAP
+    return out
+
+
 def write_layer_grid(out: Path, layer: str, channels: list[int]) -> Path:
-    """The grid of every ``{layer}_vis_{c}.png`` present in ``out`` for ``channels``."""
+    """The labelled grid (:func:`unit_grid`) of every ``{layer}_vis_{c}.png`` present in ``out`` for ``channels``."""
     from PIL import Image
 
-    tiles = []
+    tiles, shown = [], []
     for c in channels:
         p = out / vis_files(layer, c)["png"]
         if p.exists():
             with Image.open(p) as im:
                 tiles.append(np.asarray(im.convert("RGB")))
+                shown.append(c)
     path = out / layer_vis_file(layer)
     if tiles:
-        save_png(grid(tiles, *grid_shape(len(tiles))), path)
+        save_png(unit_grid(tiles, shown), path)
     return path

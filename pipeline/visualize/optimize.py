@@ -1,26 +1,37 @@
 """Optimise one image per unit, for a batch of units of one layer at once.
 
 Objective ``channel``: the mean of the unit's map; ``neuron``: the unit at the map's centre.
-Every step renders the Fourier images, warps each by its own random transform, applies the
+Every step renders the Fourier images, warps each by its own random transform, resizes the batch
+to a random input size (``transforms.random_input_size``: scale robustness), applies the
 model's own preprocessing (RGB/BGR, mean/std) and runs the network up to the layer (the forward
 stops there); Adam then ascends each unit's objective. Units are independent rows (eval mode,
 per-row generators, element-wise Adam), so a batch gives each unit the image it gets alone: exactly
 so in float64; in float32 a batched convolution rounds differently in the last bit and Adam's
 normalised steps amplify that over many steps, so the images agree closely but not bit for bit.
+
+A unit silent on the flat grey start gets no gradient through its own ReLU and would come back as
+that start. For the first ``redirect`` share of the steps every rectifier therefore follows Lucid's
+redirected gradient (``deconv.rules``, rule ``redirected``): in a unit's row where the ordinary
+gradient is zero everywhere, the signal passes unless it would push the input further below zero,
+so the pre-activation rises until the unit fires; where the ordinary gradient is not zero, it is used
+(the rule is per row, so units stay independent).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 from ..data.preprocess import Preprocessing, as_seen, normalize_float
+from ..deconv.rules import rectifier_rules
 from ..mining.taps import hooked, run_to
 from ..models.network import Network
 from .fourier import FourierImage
-from .transforms import random_affine, warp
+from .transforms import ZOOM, random_affine, random_input_size, resize, warp
 
 OBJECTIVES = ("channel", "neuron")
 
@@ -31,6 +42,8 @@ class VisualizeConfig:
     steps: int = 512
     lr: float = 0.05
     seed: int = 0
+    redirect: float = 0.2  # share of the steps, the first ones, under the redirected ReLU gradient
+    zoom: tuple[float, float] = ZOOM  # range of the network's input size over the image size; (1, 1): none
     progress: bool = False
 
 
@@ -70,13 +83,17 @@ def visualize_units(net: Network, layer: str, channels: list[int], prep: Preproc
     dev = net.device
     dtype = next(net.model.parameters()).dtype
     gens = [torch.Generator().manual_seed(unit_seed(cfg.seed, layer, c)) for c in channels]
+    sizes = torch.Generator().manual_seed(unit_seed(cfg.seed, layer, -1))  # the run's own: input sizes
     param = FourierImage.random(gens, prep.size).to(dev, dtype)
     opt = torch.optim.Adam(param.parameters(), lr=cfg.lr)
     ch = torch.as_tensor(channels, device=dev)
-    for _ in tqdm(range(cfg.steps), desc=f"visualize {layer}", unit="step", disable=not cfg.progress):
+    redirected = math.ceil(cfg.redirect * cfg.steps)
+    for step in tqdm(range(cfg.steps), desc=f"visualize {layer}", unit="step", disable=not cfg.progress):
         theta = random_affine(gens, prep.size).to(dev)
-        with torch.enable_grad():
-            x = normalize_float(warp(param.image(), theta), prep)
+        rule = rectifier_rules("redirected") if step < redirected else contextlib.nullcontext()
+        with torch.enable_grad(), rule:
+            n = random_input_size(sizes, prep.size, cfg.zoom)
+            x = normalize_float(resize(warp(param.image(), theta), n), prep)
             loss = -objective(layer_output(net, layer, x), ch, cfg.objective).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
