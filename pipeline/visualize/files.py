@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..render.montage import BACKGROUND, enlarge, grid_shape, save_png
+from ..render.montage import BACKGROUND, grid_shape, save_png, to_display
 from ..render.names import feature_files, safe_name
 from ..render.sheet import labelled_grid
 
@@ -51,7 +51,7 @@ def unit_grid(tiles: list[np.ndarray], channels: list[int], width: int = GRID_WI
     cols = grid_shape(len(tiles))[1]
     t = tiles[0].shape[0]
     factor = max(1, -(-(width - (cols - 1) * GRID_GAP) // (cols * t)))
-    big = list(enlarge(np.stack(tiles), factor))
+    big = list(to_display(np.stack(tiles), t * factor))  # a whole factor: nearest neighbour
     bands = [labelled_grid([big[i:i + cols]], cols=[f"unit {c}" for c in channels[i:i + cols]], gap=GRID_GAP)
              for i in range(0, len(big), cols)]  # one captioned row of tiles each
     out = np.full((sum(b.shape[0] for b in bands) + (len(bands) - 1) * GRID_GAP, bands[0].shape[1], 3),
