@@ -182,3 +182,33 @@ def test_renderer_tiles_equal_captum_cropped(tmp_path, model, layer, method):
                      for i in range(len(ci))])
     assert tiles.shape == want.shape and np.abs(want).max() > 0
     assert close(torch.from_numpy(tiles), torch.from_numpy(want)), "Renderer tiles != Captum cropped to the window"
+
+
+@pytest.mark.parametrize("layer", ["conv2_2", "conv4_1", "conv5_1"])  # window inside; over whole maps; R > image
+def test_windowed_guided_equals_the_autograd_walk(tmp_path, layer):
+    """Guided on a chain takes the windowed walker with forward ReLU masks: every entry's tile equals
+    the guided autograd walk over the whole image (``project_graph``), cropped to the same tile."""
+    from pipeline.data import normalize
+    from pipeline.data.preprocess import Preprocessing
+
+    path = mine(tmp_path, "vgg16", layer)
+    with Store(path) as s:
+        net = load_store_network(s)
+        rnd = Renderer(s, net, "cpu", batch_size=7, method="guided")
+        assert rnd.windowed(layer) is not None
+        a = s.arrays(layer)
+        ci, ri = np.nonzero(a["kept"] >= 0)
+        ci, ri = ci[:40], ri[:40]
+        kept, y, x, v = a["kept"][ci, ri], a["y"][ci, ri], a["x"][ci, ri], a["value"][ci, ri]
+        tiles, _ = rnd.project(layer, ci, kept, y, x, v)
+        prep = Preprocessing.from_dict(s.attrs["preprocessing"])
+        inputs = normalize(torch.from_numpy(np.ascontiguousarray(rnd.pixels(kept))), prep)
+        geo = s.geometry(layer)
+        t = geo.tile_size(s.size)
+    t_ = lambda q: torch.as_tensor(np.asarray(q))  # noqa: E731
+    full = project_graph(net, layer, inputs, t_(ci), t_(y), t_(x), t_(v), "guided").numpy()
+    tops, lefts = geo.tile_origin(y, x, SIZE)
+    want = np.stack([pad_crop(full[i].transpose(1, 2, 0), int(tops[i]), int(lefts[i]), t).transpose(2, 0, 1)
+                     for i in range(len(ci))])
+    assert np.abs(want).max() > 0
+    assert close(torch.from_numpy(tiles), torch.from_numpy(want))

@@ -167,6 +167,7 @@ class Deconvnet:
         switches: Mapping[int, torch.Tensor],
         image=None,
         window: bool = True,
+        masks: Mapping[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Project a batch of B entries of the output of module ``end`` to the input.
 
@@ -174,6 +175,10 @@ class Deconvnet:
         ``switches[i]`` for every max-pool ``i <= end``: uint8 ``(M, C, Ho, Wo)`` winner offsets
         ``dy * kernel + dx`` (see ``mining.switches.pool_offsets``) of M images; ``image`` (B,)
         says which of the M rows belongs to each entry (default: entry b uses row b).
+
+        ``masks`` (guided backpropagation): for every ReLU ``i <= end`` a bool ``(M, C, H, W)`` map
+        of where it was active in the forward pass of the M images (:meth:`relu_masks`); the
+        signal is then rectified *and* kept only there (``deconv.rules``' guided rule).
 
         Returns float32 ``(B, C_in, R, R)`` tiles at the unclipped boxes when ``window`` is
         true, else the full ``(B, C_in, H, W)`` input-sized projections. Channels are in the
@@ -209,6 +214,9 @@ class Deconvnet:
             for lv in levels:
                 if lv.kind == "relu":
                     z = z.relu_()
+                    if masks is not None:
+                        m = masks[lv.index].to(dev)
+                        z = z * (m[img] if full else _gather_window(m, img, oy, ox, lv.win_out))
                 elif lv.kind == "pass":
                     continue
                 elif full:
@@ -237,9 +245,23 @@ class Deconvnet:
         for lv in levels:
             if lv.kind == "relu":
                 z = z.relu_()
+                if masks is not None:
+                    z = z * masks[lv.index].to(dev)[img]
             elif lv.kind != "pass":
                 z = self._full_step(lv, z, sw, img)
         return z.contiguous()
+
+    @torch.no_grad()
+    def relu_masks(self, x: torch.Tensor, end: int) -> dict[int, torch.Tensor]:
+        """Where each ReLU up to module ``end`` was active (output > 0) on inputs ``x`` (M, C, H, W):
+        the forward masks guided backpropagation needs, one forward pass per image whatever the
+        number of entries."""
+        out: dict[int, torch.Tensor] = {}
+        for i, m in enumerate(self.modules[:end + 1]):
+            x = m(x)
+            if isinstance(m, nn.ReLU):
+                out[i] = x > 0
+        return out
 
     def _full_step(self, lv: Level, z: torch.Tensor, sw: Mapping[int, torch.Tensor], img: torch.Tensor) -> torch.Tensor:
         """One conv/pool step on whole maps: output map (lv.out_size) -> input map (lv.in_size)."""

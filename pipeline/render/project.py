@@ -150,8 +150,9 @@ class Renderer:
         return self.net.layers[layer].geometry.tile_size(self.size)
 
     def windowed(self, layer: str) -> int | None:
-        """Chain index of the layer when the windowed deconvnet applies, else None."""
-        plain = self.method == "deconvnet" and self.shifts == 1
+        """Chain index of the layer when the windowed walker applies (deconvnet, or guided with the
+        forward masks of :meth:`Deconvnet.relu_masks`; no shift averaging), else None."""
+        plain = self.method in ("deconvnet", "guided") and self.shifts == 1
         return self.net.chain_index(layer) if plain and self.chain is not None else None
 
     def _switch_rows(self, pool: str, layer: str) -> _Rows:
@@ -212,13 +213,18 @@ class Renderer:
         end = self.windowed(layer)
         if end is not None:
             pools = {self.net.chain_index(p): self._switch_rows(p, layer) for p in self.net.pools_through([layer])}
-            if all(src.cached for src in pools.values()):  # index the resident switches directly
+            masks = None
+            if self.method == "deconvnet" and all(src.cached for src in pools.values()):  # resident switches
                 sw, image = {i: src.all for i, src in pools.items()}, kept
-            else:  # this batch's images only, the same row order for every pool
+            else:  # this batch's images only, the same row order for every pool (and mask)
                 uniq, image = np.unique(kept, return_inverse=True)
                 sw = {i: src.take(uniq) for i, src in pools.items()}
+                if self.method == "guided":  # one forward pass per distinct image of the batch
+                    pix = torch.from_numpy(np.ascontiguousarray(self.pixels(_pair(uniq)))).to(dev)
+                    with torch.inference_mode():
+                        masks = self.chain.relu_masks(normalize(pix, self.prep), end)
             with torch.inference_mode():
-                z = self.chain.project(end, channel, y, x, value, sw, image=image, window=True)
+                z = self.chain.project(end, channel, y, x, value, sw, image=image, window=True, masks=masks)
                 top, left = (as_t(a) for a in self.net.layers[layer].geometry.corner(y, x))
                 if z.shape[-1] != t:  # R exceeds the input: the tile is the whole input
                     z = shift_crop(z, as_t(oy) - top, as_t(ox) - left, t)
