@@ -4,8 +4,7 @@
 # photos in data/demo, render for the five layers of Zeiler & Fergus's Fig. 2 (conv1_2 ... conv5_3;
 # MobileNetV2: four blocks from middle to top) its top-9 across feature maps, an overview of its 16
 # strongest feature maps and the montages of features 0-3 with the default (readable) projections,
-# and build index.html for each. (Guided projections take a forward and a backward pass per entry:
-# rendering all 13 VGG16 layers this way takes about 5x as long as the windowed deconvnet did.) Then the per-image analyses: reconstruction sheets (HED
+# and build index.html for each (`mine render STORE` with no --layer renders every layer). Then the per-image analyses: reconstruction sheets (HED
 # VGG16, ImageNet MobileNetV2) of three photos from lower to upper layers, the occlusion maps of the
 # strongest conv5_3 unit on its top-3 images (linked from index.html), and the t-SNE maps of the photos
 # with k-NN category accuracies (animals / people / other, from data/demo/SOURCES.md). Last, the offline
