@@ -9,7 +9,8 @@
 #   demo_reconstruct_vgg16_hed.jpg / demo_reconstruct_mobilenet_v2.jpg   mine reconstruct sheets
 #   demo_occlude_conv5_3.png    mine occlude of the strongest conv5_3 unit
 #   demo_embed_mobilenet_v2.png mine embed's thumbnail map of MobileNetV2 features.18
-#   viewer_unit_page.png        headless Chromium screenshot of a unit page of OUT/render
+#   viewer_unit_page.png        headless Chromium screenshot of conv3_3 unit 37's page of OUT/render
+#   digits_*.png                made by scripts/digits_demo.py itself (copied into docs/img there)
 #   OUT=out/demo scripts/readme_figures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ IMG=docs/img
 mkdir -p "$IMG"
 cp "$OUT/render/conv3_3_overview.png" "$IMG/demo_conv3_3_overview.png"
 cp "$OUT/render-mobilenet/features.11_overview.png" "$IMG/demo_mobilenet_features11_overview.png"
-"$PY" scripts/figure_methods.py "$OUT/demo.h5" --layer conv3_3 --out "$IMG/demo_methods.png"
+"$PY" scripts/figure_methods.py "$OUT/demo.h5" --layer conv3_3 --units 58,37,152 --out "$IMG/demo_methods.png"
 "$PY" scripts/figure_methods.py "$OUT/mobilenet.h5" --layer features.11 --out "$IMG/demo_methods_mobilenet.png"
 to_jpg() { "$PY" -c "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], quality=85)" "$1" "$2"; }
 to_jpg "$OUT/reconstruct/vgg16-hed/sheet.png" "$IMG/demo_reconstruct_vgg16_hed.jpg"
@@ -27,8 +28,8 @@ to_jpg "$OUT/reconstruct/mobilenet_v2/sheet.png" "$IMG/demo_reconstruct_mobilene
 cp "$(ls "$OUT"/render/occlude/conv5_3_occ_*.png | head -1)" "$IMG/demo_occlude_conv5_3.png"
 cp "$OUT/embed/features.18_map.png" "$IMG/demo_embed_mobilenet_v2.png"
 if command -v chromium >/dev/null 2>&1; then
-  page=$(ls "$OUT"/render/conv3_3_unit_*.html | head -1)
-  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1400 \
+  page="$OUT/render/conv3_3_unit_37.html"
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1500 \
     --screenshot="$IMG/viewer_unit_page.png" "file://$(pwd)/$page" >/dev/null 2>&1
 fi
 ls -la "$IMG"
