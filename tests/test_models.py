@@ -160,7 +160,7 @@ def test_projections_equal_autograd_reference(model, monkeypatch):
 @pytest.mark.parametrize("model", ["alexnet", "resnet18"])
 def test_captum_deconvolution_agrees_where_it_applies(model):
     """Captum hooks ReLU modules only: AlexNet and ResNet have no other rectifiers."""
-    captum = pytest.importorskip("captum.attr")
+    import captum.attr as captum  # a test dependency (pyproject [test])
     net = load_network(model, "random", SIZE)
     layer = CASES[model][-1]
     torch.manual_seed(2)

@@ -62,7 +62,7 @@ def test_unit_map_equals_brute_force_and_captum(vgg, layer, c):
     base, brute = _brute_unit(vgg, layer, c, x)
     assert m.base == pytest.approx(base, rel=1e-5)
     np.testing.assert_allclose(m.scores, brute, rtol=1e-4, atol=1e-6 * abs(base))
-    captum = pytest.importorskip("captum.attr")
+    import captum.attr as captum  # a test dependency (pyproject [test])
     ref = captum.Occlusion(unit_score(vgg, layer, c)).attribute(
         x[None], sliding_window_shapes=(3, PATCH, PATCH), strides=(3, STRIDE, STRIDE), baselines=0.0, perturbations_per_eval=25)
     np.testing.assert_allclose(m.pixels, ref[0, 0].numpy(), rtol=1e-4, atol=1e-5 * abs(base))
@@ -73,7 +73,7 @@ def test_class_map_equals_captum_and_brute_force(resnet):
     x = _x(2)
     k = 7
     m = occlusion_map(class_score(resnet, k), x, PATCH, STRIDE, batch_size=16)
-    captum = pytest.importorskip("captum.attr")
+    import captum.attr as captum  # a test dependency (pyproject [test])
     ref = captum.Occlusion(lambda z: resnet.model(z).softmax(1)).attribute(
         x[None], sliding_window_shapes=(3, PATCH, PATCH), strides=(3, STRIDE, STRIDE), baselines=0.0, target=k,
         perturbations_per_eval=25)

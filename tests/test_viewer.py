@@ -129,6 +129,30 @@ def test_heatmap_level_is_the_brute_force_quantile(small, site):
     np.testing.assert_array_equal(strip[:, :SIZE], ov)
 
 
+
+def test_quantile_option_sets_the_heatmap_level(small, tmp_path):
+    """--quantile q: each unit's level is the brute-force q-quantile of the positions the statistics count
+    (within their stated bound, 1/8 of the value), so 0.5 and 0.99 give different levels."""
+    net = load_network("vgg16", "random", SIZE)
+    end = net.chain_index("conv2_1")
+    with Store(small) as s:
+        prep = Preprocessing.from_dict(s.attrs["preprocessing"])
+        pix = s.pixels(np.arange(len(s.kept_keys())))
+    with torch.no_grad():
+        maps = torch.nn.Sequential(*net.chain_modules()[:end + 1])(normalize(torch.from_numpy(pix), prep)).numpy()
+    levels = {}
+    for q in (0.5, 0.99):
+        out = tmp_path / str(q)
+        render_store(small, out=out, layers="conv2_1", features="0-2", quantile=q, method="deconvnet", crop="rf",
+                     device="cpu", progress=False)
+        units = json.loads((out / MANIFEST).read_text())["units"]["conv2_1"]
+        for c in range(3):
+            grid = maps[:, c, ::-(-maps.shape[2] // 6), ::-(-maps.shape[3] // 6)]
+            want = np.quantile(grid.astype(np.float64), q)
+            assert abs(units[str(c)]["level"] - want) <= abs(want) / 8 + 1e-6, (q, c)
+            levels[q, c] = units[str(c)]["level"]
+    assert any(levels[0.5, c] < levels[0.99, c] for c in range(3))
+
 def test_show_options_and_manifest(small, site, tmp_path):
     fs = feature_files("conv2_1", 1)
     both = np.asarray(Image.open(site / fs["pair"]))
