@@ -39,9 +39,18 @@ def median_share(tiles) -> float:
     return float(np.median(shares)) if shares else float("nan")
 
 
+def cropped(tiles: np.ndarray, crop: str, size: int) -> list[np.ndarray]:
+    """One feature map's projections as `mine render --crop` cuts them (render.crop's rule)."""
+    from pipeline.render.crop import effective_boxes, min_side
+
+    if crop == "rf":
+        return list(tiles)
+    side, corners = effective_boxes(tiles, min_side(size))
+    return [t[:, y:y + side, x:x + side] for t, (y, x) in zip(tiles, corners)]
+
+
 def _store(args) -> None:
     from pipeline.render import Renderer, load_store_network
-    from pipeline.render.crop import unit_crop
     from pipeline.store.read import Store, strongest_channels
 
     with Store(args.store) as s:
@@ -57,9 +66,7 @@ def _store(args) -> None:
             t0 = time.perf_counter()
             tiles, _ = rnd.project(layer, c, a["kept"][c, r], a["y"][c, r], a["x"][c, r], a["value"][c, r])
             dt = time.perf_counter() - t0
-            shown = [t for ch in chans for t in unit_crop(tiles[c == ch], np.zeros((int((c == ch).sum()), *tiles.shape[2:], 3),
-                                                                                   np.uint8), np.ones((c == ch).sum(), bool),
-                                                        args.crop, s.size)[0]]
+            shown = [t for ch in chans for t in cropped(tiles[c == ch], args.crop, s.size)]
             print(f"{layer:<14}{len(c):>8}{median_share(shown):>10.3f}{len(c) / dt:>9.1f}")
 
 

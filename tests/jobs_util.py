@@ -156,3 +156,13 @@ def crash_in_stream(monkeypatch, after_batches: int, exc: BaseException | None =
                 raise exc or RuntimeError("simulated crash")
 
     monkeypatch.setattr(run_module, "pause_point", fake_pause)
+
+
+def one_line(res, code, *needles) -> str:
+    """A CliRunner result that failed with exit ``code`` and exactly one ``error:`` line holding ``needles``."""
+    assert res.exit_code == code, res.output
+    lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

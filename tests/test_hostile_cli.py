@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from jobs_util import all_images, cfg, list_file, make_images, spawn, wait_for
+from jobs_util import all_images, cfg, list_file, make_images, one_line, spawn, wait_for
 from PIL import Image
 from tiny_models import LONG
 from typer.testing import CliRunner
@@ -120,15 +120,6 @@ def test_sigterm_as_the_store_lock_is_released_does_not_say_re_run(work, tmp_pat
 # --- 10. config types, sizes, memory, weights and model factories: one line each -----------------
 
 cli = CliRunner()
-
-
-def one_line(res, code, *needles):
-    assert res.exit_code == code, res.output
-    lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def run_argv(d, *extra):

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from jobs_util import leftovers, mine_argv, spawn, wait_for
+from jobs_util import leftovers, mine_argv, one_line, spawn, wait_for
 from PIL import Image
 from test_embed import _brute_knn
 from test_hostile_inputs import within
@@ -30,14 +30,6 @@ from pipeline.store.schema import StoreError
 
 cli = CliRunner()
 LAYER = "conv3_1"
-
-
-def one_line_error(res, code, *needles):
-    assert res.exit_code == code, res.output
-    lines = [x for x in res.stderr.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def make_collection(root):
@@ -140,7 +132,7 @@ def test_bad_labels_file_is_one_line_naming_it(store, tmp_path, kind, code, need
         lab.write_text("red/0.png," + "x" * 200_000 + "\n")
     res = within(60, lambda: cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0",
                                               "--labels", str(lab)]))
-    one_line_error(res, code, f"--labels {lab}", needle)
+    one_line(res, code, f"--labels {lab}", needle)
 
 
 def test_labels_by_absolute_path_as_mine_top_json_prints(store, tmp_path):
@@ -163,7 +155,7 @@ def test_labels_matching_nothing_is_refused_and_few_is_a_warning(store, tmp_path
     lab = tmp_path / "l.csv"
     lab.write_text("/elsewhere/red/0.png,warm\n/elsewhere/blue/0.png,cold\n")
     res = cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0", "--labels", str(lab)])
-    one_line_error(res, 2, "names none of the store's 12 images")
+    one_line(res, 2, "names none of the store's 12 images")
     assert "100.0%" not in res.output
     # 8 of 12 labelled: a warning, and k-NN over the 8 labelled images only (brute-force reference)
     with Store(store) as s:
@@ -187,7 +179,7 @@ def test_knn_label_shows_the_k_used(store):
 
 @pytest.mark.parametrize("opt", ["--baseline", "--thumbnails", "--perplexity"])
 def test_negative_embed_numbers_are_refused(store, opt):
-    one_line_error(cli.invoke(app, ["embed", str(store), opt, "-2"]), 2, opt)
+    one_line(cli.invoke(app, ["embed", str(store), opt, "-2"]), 2, opt)
 
 
 # --- 3. the lock over embed's whole read-modify-write -----------------------------------------
@@ -232,7 +224,7 @@ def test_embed_rows_that_do_not_match_images_are_a_damaged_store(store):
         xy = f[f"embed/{LAYER}"][()]
         del f[f"embed/{LAYER}"]
         f[f"embed/{LAYER}"] = xy[:-2]  # what the unlocked embed left after an --update
-    one_line_error(cli.invoke(app, ["info", str(store)]), exitcodes.STORE_ERROR, f"/embed/{LAYER} has shape (10, 2)")
+    one_line(cli.invoke(app, ["info", str(store)]), exitcodes.STORE_ERROR, f"/embed/{LAYER} has shape (10, 2)")
 
 
 # --- 4. symlinks and modes ----------------------------------------------------------------------
@@ -312,7 +304,7 @@ def test_damaged_pooled_vectors_are_exit_6(store, damage, needle):
             v[3, 0, 7] = np.nan
             del f[f"images/pooled_{LAYER}"]
             f[f"images/pooled_{LAYER}"] = v
-    one_line_error(cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"]),
+    one_line(cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"]),
                    exitcodes.STORE_ERROR, needle)
     if damage != "nan":  # structure: every command refuses the store on open
         with pytest.raises(StoreError, match="is damaged"):
@@ -346,7 +338,7 @@ def test_k_is_bounded_up_front(pooled_store, tmp_path, k, needle):
     args = run_args(pooled_store.parent / "imgs", tmp_path / "k.h5", "--log", str(tmp_path / "l"))
     args[args.index("--k") + 1] = k
     args[args.index("--layer") + 1] = "all"
-    one_line_error(cli.invoke(app, args), exitcodes.BAD_ARGS, needle)
+    one_line(cli.invoke(app, args), exitcodes.BAD_ARGS, needle)
     assert not (tmp_path / "k.h5").exists()
 
 
@@ -390,10 +382,10 @@ def test_embed_on_a_full_disk_is_exit_6_and_the_store_unchanged(store, tmp_path)
 
 def test_embed_of_a_missing_store_creates_nothing(tmp_path):
     store = tmp_path / "no" / "such" / "s.h5"
-    one_line_error(cli.invoke(app, ["embed", str(store)]), exitcodes.STORE_ERROR, "does not exist")
+    one_line(cli.invoke(app, ["embed", str(store)]), exitcodes.STORE_ERROR, "does not exist")
     assert not (tmp_path / "no").exists()
     os.mkfifo(tmp_path / "f.h5")
-    one_line_error(within(20, lambda: cli.invoke(app, ["embed", str(tmp_path / "f.h5")])), exitcodes.STORE_ERROR,
+    one_line(within(20, lambda: cli.invoke(app, ["embed", str(tmp_path / "f.h5")])), exitcodes.STORE_ERROR,
                    "is not a regular file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
 
@@ -406,6 +398,6 @@ def test_embed_through_a_symlink_is_locked_out_by_the_targets_lock(store, live_p
     link = store.parent / "latest.h5"
     link.symlink_to(store.name)
     write_lock(store, live_pid, proc_start=_proc_start(live_pid))  # e.g. an --update of the target
-    one_line_error(cli.invoke(app, ["embed", str(link), "--method", "pca", "--baseline", "0"]), exitcodes.LOCKED,
+    one_line(cli.invoke(app, ["embed", str(link), "--method", "pca", "--baseline", "0"]), exitcodes.LOCKED,
                    f"pid {live_pid}")
     assert not (store.parent / "latest.h5.lock").exists()

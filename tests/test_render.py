@@ -316,18 +316,25 @@ def test_saved_arrays_equal_projections(rendered, store_path):
     np.testing.assert_array_equal(im[0:crops.shape[1] * f:f, 0:crops.shape[1] * f:f], crops[0])
 
 
-def test_layer_top9_shows_the_overview_units_best_entries(rendered, store_path):
+@pytest.mark.parametrize("contrast", ["robust", "shared"])
+def test_layer_top9_shows_the_overview_units_best_entries(rendered, store_path, tmp_path, contrast):
+    """The layer's top-9 cells are the display of the overview units' best projections; with
+    ``shared`` contrast one scale serves all nine (the display of the nine as one array)."""
     from pipeline.store.read import overview_channels
 
+    out = rendered.out
+    if contrast != "robust":
+        out = render_store(store_path, out=tmp_path, layers="conv1_1", features=[0], overview_features=9,
+                           contrast=contrast, device="cpu", progress=False, method="deconvnet", crop="rf").out
     with Store(store_path) as s:
         a = s.arrays("conv1_1")
         units = overview_channels(a, 9, int(s.layer_info("conv1_1")["out_size"]))
         rnd = Renderer(s, load_store_network(s), "cpu")
         tiles, _ = rnd.project("conv1_1", units, a["kept"][units, 0], a["y"][units, 0], a["x"][units, 0],
                                a["value"][units, 0])
-    png = np.asarray(Image.open(rendered.out / layer_files("conv1_1")["feat"]))
+    png = np.asarray(Image.open(out / layer_files("conv1_1")["feat"]))
     f = display_side(3) // 3
-    d = display(tiles)
+    d = display(tiles, contrast)
     assert png.shape[1] == 3 * 3 * f + 2 * GAP >= 600, "legible: a layer's top-9 is at least 600 px wide"
     for i in range(9):
         r, c = divmod(i, 3)

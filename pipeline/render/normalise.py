@@ -57,12 +57,16 @@ def scales(tiles: np.ndarray, contrast: str = "robust", percentile: float | None
     return np.broadcast_to(s, (len(tiles),)).copy()
 
 
-def display(tiles: np.ndarray, contrast: str = "robust", percentile: float | None = None) -> np.ndarray:
-    """(N, 3, R, R) float -> (N, R, R, 3) uint8 with zero at mid-grey (see the module doc)."""
+def display(tiles: np.ndarray, contrast: str = "robust", percentile: float | None = None,
+            scale: float | None = None) -> np.ndarray:
+    """(N, 3, R, R) float -> (N, R, R, 3) uint8 with zero at mid-grey (see the module doc).
+
+    ``scale``: one given scale for every tile instead of the contrast mode's (a ``shared`` scale
+    computed over tiles of different sizes, which cannot be passed as one array)."""
     t = np.asarray(tiles, dtype=np.float64)
     if t.ndim != 4:
         raise ValueError(f"expected (N, 3, R, R) tiles, got shape {t.shape}")
-    m = scales(t, contrast, percentile).reshape(-1, 1, 1, 1)
+    m = (np.full(len(t), float(scale)) if scale is not None else scales(t, contrast, percentile)).reshape(-1, 1, 1, 1)
     scaled = np.where(m > 0, t / (2 * np.where(m > 0, m, 1)), 0.0) + 0.5
     px = np.clip(np.rint(np.clip(scaled, 0.0, 1.0) * 255), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(px.transpose(0, 2, 3, 1))

@@ -66,7 +66,7 @@ from .montage import (
     to_display,
 )
 from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
-from .normalise import CONTRASTS, display
+from .normalise import CONTRASTS, display, scales
 from .project import Renderer, load_store_network
 
 __all__ = ["RenderResult", "SHOWS", "render_store"]
@@ -389,10 +389,13 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Opti
     cols = grid_shape(k)[1]
     min_tile = layer_tile(cols)
     cells = [unit_crop(t[i:i + 1], cr[i:i + 1], filled[i:i + 1], opts.crop, rnd.size) for i in range(k)]
-    side = display_side(max(c[2] for c in cells), min_tile)
-    shown = [(to_display(display(p, opts.contrast), side)[0], to_display(im, side)[0]) for p, im, _, _ in cells]
-    proj, im = (label_rows(grid([s[j] if filled[i] else None for i, s in enumerate(shown)], *grid_shape(k), tile=side),
-                           [name[c] for c in top], cols, side) for j in (0, 1))
+    shared = None  # contrast "shared": one scale over every cell, as for one array of tiles
+    if opts.contrast == "shared":
+        shared = float(scales(np.concatenate([p.ravel() for p, _, _, _ in cells])[None], "shared")[0])
+    side = display_side(max(c[2] for c in cells), min_tile)  # every cell resized to one side, then tiled
+    proj = np.concatenate([to_display(display(p, opts.contrast, scale=shared), side) for p, _, _, _ in cells])
+    im = np.concatenate([to_display(c, side) for _, c, _, _ in cells])
+    proj, im = (label_rows(_montage(x, filled, k, min_tile), [name[c] for c in top], cols, side) for x in (proj, im))
     fs = layer_files(layer)
     save_png(proj, out / fs["feat"])
     save_png(im, out / fs["im"])
