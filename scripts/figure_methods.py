@@ -59,7 +59,7 @@ def main() -> None:
             w = round(b.shape[1] * height / b.shape[0])
             b = np.asarray(Image.fromarray(b).resize((w, height), Image.Resampling.LANCZOS))
             parts.append(np.concatenate([label_band(COLUMNS[j], w), b]))
-            parts.append(np.full((height + parts[-1].shape[0] - height, BLOCK_GAP, 3), 255, np.uint8))
+            parts.append(np.full((parts[-1].shape[0], BLOCK_GAP, 3), 255, np.uint8))
         row_img = np.concatenate(parts[:-1], 1)
         blocks.append(np.concatenate([label_band(f"{args.layer} unit {c}", row_img.shape[1]), row_img]))
     width = max(b.shape[1] for b in blocks)
