@@ -234,6 +234,13 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
     if cfg.update and cfg.force:
         raise ValueError("--update and --force exclude each other: --update extends a store, --force replaces it")
     every = parse_every(cfg.checkpoint_every)
+    try:
+        return _run_job(cfg, net, stats, t0, every)
+    finally:
+        distributed.leave()
+
+
+def _run_job(cfg: RunConfig, net, stats: JobStats, t0: float, every) -> RunResult:
     # Signals end the run at once until the streaming pass, which stops them at a batch boundary.
     with InterruptGuard(graceful=False) as guard:
         dist = distributed.join(cfg.device)  # distributed: None outside torchrun
