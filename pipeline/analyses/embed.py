@@ -352,7 +352,7 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
 
 
 def _default_out(path: Path) -> Path:
-    from ..render.names import default_out_dir
+    from ..pictures.names import default_out_dir
 
     return default_out_dir(path) / "embed"
 
@@ -361,7 +361,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
     """Everything ``embed_store`` computes from the store: (result, coordinates, categories, data)."""
     import time
 
-    from ..render.scatter import pick_thumbnails, to_canvas
+    from ..pictures.scatter import pick_thumbnails, to_canvas
 
     with Store(path) as s:
         pause_point("embed")  # tests: stop here holding the lock (a signal, a concurrent --update)
@@ -403,9 +403,9 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
 
 
 def _save_pictures(res: EmbedResult, xy, cats, thumbs, out: Path, pool: str) -> None:
-    from ..render.montage import save_png
-    from ..render.names import safe_name
-    from ..render.scatter import category_scatter, thumbnail_map
+    from ..pictures.montage import save_png
+    from ..pictures.names import safe_name
+    from ..pictures.scatter import category_scatter, thumbnail_map
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,10 @@ import torch
 
 from ..deconv import METHODS, backproject
 from ..models.network import Network
-from ..render.montage import save_png
-from ..render.names import safe_name
+from ..pictures.montage import save_png
+from ..pictures.names import safe_name
+from ..pictures.sheet import labelled_grid
 from ..render.normalise import display, to_rgb
-from ..render.sheet import labelled_grid
 from .inputs import as_input, image_stems, load_pixels, preprocessing
 
 

@@ -48,12 +48,7 @@ from ..devices import resolve_device
 from ..durable import write_atomically
 from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
-from ..store.read import Store, border_units, overview_channels
-from . import index_html as site
-from .crop import CROPS, image_boxes, unit_crop
-from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
-from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
-from .montage import (
+from ..pictures.montage import (
     display_side,
     fit_height,
     grid,
@@ -65,7 +60,12 @@ from .montage import (
     side_by_side,
     to_display,
 )
-from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
+from ..pictures.names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
+from ..store.read import Store, border_units, overview_channels
+from . import index_html as site
+from .crop import CROPS, image_boxes, unit_crop
+from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
+from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .normalise import CONTRASTS, display, scales
 from .project import Renderer, load_store_network
 

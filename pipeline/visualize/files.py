@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..render.montage import BACKGROUND, grid_shape, save_png, to_display
-from ..render.names import feature_files, safe_name
-from ..render.sheet import labelled_grid
+from ..pictures.montage import BACKGROUND, grid_shape, save_png, to_display
+from ..pictures.names import feature_files, safe_name
+from ..pictures.sheet import labelled_grid
 
 GRID_WIDTH = 600
 GRID_GAP = 6
