@@ -13,6 +13,8 @@ import os
 import stat
 from pathlib import Path
 
+from .faults import pause_point
+
 
 def write_fsync(path: str | os.PathLike, data: bytes, flags: int) -> None:
     """``os.open(path, O_WRONLY | flags)``, write ``data``, fsync, close."""
@@ -28,8 +30,6 @@ def write_atomically(path: str | os.PathLike, write, suffix: str = "") -> None:
     """``write(tmp)`` to ``.NAME.tmp-PID<suffix>`` beside ``path``, then rename it over ``path``: a reader
     never sees half a file, and a write that fails (a full disk, a signal) leaves no temp file behind.
     ``suffix``: for writers that append one (``np.save`` adds ``.npy`` to any other name)."""
-    from .jobs.faults import pause_point
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:

@@ -30,6 +30,8 @@ from .config import RunConfig, check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .data.preprocess import options
 from .devices import resolve_device
+from .errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
+from .faults import pause_point
 from .jobs import distributed
 from .jobs.checkpoint import (
     Checkpoint,
@@ -41,18 +43,16 @@ from .jobs.checkpoint import (
     save_checkpoint,
 )
 from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
-from .jobs.errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
-from .jobs.faults import pause_point
-from .jobs.lock import StoreLock
 from .jobs.output import remove_stale_temps, store_target, write_isolated
 from .jobs.record import JobStats
-from .jobs.signals import InterruptGuard
 from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
+from .lock import StoreLock
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
 from .mining.stream import DTYPES, ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
+from .signals import InterruptGuard
 from .store.read import Store
 from .store.schema import StoreError
 from .store.write import images_table as store_images_table
@@ -432,7 +432,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
                              fingerprint: dict, every, complete: bool, stats: JobStats,
                              guard: InterruptGuard, dist=None) -> None:
     """The streaming pass over the images without a record, checkpointed; on return the
-    checkpoint is complete and later signals interrupt at once (see ``jobs.signals``)."""
+    checkpoint is complete and later signals interrupt at once (see ``pipeline.signals``)."""
     total = len(source.paths)
     todo = [i for i in range(total) if i not in state.records]
 

@@ -11,10 +11,6 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
-
-NOT_YET = pytest.mark.xfail(strict=True, reason="issue 22: the code does not follow the map yet")
-
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 # docs/architecture.md "The layer map", bottom first: a module may import its own layer and those
@@ -150,14 +146,12 @@ def test_no_import_cycles():
     assert not found, "import cycles between modules of pipeline/:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-@NOT_YET
 def test_imports_point_down_the_layer_map():
     up = [f"{a} (line {line}) imports {b}: layer {layer_of(a)} -> {layer_of(b)}"
           for a, b, line in imports(modules()) if layer_of(b) > layer_of(a)]
     assert not up, "imports pointing up the layer map of docs/architecture.md:\n" + "\n".join(up)
 
 
-@NOT_YET
 def test_no_forbidden_imports():
     bad = [f"{a} (line {line}) imports {b}" for a, b, line in imports(modules())
            for low, high in FORBIDDEN if _under(a, low) and _under(b, high)]
@@ -168,7 +162,6 @@ def _under(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-@NOT_YET
 def test_no_private_names_imported_from_another_module():
     """A name used by another module is part of its home's interface: public, without a leading ``_``."""
     bad = []

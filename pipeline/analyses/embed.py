@@ -38,9 +38,10 @@ import torch
 
 from ..data.read import Unreadable, read_file
 from ..durable import fsync_rename
-from ..jobs.combine import CONTENT_OK, _s
-from ..jobs.faults import pause_point
+from ..faults import pause_point
+from ..jobs.combine import CONTENT_OK
 from ..store.read import Store
+from ..store.schema import as_str
 
 log = logging.getLogger("pipeline")
 
@@ -59,7 +60,7 @@ def features(store: Store, layer: str, pool: str = "avg") -> tuple[np.ndarray, n
     if pool not in POOLS:
         raise ValueError(f"unknown --pool {pool!r}; use one of: {', '.join(POOLS)}")
     v = store.pooled(layer)
-    status = [_s(s) for s in store.f["images/status"][()]]
+    status = [as_str(s) for s in store.f["images/status"][()]]
     rows = np.array([j for j, s in enumerate(status) if s == "ok"], np.int64)
     x = v[rows].astype(np.float32)
     x = {"avg": x[:, 0], "max": x[:, 1], "both": x.reshape(len(rows), -1)}[pool]
@@ -200,8 +201,7 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     """Pooled vectors of the images ``rows`` through the same architecture with ``random`` weights,
     read again from the source files (None when they are no longer there)."""
     from ..data import ImageDataset, make_loader
-    from ..data.preprocess import Preprocessing
-    from ..mining.stream import _as_input
+    from ..data.preprocess import Preprocessing, to_device
     from ..mining.taps import layer_stats
     from ..models.weights import load_network
 
@@ -213,7 +213,7 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     out = np.zeros((len(rows), 2, net.layers[layer].channels), np.float32)
     start = 0
     for batch in make_loader(ImageDataset(found[0], prep, found[1]), batch_size, workers, False):
-        x = _as_input(batch["pixels"], prep, torch.device(device), False)
+        x = to_device(batch["pixels"], prep, torch.device(device), False)
         vec = layer_stats(net, [], [layer], x)[1][layer]
         out[start:start + len(x)] = vec.float().cpu().numpy()
         start += len(x)
@@ -225,7 +225,7 @@ def _sources(store: Store, rows: np.ndarray):
     collection, ``data.sources.reopen``), None when they are gone."""
     from ..data.sources import reopen
 
-    names = [_s(store.f["images/path"][r]) for r in rows]
+    names = [as_str(store.f["images/path"][r]) for r in rows]
     return reopen(str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")), names)
 
 
@@ -234,7 +234,7 @@ def stored_labels(store: Store, rows: np.ndarray) -> list[str] | None:
     if "label" not in store.f["images"]:
         return None
     labels = store.f["images/label"][()]
-    return [_s(labels[r]) or "?" for r in rows]
+    return [as_str(labels[r]) or "?" for r in rows]
 
 
 # --- writing back -----------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
         img = None
         try:  # the one file reader: a source swapped for a FIFO or a /dev/zero link is refused, not read
             data = (found[0].read(found[1][j]) if found is not None
-                    else read_file(root / _s(store.f["images/path"][r])))
+                    else read_file(root / as_str(store.f["images/path"][r])))
             img = decode_image(data, t)
         except (OSError, BadImage, Unreadable):
             if int(keys[r]) in kept:
@@ -325,9 +325,9 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     no lock (the store is replaced atomically, an open reader keeps its version)."""
     import time
 
-    from ..jobs.lock import StoreLock
     from ..jobs.output import remove_stale_temps, store_target, write_isolated
-    from ..jobs.signals import InterruptGuard
+    from ..lock import StoreLock
+    from ..signals import InterruptGuard
 
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
@@ -372,7 +372,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         x, rows = features(s, layer, pool)
         if len(rows) < 2:
             raise ValueError(f"{path} holds {len(rows)} usable image(s): nothing to map")
-        paths = [_s(p) for p in s.f["images/path"][()]]
+        paths = [as_str(p) for p in s.f["images/path"][()]]
         used = [paths[r] for r in rows]
         root = str(s.attrs.get("images_root"))
         cats = file_labels(used, labels, root) if labels else (stored_labels(s, rows) or folder_labels(used))
@@ -398,7 +398,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         res.seconds["knn"] = time.perf_counter() - t
         chosen = pick_thumbnails(to_canvas(xy, 1200, THUMB), THUMB, thumbnails, seed)
         data = {"thumbs": _thumbnails(s, rows, chosen, THUMB), "rows": rows, "n_images": len(paths),
-                "keys": s.f["images/key"][()], "status": [_s(v) for v in s.f["images/status"][()]]}
+                "keys": s.f["images/key"][()], "status": [as_str(v) for v in s.f["images/status"][()]]}
     return res, xy, cats, data
 
 

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 from ..durable import fsync_rename
+from ..errors import CheckpointError
+from ..faults import pause_point
 from ..mining.stats import BINS_VERSION, NBINS
 from ..mining.stream import ImageRecord
-from .errors import CheckpointError
-from .faults import pause_point
 from .output import write_error
 
 log = logging.getLogger(__name__)

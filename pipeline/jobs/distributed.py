@@ -60,11 +60,11 @@ import torch.distributed as tdist
 from ..data import image_key
 from ..data.read import Unreadable
 from ..devices import resolve_device
+from ..errors import CheckpointError, Interrupted
+from ..lock import StoreLock
 from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
 from .checkpoint import Checkpoint, checkpoint_path, differences, load_checkpoint
-from .errors import CheckpointError, Interrupted
-from .lock import StoreLock
 from .output import remove_stale_temps
 from .update import SkipKnown
 

@@ -20,7 +20,8 @@ import torch
 
 from ..data import ImageDataset, image_key
 from ..data.read import Unreadable
-from .combine import CONTENT_OK, _s
+from ..store.schema import as_str
+from .combine import CONTENT_OK
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
 
@@ -28,7 +29,7 @@ KNOWN = "known"  # reason recorded for an image skipped because the store holds 
 def known_keys(table: dict[str, np.ndarray]) -> set[int]:
     """Keys of the contents a store has mined (rows "ok"/"duplicate"; not the skipped ones,
     which are tried again: the file may have been repaired or the decoder improved)."""
-    return {int(k) for k, s in zip(table["key"], table["status"]) if _s(s) in CONTENT_OK}
+    return {int(k) for k, s in zip(table["key"], table["status"]) if as_str(s) in CONTENT_OK}
 
 
 class SkipKnown(ImageDataset):
@@ -59,7 +60,7 @@ def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]
     decides ok/duplicate) with the size the base store recorded for that content."""
     size = {}
     for k, s, w, h in zip(base["key"], base["status"], base["width"], base["height"]):
-        if _s(s) in CONTENT_OK:
+        if as_str(s) in CONTENT_OK:
             size.setdefault(int(k), (int(w), int(h)))
     out = {c: np.array(v, copy=True) for c, v in table.items()}
     for j, st in enumerate(out["status"]):

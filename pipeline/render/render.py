@@ -46,7 +46,6 @@ from tqdm import tqdm
 from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
 from ..durable import write_atomically
-from ..jobs.signals import InterruptGuard
 from ..models.layers import select_layers
 from ..pictures.montage import (
     display_side,
@@ -61,6 +60,7 @@ from ..pictures.montage import (
     to_display,
 )
 from ..pictures.names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
+from ..signals import InterruptGuard
 from ..store.read import Store, border_units, overview_channels
 from . import index_html as site
 from .crop import CROPS, image_boxes, unit_crop
