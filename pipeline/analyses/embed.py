@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..data.read import Unreadable, read_file
-from ..durable import fsync_rename
+from ..durable import write_atomically
 from ..faults import pause_point
 from ..jobs.combine import CONTENT_OK
 from ..store.read import Store
@@ -249,8 +249,8 @@ def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarr
     for j, s in enumerate(status):
         if s in CONTENT_OK and s != "ok" and int(keys[j]) in at:
             full[j] = at[int(keys[j])]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
             g = f.require_group("embed")
@@ -258,10 +258,7 @@ def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarr
                 del g[layer]
             d = g.create_dataset(layer, data=full)
             d.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
-        fsync_rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, write, fsync=True)
 
 
 @dataclass

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..data.preprocess import Preprocessing
+from ..durable import save_array
 from ..mining.taps import spatial_max
 from ..models.hooks import hooked, run_to
 from ..models.network import Network
@@ -182,7 +183,7 @@ def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names:
     res.files.append(png)
     for i, m in enumerate(maps):
         p = out / f"{stem}.{i}.npy" if len(maps) > 1 else out / f"{stem}.npy"
-        np.save(p, m.scores)
+        save_array(p, m.scores)
         res.arrays.append(p)
     return res
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..deconv import METHODS, backproject
+from ..durable import save_array
 from ..models.network import Network
 from ..pictures.montage import save_png
 from ..pictures.names import safe_name
@@ -97,7 +98,7 @@ def reconstruct_images(net: Network, images: list[str | Path], layers: list[str]
             save_png(labelled_grid([[pixels[i], shown[i]]], cols=["input", f"{layer}{_what(feature, top)}"]), png)
             res.files.append(png)
             if save_arrays:
-                np.save(out / f"{stem}.npy", proj[i].astype(np.float32))
+                save_array(out / f"{stem}.npy", proj[i].astype(np.float32))
                 res.arrays.append(out / f"{stem}.npy")
             cells[i].append(shown[i])
     if sheet if sheet is not None else (len(images) > 1 or len(layers) > 1):

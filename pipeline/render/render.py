@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
-from ..durable import write_atomically
+from ..durable import save_array
 from ..models.layers import select_layers
 from ..pictures.montage import (
     display_side,
@@ -55,6 +55,7 @@ from ..pictures.montage import (
     label_rows,
     layer_tile,
     overview,
+    save_jpeg,
     save_png,
     side_by_side,
     to_display,
@@ -315,7 +316,7 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         f = out / kept_image_file(m)
         if not f.exists():
             f.parent.mkdir(exist_ok=True)
-            Image.fromarray(pixels[np.nonzero(rows == m)[0][0]]).save(f, quality=92)
+            save_jpeg(pixels[np.nonzero(rows == m)[0][0]], f)
     (out / "units").mkdir(exist_ok=True)
     r = crops.shape[1]
     geo = rnd.net.layers[layer].geometry
@@ -351,7 +352,7 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
             for name, a in (("array", t), ("box_array", boxes)):
-                write_atomically(out / fs[name], lambda tmp, a=a: np.save(tmp, a), suffix=".npy")
+                save_array(out / fs[name], a)
         else:
             (out / fs["array"]).unlink(missing_ok=True)
             (out / fs["box_array"]).unlink(missing_ok=True)

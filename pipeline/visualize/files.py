@@ -8,11 +8,11 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..durable import save_array
 from ..pictures.montage import BACKGROUND, grid_shape, save_png, to_display
 from ..pictures.names import feature_files, safe_name
 from ..pictures.sheet import labelled_grid
@@ -41,9 +41,7 @@ def write_unit_images(out: Path, layer: str, channels: list[int], images: np.nda
         fs = vis_files(layer, c)
         save_png(px, out / fs["png"])
         if save_arrays:
-            tmp = out / f".{fs['array']}.tmp-{os.getpid()}.npy"
-            np.save(tmp, img.astype(np.float32))
-            os.replace(tmp, out / fs["array"])
+            save_array(out / fs["array"], img.astype(np.float32))
 
 
 def unit_grid(tiles: list[np.ndarray], channels: list[int], width: int = GRID_WIDTH) -> np.ndarray:
