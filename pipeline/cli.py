@@ -116,7 +116,7 @@ def guarded(fn, *args, **kw):
         raise
     except KeyboardInterrupt:
         fail("interrupted", exitcodes.INTERRUPTED)
-    except Exception as e:  # noqa: BLE001 - mapped to one line + exit code below
+    except Exception as e:
         code = classify(e)
         if code is None:
             raise
@@ -214,7 +214,7 @@ def _recorded(job, stats, log_path):
         return job(stats)
     except KeyboardInterrupt as e:
         code, msg = exitcodes.INTERRUPTED, str(e) or "interrupted"
-    except Exception as e:  # noqa: BLE001 - mapped to one line + exit code below
+    except Exception as e:
         code = classify(e)
         if code is None:
             code, msg = 1, f"{type(e).__name__}: {e}"

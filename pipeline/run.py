@@ -240,7 +240,7 @@ def _run_job(cfg: RunConfig, net, stats: JobStats, t0: float, every) -> RunResul
             return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled)
 
 
-def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0,
+def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0,  # noqa: PLR0913, C901
                 guard: InterruptGuard, pooled: list[str] = (), dist=None) -> RunResult:
     ck_path = checkpoint_path(path) if dist is None else dist.checkpoint_path(path)
     ck = None
@@ -428,7 +428,7 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
                 {r.key for r in state.records.values() if r.ok}, captured)
 
 
-def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,
+def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,  # noqa: PLR0913
                              fingerprint: dict, every, complete: bool, stats: JobStats,
                              guard: InterruptGuard, dist=None) -> None:
     """The streaming pass over the images without a record, checkpointed; on return the

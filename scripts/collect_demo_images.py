@@ -98,11 +98,11 @@ class Entry:
     loader: str = "image"  # image | scipy_face | scipy_ascent
 
 
-def deb(name, cat, shows, pkg, path, credit="", licence=None):
+def deb(name, cat, shows, pkg, path, credit="", licence=None):  # noqa: PLR0913 - one catalogue entry's fields
     return Entry(name, cat, shows, "deb", pkg, path, licence or DEBIAN_LICENCE[pkg], credit)
 
 
-def pypi(name, cat, shows, pkg, path, licence=None, credit="", loader="image"):
+def pypi(name, cat, shows, pkg, path, licence=None, credit="", loader="image"):  # noqa: PLR0913 - one catalogue entry's fields
     return Entry(name, cat, shows, "pypi", pkg, path, licence or PYPI_LICENCE[pkg], credit, loader)
 
 

@@ -71,7 +71,7 @@ def _batches(n: int, size: int, gen: torch.Generator):
     return [order[i:i + size] for i in range(0, n, size)]
 
 
-def train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, epochs: int, seed: int,
+def train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, epochs: int, seed: int,  # noqa: PLR0913
           steps: int | None = None, lr: float = 2e-3, batch: int = 32) -> nn.Module:
     """Adam over shuffled mini-batches (seeded); ``steps`` stops early (the test's short run)."""
     gen = torch.Generator().manual_seed(seed)

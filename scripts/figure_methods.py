@@ -53,7 +53,7 @@ def main() -> None:
         rows = [unit_row(old, new, args.layer, c) for c in units]
     height = 200  # every block the same height, labels above
     blocks = []
-    for r, (c, row) in enumerate(zip(units, rows)):
+    for c, row in zip(units, rows):
         parts = []
         for j, b in enumerate(row):
             w = round(b.shape[1] * height / b.shape[0])

@@ -250,7 +250,8 @@ def test_reconstruct_from_decoder_layers_equals_reference(ae_net):
     ref_model = deconv_copy(ae_net.model)
     for layer in ("12", "16"):
         out = {}
-        h = ref_model.get_submodule(ae_net.layers[layer].module).register_forward_hook(lambda m, i, o: out.setdefault("o", o))
+        h = ref_model.get_submodule(ae_net.layers[layer].module).register_forward_hook(
+            lambda m, i, o, out=out: out.setdefault("o", o))
         xr = x.clone().requires_grad_(True)
         ref_model(xr)
         h.remove()

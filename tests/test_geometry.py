@@ -38,7 +38,7 @@ def test_names_and_sizes():
 
 def positive(model: nn.Module) -> nn.Module:
     """Every path positive, geometry unchanged (see module docstring)."""
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,

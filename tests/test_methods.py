@@ -204,7 +204,7 @@ def test_windowed_guided_equals_the_autograd_walk(tmp_path, layer):
         inputs = normalize(torch.from_numpy(np.ascontiguousarray(rnd.pixels(kept))), prep)
         geo = s.geometry(layer)
         t = geo.tile_size(s.size)
-    t_ = lambda q: torch.as_tensor(np.asarray(q))  # noqa: E731
+    t_ = lambda q: torch.as_tensor(np.asarray(q))
     full = project_graph(net, layer, inputs, t_(ci), t_(y), t_(x), t_(v), "guided").numpy()
     tops, lefts = geo.tile_origin(y, x, SIZE)
     want = np.stack([pad_crop(full[i].transpose(1, 2, 0), int(tops[i]), int(lefts[i]), t).transpose(2, 0, 1)

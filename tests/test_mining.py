@@ -194,7 +194,7 @@ def test_positions_only_above_the_floor_equal_numpy_first_argmax(size):
         x[2, 3] = float("-inf")
         floor = torch.randn(6, generator=g) + (3.0 if trial % 2 else 0.0)  # few or many above
         floor[0] = float("-inf")
-        values, pos = spatial_max_above(x, lambda v: ~(torch.nan_to_num(v, nan=float("-inf")) < floor))
+        values, pos = spatial_max_above(x, lambda v, floor=floor: ~(torch.nan_to_num(v, nan=float("-inf")) < floor))
         flat = x.flatten(2).numpy()
         ref_v = np.max(flat, axis=2)  # NaN propagates, as in torch
         ref_p = np.argmax(np.where(np.isnan(flat), np.inf, flat), axis=2)  # first NaN, else first max

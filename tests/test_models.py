@@ -103,7 +103,7 @@ def test_topk_equals_brute_force(photos, stores, model):
 # --- projections -------------------------------------------------------------------------------
 def reference(model, module_path, x, c, y, xx, value, monkeypatch):
     """Deconvnet projections by autograd through a rewritten copy; functional F.relu patched."""
-    fn = lambda t, inplace=False: deconv_relu(t)  # noqa: E731
+    fn = lambda t, inplace=False: deconv_relu(t)
     for mod in ("torchvision.models.googlenet", "torchvision.models.densenet"):  # they call F.relu in forward
         monkeypatch.setattr(sys.modules[mod].F, "relu", fn)
     m = deconv_copy(model)

@@ -37,7 +37,7 @@ def killed(images, tmp_path_factory):
     for point, extra in KILL_POINTS.items():
         d = tmp_path_factory.mktemp(point.replace(":", "_"))
         procs[point] = (d, spawn(cli_args(images, d / "s.h5", *extra), d, pause_at=point, ready=d / "ready"))
-    for point, (d, p) in procs.items():
+    for d, p in procs.values():
         wait_for(d / "ready", p)
         p.kill()  # SIGKILL
         p.communicate()

@@ -136,7 +136,7 @@ def test_may_enter_is_whether_the_candidate_alone_would_enter():
         for i in range(30):
             for ch in range(c):  # by hand: sort the kept entries and the candidate, empty slots last
                 kept = [(float(r["values"][ch, j]), int(r["keys"][ch, j])) for j in range(k)]
-                order = lambda e: (-e[0], float("inf") if e[1] == EMPTY_KEY else e[1])  # noqa: E731
+                order = lambda e: (-e[0], float("inf") if e[1] == EMPTY_KEY else e[1])
                 v = float(cand[i, ch])
                 mine = (float("-inf") if v != v else v, int(ckeys[i]))  # NaN ranks as -inf
                 assert bool(got[i, ch]) == (sorted(kept + [mine], key=order).index(mine) < k), (i, ch)

@@ -196,7 +196,7 @@ def majority_rate(labels: list[str]) -> float:
 
 # --- the random-weight baseline ---------------------------------------------------------------
 
-def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch_size: int = 16,
+def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch_size: int = 16,  # noqa: PLR0913
                     workers: int = 0, device="cpu") -> np.ndarray | None:
     """Pooled vectors of the images ``rows`` through the same architecture with ``random`` weights,
     read again from the source files (None when they are no longer there)."""
@@ -239,7 +239,7 @@ def stored_labels(store: Store, rows: np.ndarray) -> list[str] | None:
 
 # --- writing back -----------------------------------------------------------------------------
 
-def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarray, n_images: int,
+def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarray, n_images: int,  # noqa: PLR0913
                       keys: np.ndarray, status: list[str], attrs: dict) -> None:
     """``/embed/<layer>`` (N, 2) float32 per /images row (NaN for skipped files; a duplicate file
     gets its content's coordinates), written to a copy of the store that replaces it atomically."""
@@ -306,7 +306,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
     return out
 
 
-def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne", pool: str = "avg",
+def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne", pool: str = "avg",  # noqa: PLR0913
                 labels: str | Path | None = None, seed: int = 0, perplexity: float | None = None, k: int = 5,
                 baseline: int = 500, thumbnails: int = 300, out: Path | None = None, device="cpu",
                 write: bool = True) -> EmbedResult:
@@ -354,7 +354,7 @@ def _default_out(path: Path) -> Path:
     return default_out_dir(path) / "embed"
 
 
-def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails, device):
+def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails, device):  # noqa: PLR0913
     """Everything ``embed_store`` computes from the store: (result, coordinates, categories, data)."""
     import time
 

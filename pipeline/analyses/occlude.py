@@ -153,7 +153,7 @@ def _figure(pixels: np.ndarray, maps: list[OcclusionMap], boxes: list, names: li
     return labelled_grid(cells, cols=["image", f"drop when occluded ({maps[0].patch}px/{maps[0].stride})"], rows=rows)
 
 
-def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names: list[str], out: Path, stem: str,
+def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names: list[str], out: Path, stem: str,  # noqa: PLR0913
                    layer: str | None = None, feature: int | None = None, klass: int | None = None,
                    patch: int = 32, stride: int = 8, batch_size: int = 32, device="cpu") -> OccludeResult:
     """Maps of N images (uint8 pixels), one figure ``<stem>.png`` (rows images: picture with the

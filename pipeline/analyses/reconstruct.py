@@ -72,7 +72,7 @@ class ReconstructResult:
         return f"{len(self.files)} reconstructions{extra} -> {self.files[0].parent if self.files else '-'}"
 
 
-def reconstruct_images(net: Network, images: list[str | Path], layers: list[str], out: Path,
+def reconstruct_images(net: Network, images: list[str | Path], layers: list[str], out: Path,  # noqa: PLR0913
                        feature: int | None = None, top: int | None = None, method: str = "deconvnet",
                        resize: str = "center-crop", save_arrays: bool = False, device="cpu",
                        sheet: bool | None = None) -> ReconstructResult:

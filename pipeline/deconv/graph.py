@@ -27,7 +27,7 @@ from ..models.network import Network
 from .rules import rectifier_rules
 
 
-def project_graph(net: Network, layer: str, x: torch.Tensor, channel: torch.Tensor, y: torch.Tensor,
+def project_graph(net: Network, layer: str, x: torch.Tensor, channel: torch.Tensor, y: torch.Tensor,  # noqa: PLR0913
                   xx: torch.Tensor, value: torch.Tensor, method: str = "deconvnet", shifts: int = 1) -> torch.Tensor:
     """Full-size projections (B, 3, H, W) of B entries of ``layer``; ``x`` the normalised inputs (B, 3, H, W).
 

@@ -157,7 +157,7 @@ class Deconvnet:
 
     # --- projection -----------------------------------------------------------------------
     @torch.no_grad()
-    def project(
+    def project(  # noqa: PLR0913 - a projection's unit coordinates
         self,
         end: int,
         channel,

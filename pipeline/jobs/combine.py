@@ -224,7 +224,7 @@ class Combined:
         return int(sum(not s.startswith(CONTENT_OK) for s in self.table["status"]))
 
 
-def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Preprocessing,
+def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Preprocessing,  # noqa: PLR0913
             device: torch.device, precision: str, dist=None) -> Combined:
     """Union of ``parts`` finalized into what ``write_store`` writes (``dist``: finalize is
     split across the ranks and ``fin`` is None except on rank 0)."""

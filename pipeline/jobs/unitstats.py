@@ -64,7 +64,7 @@ def _fetcher(key: int, parts, paths: dict[int, Path], prep: Preprocessing):
     return from_file
 
 
-def union_stats(parts, layers: list[str], net: Network, root: str, table: dict, prep: Preprocessing,
+def union_stats(parts, layers: list[str], net: Network, root: str, table: dict, prep: Preprocessing,  # noqa: PLR0913
                 device: torch.device, precision: str) -> dict[str, dict] | None:
     """layer -> ``UnitStats.result()`` of the union of ``parts``, None if some part has none."""
     missing = [p.name for p in parts if p.stats is None]

@@ -71,7 +71,7 @@ class Finalized:
     layers: dict[str, LayerEntries]
 
 
-def finalize(
+def finalize(  # noqa: PLR0913, C901 - issue 22 splits it into steps
     net: Network,
     tops: dict[str, RunningTopK],
     key_to_index: dict[int, int],
@@ -205,7 +205,7 @@ def finalize(
     return Finalized(kept_keys.astype(np.int64), kept_index, pixels, switches, out_layers)
 
 
-def _rerun(net, batch, batch_rows, n, rows, chans, ys, xs, layers, pools, prep, device):
+def _rerun(net, batch, batch_rows, n, rows, chans, ys, xs, layers, pools, prep, device):  # noqa: PLR0913
     """One fixed batch of kept rows ``batch_rows``: (batch_rows, pixels, switches, found values)."""
     at = np.full(n + 1, -1, np.int64)  # kept row -> place in this batch (last: empty slots)
     at[batch_rows] = np.arange(len(batch_rows))
@@ -241,7 +241,7 @@ def _rerun(net, batch, batch_rows, n, rows, chans, ys, xs, layers, pools, prep, 
             {name: (sel, v.numpy(), m.numpy(), mp.numpy()) for name, (sel, v, m, mp) in captured.items()})
 
 
-def _check(net, layers, res, rows, recorded, final, maxima, argmax, ys, xs, precision, rtol, describe):
+def _check(net, layers, res, rows, recorded, final, maxima, argmax, ys, xs, precision, rtol, describe):  # noqa: PLR0913
     """Every recorded value reproduced (else ``ReproduceError``); entries re-sorted."""
     out_layers = {}
     for name in layers:

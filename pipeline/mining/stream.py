@@ -145,7 +145,7 @@ def _entering(top: RunningTopK, keys: torch.Tensor, into: dict, name: str, value
     return into[name]
 
 
-def stream(
+def stream(  # noqa: PLR0913 - the streaming pass's inputs and hooks
     net: Network,
     state: StreamState,
     batches: Iterable[dict],
@@ -199,7 +199,7 @@ def stream(
                 x = torch.cat([x, x])
             kd = keys[ok].to(device, non_blocking=True)
             offsets, handles = cap.hooks(net) if cap is not None else ({}, [])
-            observe = None if state.stats is None else lambda name, out: state.stats[name].observe(out[:n])
+            observe = None if state.stats is None else lambda name, out, n=n: state.stats[name].observe(out[:n])
             # positions only for maps that can enter a top-k (on CPU; see taps.spatial_max_above)
             kx = kd if n > 1 else kd.repeat(2)
             needed = {name: partial(_entering, state.tops[name], kx, entering, name) for name in layers} \

@@ -103,7 +103,7 @@ def default_layers(family: str, names: list[str], paths: dict[str, str]) -> list
     def matching(pred):
         return [n for n in names if pred(n, paths[n])]
 
-    depth = lambda p: p.count(".")  # noqa: E731
+    depth = lambda p: p.count(".")
     if family in ("vgg", "alexnet"):
         return matching(lambda n, p: n.startswith("conv"))
     if family == "resnet":

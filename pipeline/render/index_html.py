@@ -201,7 +201,7 @@ def _json_script(data) -> str:
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _page(title: str, body: list[str], layers: list[LayerView], meta: SiteMeta, current: str | None,
+def _page(title: str, body: list[str], layers: list[LayerView], meta: SiteMeta, current: str | None,  # noqa: PLR0913
           prev: str | None = None, nxt: str | None = None) -> str:
     units = {lay.name: {str(u.unit): _href(u.page) for u in lay.rendered} for lay in layers}
     data = {"units": units, "prev": _href(prev) if prev else None, "next": _href(nxt) if nxt else None}

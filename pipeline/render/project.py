@@ -115,7 +115,7 @@ class _Rows:
 class Renderer:
     """Projects and crops entries of a store with its network (see :func:`load_store_network`)."""
 
-    def __init__(self, store: Store, net: Network, device: torch.device | str = "cpu",
+    def __init__(self, store: Store, net: Network, device: torch.device | str = "cpu",  # noqa: PLR0913 - a renderer's options
                  batch_size: int | None = None, cache_bytes: int = CACHE_BYTES, method: str = "deconvnet",
                  shifts: int | None = 1) -> None:
         if method not in METHODS:
@@ -202,14 +202,14 @@ class Renderer:
             crops[idx] = crop_tiles(pix, pidx, oy, ox, t)
         return to_rgb(tiles, self.prep), crops
 
-    def _project_batch(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
+    def _project_batch(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:  # noqa: PLR0913
         """Tiles of a batch of entries (a lone entry computed paired with itself)."""
         n = len(channel)
         return self._project_paired(layer, *(_pair(a) for a in (channel, kept, y, x, value, oy, ox)), t)[:n]
 
-    def _project_paired(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:
+    def _project_paired(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:  # noqa: PLR0913
         dev = self.device
-        as_t = lambda a: torch.as_tensor(a, device=dev)  # noqa: E731
+        as_t = lambda a: torch.as_tensor(a, device=dev)
         end = self.windowed(layer)
         if end is not None:
             pools = {self.net.chain_index(p): self._switch_rows(p, layer) for p in self.net.pools_through([layer])}

@@ -155,7 +155,7 @@ def _plan(store: Store, layers, features) -> dict[str, list[int]]:
     return {n: v for n, v in plan.items() if v}
 
 
-def render_store(
+def render_store(  # noqa: PLR0913 - one parameter per option of mine render
     store_path: str | Path,
     out: str | Path | None = None,
     layers: str | list[str] | None = None,
@@ -242,7 +242,7 @@ def render_store(
             total = sum(len(cs) for cs in todo.values()) + len(todo_layers)
             k = store.k
             with tqdm(total=total, unit="map", desc="render", disable=not progress or total == 0) as bar:
-                for layer, chans in plan.items():
+                for layer in plan:
                     arrays = store.arrays(layer)
                     if todo[layer]:
                         rnd.tile(layer)
@@ -292,7 +292,7 @@ def _unit_maps(rnd: Renderer, layer: str, chans: list[int], arrays: dict) -> dic
     return {c: maps[ch == c] for c in chans}
 
 
-def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path, opts: Options,
+def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path, opts: Options,  # noqa: PLR0913
                      save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, units: dict,
                      records: dict) -> int:
     """Project every filled slot of the channels in ``chunk`` in one batch, write their files.
@@ -372,7 +372,7 @@ def _overview_units(store: Store, layer: str, arrays: dict, n: int) -> list[int]
     return overview_channels(arrays, n, int(store.layer_info(layer)["out_size"]))
 
 
-def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Options, k: int, n_overview: int) -> int:
+def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Options, k: int, n_overview: int) -> int:  # noqa: PLR0913
     """Top-k across feature maps (the best entry of each of the k units the overview would pick first:
     live, strongest first, not the same images again, border units last) and the overview, each cell
     labelled with its unit (border units say so: their top images are padding responses). With the

@@ -69,9 +69,10 @@ def layer_output(net: Network, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def visualize_units(net: Network, layer: str, channels: list[int], prep: Preprocessing,
-                    cfg: VisualizeConfig = VisualizeConfig()) -> torch.Tensor:
+                    cfg: VisualizeConfig | None = None) -> torch.Tensor:
     """(B, 3, S, S) float32 RGB images in [0, 1] (before the network's normalisation), S = prep.size;
     grey (the luma the network sees) for a one-channel network."""
+    cfg = VisualizeConfig() if cfg is None else cfg
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {cfg.objective!r}; use one of: {', '.join(OBJECTIVES)}")
     if cfg.steps < 1:

@@ -10,7 +10,7 @@ from .files import vis_files, write_layer_grid, write_unit_images
 from .optimize import VisualizeConfig, visualize_units
 
 
-def visualize_layer(model: str, weights: str, layer: str, features, out: Path, objective: str = "channel",
+def visualize_layer(model: str, weights: str, layer: str, features, out: Path, objective: str = "channel",  # noqa: PLR0913
                     steps: int = 512, size: int = 224, seed: int = 0, batch_size: int = 16, device: str = "auto",
                     save_arrays: bool = False, progress: bool = True, preprocessing=None) -> list[Path]:
     """Write ``{layer}_vis_{c}.png`` per unit and ``{layer}_vis.png``; returns their paths (grid last)."""
