@@ -138,7 +138,8 @@ class OccludeResult:
     arrays: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.arrays)} occlusion maps -> {', '.join(str(f) for f in self.files)}"
+        n = len(self.arrays)
+        return f"{n} occlusion map{'s' * (n != 1)} -> {', '.join(str(f) for f in self.files)}"
 
 
 def _figure(pixels: np.ndarray, maps: list[OcclusionMap], boxes: list, names: list[str], what: str) -> np.ndarray:
