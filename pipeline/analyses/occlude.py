@@ -208,7 +208,7 @@ def occlude_images(net: Network, images: list[str | Path], out: Path, resize: st
 def occlude_store(store_path: str | Path, out: Path | None = None, weights: str | None = None,
                   limit: int | None = None, **kw) -> OccludeResult:
     """``mine occlude STORE``: the unit's top-k images from the store's kept pixels, written to
-    ``<store>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
+    ``<stem>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
     links it from the unit."""
     from ..render.names import default_out_dir
     from ..render.project import load_store_network
