@@ -487,8 +487,8 @@ def render(
                                           show_default="the store's"),
     method: str = typer.Option(DEFAULT_METHOD, help=METHOD_HELP),
     crop: str = typer.Option("effective", help="effective: each tile is the square holding 90% of its feature map's projection energy (at least 32 px) | rf: the whole theoretical receptive field (Zeiler & Fergus)."),
-    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid).",
-                                         show_default="the stride of the model's first layer for guided/gradient (MobileNetV2, ResNet: 2; VGG: 1), 1 for the deconvnet"),
+    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid: MobileNetV2 and ResNet have stride 2, VGG 1).",
+                                         show_default="the stride of the model's first layer for guided/gradient, 1 for the deconvnet"),
     contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
                                  "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
     show: str = typer.Option("patch", help="Beside the projections: patch (the crop of the image) | heatmap (the unit's "
