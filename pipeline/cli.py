@@ -56,13 +56,14 @@ class _Group(_FlagsTakeNoValue, typer.core.TyperGroup):
     pass
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Group,
+class _Typer(typer.Typer):
+    def command(self, *args, cls=None, **kw):
+        """Every command's help in the same grammar (``_Command``)."""
+        return super().command(*args, cls=cls or _Command, **kw)
+
+
+app = _Typer(add_completion=False, no_args_is_help=True, cls=_Group,
                   help="Mine the top-k activations of every feature map of a CNN and render deconvnet montages.")
-
-
-def command():
-    """``@app.command()`` with flags shown without a type."""
-    return app.command(cls=_Command)
 
 
 # Help texts that list models or methods come from their registries, so they cannot go stale.
@@ -195,7 +196,7 @@ def _prep(preprocessing, channels, mean, std):
     return options(preprocessing, channels, mean, std)
 
 
-@command()
+@app.command()
 def run(
     ctx: typer.Context,
     layer: str = typer.Option(RUN_DEFAULTS["layer"], help="Layer(s): conv4_4 | conv4_4,conv5_2 | all | 'conv*' (names or module paths; see `mine layers`)."),
@@ -289,7 +290,7 @@ def _recorded(job, stats, log_path):
     fail(msg, code)
 
 
-@command()
+@app.command()
 def merge(
     stores: list[Path] = typer.Argument(..., metavar="STORE...", help="Two or more stores of the same model, weights, preprocessing, k and layers."),
     out: Path = typer.Option(..., "--out", "-o", help="The merged store (may be one of the inputs)."),
@@ -309,7 +310,7 @@ def merge(
     typer.echo(result.summary())
 
 
-@command()
+@app.command()
 def layers(
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     size: int = typer.Option(224, help="Input size used for output sizes."),
@@ -343,7 +344,7 @@ def layers(
         typer.echo(f"({len(rows)} of {len(net.layers)} layers; --every lists all module outputs)")
 
 
-@command()
+@app.command()
 def info(store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP)) -> None:
     """Show what a store holds."""
     from .store.read import Store
@@ -418,7 +419,7 @@ def source_file(root: str, path: str) -> str:
     return str(p if p.is_absolute() or not root else Path(root) / p)
 
 
-@command()
+@app.command()
 def top(
     store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP),
     layer: Optional[str] = typer.Option(None, help="Layer, by name or module path (needed when the store has several).",
@@ -473,7 +474,7 @@ def only_store(folder: Path) -> Path:
     raise ValueError(f"{len(found)} stores in {folder}: give one of " + ", ".join(p.name for p in found))
 
 
-@command()
+@app.command()
 def render(
     store_arg: Optional[Path] = typer.Argument(None, metavar="STORE", help=STORE_HELP,
                                                show_default="the one store in the current folder"),
@@ -532,7 +533,7 @@ def render(
     typer.echo(result.summary())
 
 
-@command()
+@app.command()
 def visualize(
     layer: str = typer.Option(..., help="One layer, e.g. conv4_3 or features.14 (see `mine layers`)."),
     features: str = typer.Option("0-15", "--feature", "--features", help="Units (channels): 171 | 0-15,171."),
@@ -579,7 +580,7 @@ def _check_feature_ranges(store: Path, spec: str) -> None:
              f"{channels} channels (0-{channels - 1})", exitcodes.BAD_ARGS)
 
 
-@command()
+@app.command()
 def reconstruct(
     images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="One or more image files."),
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
@@ -619,7 +620,7 @@ def reconstruct(
     typer.echo(guarded(job).summary())
 
 
-@command()
+@app.command()
 def occlude(
     inputs: list[Path] = typer.Argument(..., metavar="IMAGE...|STORE", help="Image files, or one store (the unit's top-k images)."),
     layer: Optional[str] = typer.Option(None, help="Layer of the unit, by name or module path, e.g. conv5_3 or layer4.1."),
@@ -673,7 +674,7 @@ def occlude(
     typer.echo(res.summary())
 
 
-@command()
+@app.command()
 def embed(
     store: Path = typer.Argument(..., help="A store mined with `mine run ... --pooled LAYER`."),
     layer: Optional[str] = typer.Option(None, help="Pooled layer (default: the store's first)."),
