@@ -5,6 +5,7 @@ code (see ``exitcodes``), never a traceback.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -16,10 +17,62 @@ import typer
 
 from . import exitcodes
 from .config import check_size
+from .deconv.rules import DEFAULT_METHOD, METHODS
+from .models.registry import DEFAULT_MODEL, MODELS
+from .run import RunConfig
 from .store.schema import StoreError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _FlagsTakeNoValue:
+    """Typer's rich help shows a flag's type as if it took a value (``--json <bool>``, ``--help <bool>``);
+    a flag takes none, so its metavar is empty."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, typer.core.TyperCommand):
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        """The usage line in click's convention: a required argument as its metavar (``STORE``), an
+        optional one in brackets (``[STORE]``), a repeated one with ``...`` once (typer writes
+        ``{STORE}``, and ``[[STORE]]`` for an optional metavar written with its brackets)."""
+        rv = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if not isinstance(p, typer.core.TyperArgument):
+                rv.extend(p.get_usage_pieces(ctx))
+                continue
+            name = p.metavar or p.name.upper()
+            if p.nargs != 1 and "..." not in name:
+                name += "..."
+            rv.append(name if p.required else f"[{name}]")
+        return rv
+
+
+class _Group(_FlagsTakeNoValue, typer.core.TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    def command(self, *args, cls=None, **kw):
+        """Every command's help in the same grammar (``_Command``)."""
+        return super().command(*args, cls=cls or _Command, **kw)
+
+
+app = _Typer(add_completion=False, no_args_is_help=True, cls=_Group,
                   help="Mine the top-k activations of every feature map of a CNN and render deconvnet montages.")
+
+
+# Help texts that list models or methods come from their registries, so they cannot go stale.
+MODEL_HELP = f"Model: {' | '.join(MODELS)} | package.module:factory (`mine layers --model M` lists its layers)."
+_METHOD_NOTES = {"guided": "guided backprop: readable on every model", "deconvnet": "Zeiler & Fergus, exactly",
+                 "gradient": "saliency"}
+METHOD_HELP = "Projection: " + " | ".join(f"{m} ({_METHOD_NOTES[m]})" if m in _METHOD_NOTES else m for m in METHODS) + "."
+WEIGHTS_HELP = "imagenet | hed (offline VGG16) | random | PATH to a state dict."
+STORE_HELP = "A store written by `mine run`."
 
 
 class _StderrLines(logging.Handler):
@@ -123,11 +176,18 @@ def guarded(fn, *args, **kw):
         fail(message(e), code)
 
 
-PREP_HELP = ("Preprocessing preset: torchvision (RGB, ImageNet mean/std) | caffe (BGR, 0..255 minus the mean pixel). "
-             "Default: the weights' own (caffe for hed), else the model's preprocessing attribute, else torchvision.")
+PREP_HELP = "Preprocessing preset: torchvision (RGB, ImageNet mean/std) | caffe (BGR, 0..255 minus the mean pixel)."
+PREP_DEFAULT = "the weights' own: caffe for hed, else the model's preprocessing attribute, else torchvision"
 CHANNELS_HELP = "Input channels the network was trained with: 1 (images converted to grey) or 3 (RGB)."
-MEAN_HELP = "Mean per channel subtracted from pixels in [0, 1], e.g. 0.1307 or 0.485,0.456,0.406 (default 0)."
-STD_HELP = "Std per channel dividing pixels in [0, 1] after the mean, e.g. 0.3081 (default 1)."
+MEAN_HELP = "Mean per channel subtracted from pixels in [0, 1], e.g. 0.1307 or 0.485,0.456,0.406."
+STD_HELP = "Std per channel dividing pixels in [0, 1] after the mean, e.g. 0.3081."
+# `mine run`'s defaults are RunConfig's (the Python API's): one source, shown as typer's [default: ...].
+RUN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+def _given(ctx: typer.Context, values: dict) -> dict:
+    """The options given on the command line (a config file's values stand unless a flag overrides them)."""
+    return {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
 
 
 def _prep(preprocessing, channels, mean, std):
@@ -138,31 +198,32 @@ def _prep(preprocessing, channels, mean, std):
 
 @app.command()
 def run(
-    layer: Optional[str] = typer.Option(None, help="Layer(s): conv4_4 | conv4_4,conv5_2 | all | 'conv*'. Default conv4_4."),
+    ctx: typer.Context,
+    layer: str = typer.Option(RUN_DEFAULTS["layer"], help="Layer(s): conv4_4 | conv4_4,conv5_2 | all | 'conv*' (names or module paths; see `mine layers`)."),
     images: Optional[str] = typer.Option(None, help="Folder, text file of paths, glob, caltech/<category|number|all>, "
                                          "an array file (.npz with images[, labels], .npy, MNIST *-images-idx3-ubyte[.gz]) "
                                          "or package.module:factory returning a torch Dataset."),
-    model: Optional[str] = typer.Option(None, help="vgg19 (default) or vgg16."),
-    weights: Optional[str] = typer.Option(None, help="imagenet (default) | hed (offline VGG16) | random | PATH to a checkpoint."),
-    k: Optional[int] = typer.Option(None, help="Entries kept per channel (default 9)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default 32)."),
-    workers: Optional[int] = typer.Option(None, help="Decoding worker processes (default 2; 0 = in-process)."),
-    device: Optional[str] = typer.Option(None, help="auto (default) | cpu | cuda."),
-    size: Optional[int] = typer.Option(None, help="Network input size in pixels (default 224)."),
-    resize: Optional[str] = typer.Option(None, help="center-crop (default: shorter side to SIZE, centre crop) | squash | pad."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N images (in path order)."),
-    data_root: Optional[str] = typer.Option(None, help="Caltech-256 root (else $MINE_DATA_ROOT or the config)."),
-    out: Optional[str] = typer.Option(None, help="Store path (default mine-<model>-<layers>-<images>.h5)."),
-    precision: Optional[str] = typer.Option(None, help="fp32 (default) | bf16 | fp16 for the streaming pass; finalize is float32."),
+    model: str = typer.Option(RUN_DEFAULTS["model"], help=MODEL_HELP),
+    weights: str = typer.Option(RUN_DEFAULTS["weights"], help=WEIGHTS_HELP),
+    k: int = typer.Option(RUN_DEFAULTS["k"], help="Entries kept per channel."),
+    batch_size: int = typer.Option(RUN_DEFAULTS["batch_size"], help="Images per forward pass."),
+    workers: int = typer.Option(RUN_DEFAULTS["workers"], help="Decoding worker processes (0 = in-process)."),
+    device: str = typer.Option(RUN_DEFAULTS["device"], help="auto | cpu | cuda."),
+    size: int = typer.Option(RUN_DEFAULTS["size"], help="Network input size in pixels."),
+    resize: str = typer.Option(RUN_DEFAULTS["resize"], help="center-crop (shorter side to SIZE, centre crop) | squash | pad."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images (in path order).", show_default="all"),
+    data_root: Optional[str] = typer.Option(None, help="Caltech-256 root.", show_default="$MINE_DATA_ROOT or the config"),
+    out: Optional[str] = typer.Option(None, help="Store path.", show_default="mine-<model>-<layers>-<images>.h5"),
+    precision: str = typer.Option(RUN_DEFAULTS["precision"], help="fp32 | bf16 | fp16 for the streaming pass; finalize is float32."),
     config: Optional[Path] = typer.Option(None, help="TOML file with any of these options; flags override it."),
     update: Optional[str] = typer.Option(None, metavar="STORE", help="Extend STORE: mine only images whose content it does not hold, merge exactly, rewrite it atomically (created if missing). Output is STORE unless --out is given."),
     force: bool = typer.Option(False, "--force", help="Replace an existing complete store (without it, an existing store is refused)."),
-    checkpoint_every: Optional[str] = typer.Option(None, help="Checkpoint the streaming pass every N batches (50) or every period (90s, 5m, 1h); default 5m. Always on SIGINT/SIGTERM and before finalize."),
+    checkpoint_every: str = typer.Option(RUN_DEFAULTS["checkpoint_every"], help="Checkpoint the streaming pass every N batches (50) or every period (90s, 5m, 1h). Always on SIGINT/SIGTERM and before finalize."),
     discard_checkpoint: bool = typer.Option(False, "--discard-checkpoint", help="Delete STORE.ckpt instead of resuming from it."),
-    log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to the store)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here.", show_default="mine-runs.jsonl next to the store"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     pooled: Optional[str] = typer.Option(None, help="Also store per image the global average and max of these layer(s) (float16, /images/pooled_<L>) for `mine embed`."),
-    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP, show_default=PREP_DEFAULT),
     channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
@@ -178,12 +239,12 @@ def run(
     from .jobs.record import JobStats
     from .run import run as run_job
 
-    overrides = dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
+    overrides = _given(ctx, dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
                      data_root=data_root, out=out, precision=precision, update=update, force=force or None,
                      checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log,
                      quiet=quiet or None, pooled=pooled, preprocessing=preprocessing, channels=channels, mean=mean,
-                     std=std)
+                     std=std))
     stats = JobStats(command="run", store=out or update)
     loaded = {}
 
@@ -231,12 +292,13 @@ def _recorded(job, stats, log_path):
 
 @app.command()
 def merge(
-    stores: list[Path] = typer.Argument(..., help="Two or more stores of the same model, weights, preprocessing, k and layers."),
+    stores: list[Path] = typer.Argument(..., metavar="STORE...", help="Two or more stores of the same model, weights, preprocessing, k and layers."),
     out: Path = typer.Option(..., "--out", "-o", help="The merged store (may be one of the inputs)."),
     weights: Optional[str] = typer.Option(None, help="Weights file if it moved since mining (its hash must match)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (finalize re-runs the kept images)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing store at --out."),
-    log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to --out)."),
+    log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here.",
+                                      show_default="mine-runs.jsonl next to --out"),
 ) -> None:
     """Merge stores of disjoint or overlapping image sets into one, equal to one run over the union."""
     from .jobs.merge import merge_stores
@@ -250,10 +312,10 @@ def merge(
 
 @app.command()
 def layers(
-    model: str = typer.Option("vgg19", help="Any model --model takes (see docs/models.md), or package.module:factory."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     size: int = typer.Option(224, help="Input size used for output sizes."),
     every: bool = typer.Option(False, "--every", help="Every module output, not only what --layer all mines."),
-    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP, show_default=PREP_DEFAULT),
     channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
@@ -283,7 +345,7 @@ def layers(
 
 
 @app.command()
-def info(store: Path = typer.Argument(..., help="A store written by `mine run`.")) -> None:
+def info(store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP)) -> None:
     """Show what a store holds."""
     from .store.read import Store
 
@@ -298,21 +360,22 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
         typer.echo(f"images       {a['images_spec']}: {len(st)} files, {st.count('ok')} used, "
                    f"{sum(x.startswith('skipped') for x in st)} skipped, {st.count('duplicate')} duplicate")
         typer.echo(f"k            {s.k}   kept images {len(s.f['kept/key'])}")
+        w = max([len(n) for n in s.layers] + [8])  # the layer columns line up whatever the names' lengths
         for name in s.layers:
             li, geo = s.layer_info(name), s.geometry(name)
-            typer.echo(f"layer        {name:<8} {li['channels']:>4} channels  R={geo.rf} S={geo.stride_text} P={geo.padding}")
+            typer.echo(f"layer        {name:<{w}} {li['channels']:>4} channels  R={geo.rf} S={geo.stride_text} P={geo.padding}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
         if "label" in s.f["images"]:
             labels = [v.decode() if isinstance(v, bytes) else v for v in s.f["images/label"][()]]
             typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
                        f"categories (`mine embed` colours by them)")
-        _echo_unit_stats(s, st.count("ok"))
-        _echo_border_units(s)
+        _echo_unit_stats(s, st.count("ok"), w)
+        _echo_border_units(s, w)
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
 
 
-def _echo_border_units(s) -> None:
+def _echo_border_units(s, w: int) -> None:
     """``mine info``'s border lines: per layer, the units whose top entries all sit at one edge position."""
     from .store.read import border_units
 
@@ -320,10 +383,10 @@ def _echo_border_units(s) -> None:
         a = s.arrays(name)
         units = [c for c, b in enumerate(border_units(a, int(s.layer_info(name)["out_size"]))) if b]
         shown = ", ".join(f"{c} at ({a['y'][c, 0]}, {a['x'][c, 0]})" for c in units[:8]) + (", ..." if len(units) > 8 else "")
-        typer.echo(f"border units {name:<8} {len(units):>4}" + (f"  ({shown})" if len(units) else ""))
+        typer.echo(f"border units {name:<{w}} {len(units):>4}" + (f"  ({shown})" if len(units) else ""))
 
 
-def _echo_unit_stats(s, used: int) -> None:
+def _echo_unit_stats(s, used: int, w: int) -> None:
     """``mine info``'s statistics lines: images counted, and the dead units of each layer."""
     if not s.has_stats():
         typer.echo("statistics   no statistics (store written before mine kept unit statistics)")
@@ -334,7 +397,20 @@ def _echo_unit_stats(s, used: int) -> None:
     for name in s.layers:
         dead = s.unit_stats(name).dead
         shown = ", ".join(map(str, dead[:20])) + (", ..." if len(dead) > 20 else "")
-        typer.echo(f"dead units   {name:<8} {len(dead):>4}" + (f"  ({shown})" if dead else ""))
+        typer.echo(f"dead units   {name:<{w}} {len(dead):>4}" + (f"  ({shown})" if dead else ""))
+
+
+def plural(n: int, word: str) -> str:
+    """``1 unit``, ``2 units``."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _store_layer(store: Path, layer: Optional[str]) -> str:
+    """The store's name of ``--layer`` (a name or module path), or the one-line error."""
+    from .store.read import Store
+
+    with guarded(Store, store) as s:
+        return guarded(s.layer_name, layer)
 
 
 def source_file(root: str, path: str) -> str:
@@ -345,8 +421,9 @@ def source_file(root: str, path: str) -> str:
 
 @app.command()
 def top(
-    store: Path = typer.Argument(..., help="A store written by `mine run`."),
-    layer: Optional[str] = typer.Option(None, help="Layer (default: the store's only/first layer)."),
+    store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP),
+    layer: Optional[str] = typer.Option(None, help="Layer, by name or module path (needed when the store has several).",
+                                        show_default="the store's only layer"),
     feature: int = typer.Option(..., help="Channel index."),
     as_json: bool = typer.Option(False, "--json", help="One JSON array of entries (stable format; `file` is the "
                                  "image path joined to the store's images root, openable as it is)."),
@@ -356,7 +433,7 @@ def top(
     from .store.read import Store, border_units, live_units
 
     with guarded(Store, store) as s:
-        name = layer or s.layers[0]
+        name = guarded(s.layer_name, layer)
         entries = guarded(s.entries, name, feature)
         if as_json:
             root = str(s.attrs.get("images_root") or "")
@@ -399,16 +476,20 @@ def only_store(folder: Path) -> Path:
 
 @app.command()
 def render(
-    store_arg: Optional[Path] = typer.Argument(None, metavar="[STORE]", help="A store written by `mine run`."),
-    store: Optional[Path] = typer.Option(None, "--store", help="The store (instead of the argument)."),
-    layer: Optional[str] = typer.Option(None, help="Layer(s): conv4_3 | conv4_3,conv5_1 | 'conv5_*'. Default: every layer in the store."),
-    feature: Optional[int] = typer.Option(None, help="One channel, e.g. 171."),
-    features: Optional[str] = typer.Option(None, help="Channels, e.g. 0-63,171. Default: every channel."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render next to the store)."),
-    weights: Optional[str] = typer.Option(None, help="Weights (default: the store's; must match its weights hash)."),
-    method: str = typer.Option("guided", help="guided (guided backprop, the default: readable on every model) | deconvnet (Zeiler & Fergus, exactly) | gradient (saliency)."),
+    store_arg: Optional[Path] = typer.Argument(None, metavar="STORE", help=STORE_HELP,
+                                               show_default="the one store in the current folder"),
+    store: Optional[Path] = typer.Option(None, "--store", hidden=True, help="The store (old spelling of the argument)."),
+    layer: Optional[str] = typer.Option(None, help="Layer(s), by name or module path: conv4_3 | conv4_3,conv5_1 | 'conv5_*'.",
+                                        show_default="every layer in the store"),
+    feature: Optional[str] = typer.Option(None, "--feature", "--features", help="Channel(s): 171 | 0-63,171.",
+                                          show_default="every channel"),
+    out: Optional[Path] = typer.Option(None, help="Output folder.", show_default="<stem>-render next to the store"),
+    weights: Optional[str] = typer.Option(None, help="Weights; must match the store's weights hash.",
+                                          show_default="the store's"),
+    method: str = typer.Option(DEFAULT_METHOD, help=METHOD_HELP),
     crop: str = typer.Option("effective", help="effective: each tile is the square holding 90% of its feature map's projection energy (at least 32 px) | rf: the whole theoretical receptive field (Zeiler & Fergus)."),
-    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid). Default: the stride of the model's first layer for guided/gradient (MobileNetV2, ResNet: 2; VGG: 1), 1 for the deconvnet."),
+    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid: MobileNetV2 and ResNet have stride 2, VGG 1).",
+                                         show_default="the stride of the model's first layer for guided/gradient, 1 for the deconvnet"),
     contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
                                  "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
     show: str = typer.Option("patch", help="Beside the projections: patch (the crop of the image) | heatmap (the unit's "
@@ -417,15 +498,15 @@ def render(
     shared_scale: bool = typer.Option(False, "--shared-scale", hidden=True, help="Deprecated: --contrast shared."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (k,3,T,T) projections as .npy (the crop's own pixels, never resampled) and each tile's box in input pixels (_box_C.npy)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    batch_size: Optional[int] = typer.Option(None, help="Projections per batch (default: from a memory budget); "
-                                             "the output does not depend on it."),
+    batch_size: Optional[int] = typer.Option(None, help="Projections per batch; the output does not depend on it.",
+                                             show_default="from a memory budget"),
     overview: Optional[int] = typer.Option(None, help="Also make each layer's top-9 across feature maps and an overview "
-                                           "grid of its N strongest feature maps (default 16 when no feature is selected)."),
-    force: bool = typer.Option(False, help="Re-render even what is up to date."),
+                                           "grid of its N strongest feature maps.", show_default="16 when no feature is selected"),
+    force: bool = typer.Option(False, "--force", help="Re-render even what is up to date."),
     visualize: int = typer.Option(0, metavar="STEPS", help="Also synthesise, with STEPS optimisation steps (e.g. 512), an image that maximises each rendered unit (mine visualize) and show it on the unit's page."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Render projections (deconvnet, guided, gradient), patches and heatmaps of a store's top activations.
+    """Render projections (see --method), patches and heatmaps of a store's top activations.
 
     One render per output folder (OUT/.mine-render.lock): a second one exits with code 4.
     """
@@ -436,8 +517,6 @@ def render(
         path = guarded(only_store, Path.cwd())
     if store is not None and store_arg is not None and Path(store) != Path(store_arg):
         fail(f"two different stores given: {store_arg} and --store {store}", exitcodes.BAD_ARGS)
-    if feature is not None and features is not None:
-        fail("give --feature or --features, not both", exitcodes.BAD_ARGS)
     if batch_size is not None and batch_size < 1:
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
     if visualize < 0:
@@ -445,10 +524,9 @@ def render(
     if shared_scale:
         typer.echo("warning: --shared-scale is deprecated; use --contrast shared", err=True)
         contrast = "shared"
-    if features is not None:
-        _check_feature_ranges(path, features)
-    sel = [feature] if feature is not None else features
-    result = guarded(render_store, path, out=out, layers=layer, features=sel, weights=weights,
+    if feature is not None:
+        _check_feature_ranges(path, feature)
+    result = guarded(render_store, path, out=out, layers=layer, features=feature, weights=weights,
                      contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
                      overview_features=overview, progress=not quiet, force=force, method=method, show=show,
                      quantile=quantile, visualize=visualize, crop=crop, shifts=shifts)
@@ -458,9 +536,9 @@ def render(
 @app.command()
 def visualize(
     layer: str = typer.Option(..., help="One layer, e.g. conv4_3 or features.14 (see `mine layers`)."),
-    features: str = typer.Option("0-15", help="Units (channels), e.g. 0-15,171."),
-    model: str = typer.Option("vgg19", help="Any model --model takes."),
-    weights: str = typer.Option("imagenet", help="imagenet | hed | random | PATH."),
+    features: str = typer.Option("0-15", "--feature", "--features", help="Units (channels): 171 | 0-15,171."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
+    weights: str = typer.Option("imagenet", help=WEIGHTS_HELP),
     objective: str = typer.Option("channel", help="channel: the mean of the unit's map | neuron: the unit at the map's centre."),
     steps: int = typer.Option(512, help="Optimisation steps (Adam)."),
     size: int = typer.Option(224, help="Image size (the network input)."),
@@ -469,8 +547,8 @@ def visualize(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     out: Path = typer.Option(Path("visualize"), help="Output folder."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB images in [0,1] as .npy."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
-    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP, show_default=PREP_DEFAULT),
     channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
@@ -484,7 +562,7 @@ def visualize(
                     objective=objective, steps=steps, size=size, seed=seed, batch_size=batch_size,
                     device=device, out=out, save_arrays=save_arrays, progress=not quiet,
                     preprocessing=_prep(preprocessing, channels, mean, std))
-    typer.echo(f"visualised {len(paths) - 1} unit(s) of {layer} -> {paths[-1]}")
+    typer.echo(f"visualised {plural(len(paths) - 1, 'unit')} of {layer} -> {paths[-1]}")
 
 
 def _check_feature_ranges(store: Path, spec: str) -> None:
@@ -504,19 +582,19 @@ def _check_feature_ranges(store: Path, spec: str) -> None:
 
 @app.command()
 def reconstruct(
-    images: list[Path] = typer.Argument(..., help="One or more image files."),
-    model: str = typer.Option("vgg16", help="Any model --model takes (see `mine layers`)."),
-    weights: str = typer.Option("imagenet", help="imagenet | hed | random | PATH."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="One or more image files."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
+    weights: str = typer.Option("imagenet", help=WEIGHTS_HELP),
     layer: str = typer.Option(..., help="Layer(s), lower to upper: conv3_3 | conv1_2,conv3_3,conv5_3 | 'conv5*' | all."),
-    feature: Optional[int] = typer.Option(None, help="Only this feature map (default: every map of the layer)."),
+    feature: Optional[int] = typer.Option(None, help="Only this feature map.", show_default="every map of the layer"),
     top: Optional[int] = typer.Option(None, help="Only the N maps with the largest activation in the image."),
-    method: str = typer.Option("deconvnet", help="deconvnet (default) | guided | gradient, as in `mine render`."),
+    method: str = typer.Option("deconvnet", help=METHOD_HELP),
     size: int = typer.Option(224, help="Network input size in pixels."),
     resize: str = typer.Option("center-crop", help="center-crop | squash | pad, as in `mine run`."),
     out: Path = typer.Option(Path("reconstruct"), help="Output folder."),
     save_arrays: bool = typer.Option(False, "--save-arrays", help="Also write float32 (3,H,W) RGB projections as .npy."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP, show_default=PREP_DEFAULT),
     channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
@@ -544,21 +622,24 @@ def reconstruct(
 
 @app.command()
 def occlude(
-    inputs: list[Path] = typer.Argument(..., metavar="IMAGE... | STORE", help="Image files, or one store (the unit's top-k images)."),
-    layer: Optional[str] = typer.Option(None, help="Layer of the unit, e.g. conv5_3 or layer4.1."),
+    inputs: list[Path] = typer.Argument(..., metavar="IMAGE...|STORE", help="Image files, or one store (the unit's top-k images)."),
+    layer: Optional[str] = typer.Option(None, help="Layer of the unit, by name or module path, e.g. conv5_3 or layer4.1."),
     feature: Optional[int] = typer.Option(None, help="Channel of the unit: the map is its maximum activation."),
     klass: Optional[int] = typer.Option(None, "--class", help="Class index of a classifier (resnet18, mobilenet_v2, ...): the map is its probability."),
-    model: str = typer.Option("vgg16", help="Model for image files (a store names its own)."),
-    weights: Optional[str] = typer.Option(None, help="imagenet (default for images) | hed | random | PATH; for a store, where its weights are now."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP + " For image files: a store names its own."),
+    weights: Optional[str] = typer.Option(None, help=WEIGHTS_HELP + " For a store: where its weights are now.",
+                                          show_default="imagenet for image files, the store's for a store"),
     patch: int = typer.Option(32, help="Side of the grey (mean-colour) square in input pixels."),
     stride: int = typer.Option(8, help="Step of the square in input pixels."),
     size: int = typer.Option(224, help="Network input size in pixels (image files)."),
     resize: str = typer.Option("center-crop", help="center-crop | squash | pad (image files)."),
     batch_size: int = typer.Option(32, help="Occluded copies per forward pass."),
-    limit: Optional[int] = typer.Option(None, help="Store: only the unit's N best images (default all k)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: occlude/, or <store>-render/occlude for a store)."),
+    entries: Optional[int] = typer.Option(None, help="Store: only the unit's N best entries.", show_default="all k"),
+    limit: Optional[int] = typer.Option(None, "--limit", hidden=True, help="Old name of --entries."),
+    out: Optional[Path] = typer.Option(None, help="Output folder.",
+                                       show_default="occlude/, or <stem>-render/occlude for a store"),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP),
+    preprocessing: Optional[str] = typer.Option(None, help=PREP_HELP, show_default=PREP_DEFAULT),
     channels: Optional[int] = typer.Option(None, help=CHANNELS_HELP),
     mean: Optional[str] = typer.Option(None, help=MEAN_HELP),
     std: Optional[str] = typer.Option(None, help=STD_HELP),
@@ -574,8 +655,9 @@ def occlude(
 
     if batch_size < 1:
         fail("--batch-size must be >= 1", exitcodes.BAD_ARGS)
-    if limit is not None and limit < 1:
-        fail(f"--limit must be >= 1 (got {limit})", exitcodes.BAD_ARGS)
+    entries = entries if entries is not None else limit
+    if entries is not None and entries < 1:
+        fail(f"--entries must be >= 1 (got {entries})", exitcodes.BAD_ARGS)
     guarded(check_size, size, batch_size)
     kw = dict(layer=layer, feature=feature, klass=klass, patch=patch, stride=stride, batch_size=batch_size)
     prep = _prep(preprocessing, channels, mean, std)
@@ -583,7 +665,8 @@ def occlude(
         if prep:
             fail("a store records its preprocessing: --preprocessing/--channels/--mean/--std are for image files",
                  exitcodes.BAD_ARGS)
-        res = guarded(lambda: occlude_store(inputs[0], out, weights, limit=limit, device=resolve_device(device), **kw))
+        kw["layer"] = _store_layer(inputs[0], layer) if layer is not None else None
+        res = guarded(lambda: occlude_store(inputs[0], out, weights, limit=entries, device=resolve_device(device), **kw))
     else:
         guarded(check_target, layer, feature, klass)  # before loading the network
         res = guarded(lambda: occlude_images(load_network(model, weights or "imagenet", size, prep), [str(p) for p in inputs],

@@ -78,7 +78,8 @@ class RunResult:
         rate = self.images_new / self.seconds if self.seconds else 0.0
         extra = "".join(f", {n} {what}" for n, what in ((self.images_known, "already in the store"),
                                                         (self.images_resumed, "resumed from checkpoint")) if n)
-        return (f"{self.images_seen} images seen, {self.images_skipped} skipped, {self.images_new} mined{extra}, "
+        n = self.images_seen
+        return (f"{n} image{'s' * (n != 1)} seen, {self.images_skipped} skipped, {self.images_new} mined{extra}, "
                 f"{self.seconds:.1f} s ({rate:.1f} img/s) -> {self.store}")
 
 
@@ -230,7 +231,7 @@ def _run_job(cfg: RunConfig, net, stats: JobStats, t0: float, every) -> RunResul
         if cfg.limit:
             source = source.head(cfg.limit)
         path = store_target(path or default_store_path(cfg, layers))
-        stats.store, stats.images_seen = str(path), len(source.paths)
+        stats.store = str(path)
         if dist is not None:  # distributed: rank 0 holds the lock for every rank
             with dist.store_lock(path):
                 return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled,
@@ -315,6 +316,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
             raise StoreExistsError(f"{path} exists but is not a usable store ({why}); pass --force to replace it")
         stats.mode = ("update" if base_part else "fresh") if ck is None else ("update-resume" if base_part else "resume")
         stats.images_resumed = len(state.records)
+        stats.images_seen = len(source.paths)  # streamed from here on: a run refused above saw none
 
         for attempt in (1, 2):
             _stream_with_checkpoints(cfg, net, state, prep, source, device, known, ck_path, fingerprint,

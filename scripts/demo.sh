@@ -45,7 +45,7 @@ echo "reconstructions: $(( $(date +%s) - t )) s"
 t=$(date +%s)
 UNIT=$("$PY" -c "import sys; from pipeline import Store; from pipeline.store.read import strongest_channels as sc
 with Store(sys.argv[1]) as s: print(sc(s.arrays('conv5_3'), 1)[0])" "$STORE")
-"$MINE" occlude "$STORE" --layer conv5_3 --feature "$UNIT" --limit 3 --patch 56 --stride 24 --out "$OUT/render/occlude"
+"$MINE" occlude "$STORE" --layer conv5_3 --feature "$UNIT" --entries 3 --patch 56 --stride 24 --out "$OUT/render/occlude"
 echo "occlusion of conv5_3 unit $UNIT: $(( $(date +%s) - t )) s"
 "$MINE" render "$STORE" --layer conv1_2,conv2_2,conv3_3,conv4_3,conv5_3 --features 0-3 --overview 16 \
   --out "$OUT/render"

@@ -252,9 +252,10 @@ def test_odd_layer_names_mine_and_render_into_separate_files(tmp_path, monkeypat
 
 # --- 13. the smaller ones ------------------------------------------------------------------------
 
-def test_occlude_limit_must_be_positive(work):
-    one_line(cli.invoke(app, ["occlude", str(work / "w" / "a.h5"), "--layer", "conv1_2", "--feature", "0",
-                              "--limit", "-2"]), exitcodes.BAD_ARGS, "--limit must be >= 1 (got -2)")
+def test_occlude_entries_must_be_positive(work):
+    for option in ("--entries", "--limit"):  # --limit: its old name, still taken
+        one_line(cli.invoke(app, ["occlude", str(work / "w" / "a.h5"), "--layer", "conv1_2", "--feature", "0",
+                                  option, "-2"]), exitcodes.BAD_ARGS, "--entries must be >= 1 (got -2)")
 
 
 def test_occlude_takes_module_paths_like_the_other_commands(mined, tmp_path):

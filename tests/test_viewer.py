@@ -248,6 +248,11 @@ def test_viewer_in_headless_chromium(site, browser, tmp_path):
     assert b.js(ALL_IMAGES_LOAD) == []
     assert b.js("document.querySelectorAll('.entry').length") == 6, "its filled slots"
     assert "im 0<&>.png" in b.js("document.body.innerText") or "<&>.png" in b.js("document.body.innerText")
+    # every entry's table in the same place: below its pictures, at the same offset (not beside some)
+    places = b.js("Array.from(document.querySelectorAll('.entry')).map(e => { const d = e.querySelector('dl')"
+                  ".getBoundingClientRect(), p = e.querySelector('.pics').getBoundingClientRect(), "
+                  "r = e.getBoundingClientRect(); return [d.left - r.left, d.top - r.top, d.top >= p.bottom]; })")
+    assert len({tuple(x) for x in places}) == 1 and places[0][2], places
     # keyboard: right arrow goes to the next rendered unit
     b.key("ArrowRight", 39)
     b.wait_load()
@@ -286,6 +291,14 @@ def test_histogram_plot_draws_the_occupied_bins_with_breaks_and_places_the_level
     assert "<line" not in hist_svg({"edges": list(range(11)), "counts": [1] * 10}, 12.0)
     assert "<line" not in hist_svg({"edges": list(range(11)), "counts": [1] * 10}, None)
     assert "nothing counted" in hist_svg({"edges": list(range(11)), "counts": [0] * 10}, 1.0)
+
+    # the unit's max beyond the counted bins (the statistics count a grid of positions, the top-1 may
+    # sit elsewhere): the axis goes on to the max's bin. Bins 0, 1 counted, 2..7 empty (a break), bin
+    # 8 holds the max 8.5: 4 slots of 80 px, the axis ends at 9, the max's tick half into the 4th.
+    hist = {"edges": list(range(11)), "counts": [5, 2, 0, 0, 0, 0, 0, 0, 0, 0], "over": "all"}
+    assert ">2</text>" in hist_svg(hist, None)  # without the max: the last counted bin's edge
+    svg = hist_svg(hist, None, top=8.5)
+    assert ">9</text>" in svg and svg.count('class="gap"') == 1 and 'class="max" x1="280.00"' in svg
 
     # store bins: -3 (bin of [-3.25, -3)), zero, 3 ([3, 3.25)): breaks between, 0 labelled in the middle
     counts = np.zeros(len(BINS.edges) - 1)

@@ -140,7 +140,8 @@ class OccludeResult:
     arrays: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.arrays)} occlusion maps -> {', '.join(str(f) for f in self.files)}"
+        n = len(self.arrays)
+        return f"{n} occlusion map{'s' * (n != 1)} -> {', '.join(str(f) for f in self.files)}"
 
 
 def _figure(pixels: np.ndarray, maps: list[OcclusionMap], boxes: list, names: list[str], what: str) -> np.ndarray:
@@ -209,7 +210,7 @@ def occlude_images(net: Network, images: list[str | Path], out: Path, resize: st
 def occlude_store(store_path: str | Path, out: Path | None = None, weights: str | None = None,
                   limit: int | None = None, **kw) -> OccludeResult:
     """``mine occlude STORE``: the unit's top-k images from the store's kept pixels, written to
-    ``<store>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
+    ``<stem>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
     links it from the unit."""
     from ..pictures.names import default_out_dir
     from ..render.project import load_store_network

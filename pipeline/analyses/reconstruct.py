@@ -69,7 +69,8 @@ class ReconstructResult:
 
     def summary(self) -> str:
         extra = f", sheet {self.sheet}" if self.sheet else ""
-        return f"{len(self.files)} reconstructions{extra} -> {self.files[0].parent if self.files else '-'}"
+        n = len(self.files)
+        return f"{n} reconstruction{'s' * (n != 1)}{extra} -> {self.files[0].parent if self.files else '-'}"
 
 
 def reconstruct_images(net: Network, images: list[str | Path], layers: list[str], out: Path,  # noqa: PLR0913

@@ -21,7 +21,8 @@ Fields (all always present; ``null`` where unknown)::
     error               the one-line error message, or null
     mode                fresh | resume | update | update-resume | merge | already-complete
     store               the output store path
-    images_seen         files in the image list of this run (merge: rows of the union)
+    images_seen         files in the image list of this run, once it streams them (null for a run
+                        refused before, e.g. an existing store; merge: rows of the union)
     images_skipped      unreadable / corrupt files among them
     images_new          images decoded and mined by this invocation
     images_known        images skipped because the store already held their content (--update)

@@ -54,6 +54,8 @@ def _vgg(arch):
     return lambda imagenet=False: trunks.vgg(arch).eval()
 
 
+DEFAULT_MODEL = "vgg19"  # what every command uses without --model (a store names its own)
+
 MODELS: dict[str, ModelSpec] = {
     **{a: ModelSpec("vgg", _vgg(a), getattr(tvm, f"{a.upper()}_Weights").IMAGENET1K_V1, "features")
        for a in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")},

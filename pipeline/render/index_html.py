@@ -51,8 +51,8 @@ h2{margin:1.2em 0 .3em;border-bottom:1px solid #ccc}
 .card.dead{background:#eee;opacity:.75}
 .card .badge{background:#933;color:#fff;border-radius:3px;padding:0 .3em;font-size:11px}
 figcaption{font-size:12px;color:#444}
-.entry{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;background:#fff;border:1px solid #ddd;
- padding:8px;margin:10px 0}
+.entry{background:#fff;border:1px solid #ddd;padding:8px;margin:10px 0}
+.entry .pics{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;margin-bottom:6px}
 .crop{position:relative;overflow:hidden;width:224px;height:224px;border:1px solid #ccc}
 .crop img{position:absolute;max-width:none;image-rendering:pixelated}
 .heat{position:relative;width:256px;height:256px}
@@ -65,6 +65,7 @@ figcaption{font-size:12px;color:#444}
 .nav a{margin-right:1em}
 svg.hist rect{fill:#58a}
 svg.hist line{stroke:#d33;stroke-width:2}
+svg.hist line.max{stroke:#222;stroke-width:1.5}
 svg.hist text{font-size:10px;fill:#444}
 svg.hist text.gap{font-size:12px;fill:#888}
 """
@@ -290,7 +291,8 @@ def layer_page(lay: LayerView, layers: list[LayerView], meta: SiteMeta) -> str:
 GAP_BINS = 4  # a run of more empty bins than this is drawn as one narrow break
 
 
-def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: int = 90) -> str:
+def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: int = 90,
+             top: float | None = None) -> str:
     """A small bar plot of a unit's activation histogram with the heatmap level marked.
 
     Only the occupied stretch of bins is drawn (first to last with a count), one equal-width bar
@@ -300,6 +302,10 @@ def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: i
     unit's zeros and its smallest positive values) take no room, and the 24 linear bins of the
     top-k fallback as a linear axis. Heights are log(1 + count), so the zero bin of a rectified
     unit (most of its positions) does not flatten the rest. The level sits inside its bin, linearly.
+
+    ``top``, the unit's maximum activation, extends the axis to its bin: the statistics count a grid
+    of positions per map, so the maximum (the top-1 entry, at any position) can lie beyond the last
+    counted bin, and an axis that ends below the page's "max activation" misreads.
     """
     if not hist or not hist.get("counts"):
         return '<p class="meta">no histogram</p>'
@@ -307,7 +313,10 @@ def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: i
     occupied = np.flatnonzero(counts > 0)
     if not len(occupied):
         return '<p class="meta">no histogram (nothing counted)</p>'
-    slots = _slots(counts, int(occupied[0]), int(occupied[-1]))
+    last = int(occupied[-1])
+    if top is not None and np.isfinite(top):
+        last = max(last, min(int(np.searchsorted(edges, top, side="right")) - 1, len(counts) - 1))
+    slots = _slots(counts, int(occupied[0]), last)
     plot_h, bw = height - 14, width / len(slots)
     scale = float(np.log1p(counts.max()))
     parts = []
@@ -326,6 +335,10 @@ def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: i
     if x is not None:
         parts.append(f'<line x1="{x * bw:.2f}" x2="{x * bw:.2f}" y1="0" y2="{plot_h}">'
                      f"<title>level {level:.4g}</title></line>")
+    xt = _position(top, edges, slots)
+    if xt is not None:
+        parts.append(f'<line class="max" x1="{xt * bw:.2f}" x2="{xt * bw:.2f}" y1="{plot_h - 6}" y2="{plot_h}">'
+                     f"<title>max activation {top:.4g}</title></line>")
     parts.append(f'<text x="0" y="{height - 2}">{_text(_edge(edges[slots[0][0]]))}</text>')
     parts.append(f'<text x="{width}" y="{height - 2}" text-anchor="end">{_text(_edge(edges[slots[-1][1] + 1]))}</text>')
     zero = _position(0.0, edges, slots)
@@ -338,7 +351,7 @@ def hist_svg(hist: dict | None, level: float | None, width: int = 320, height: i
     return (f'<svg class="hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
             f'aria-label="activation histogram">{"".join(parts)}</svg><p class="meta">activation histogram '
             f"{_text(over)}; values on {axis} (&#8943;: a stretch with nothing), bar height log(1 + count); "
-            f"red line: heatmap level</p>")
+            f"red line: heatmap level{'; black tick: the maximum' if xt is not None else ''}</p>")
 
 
 def _slots(counts: np.ndarray, first: int, last: int) -> list[tuple[int, int, bool]]:
@@ -346,7 +359,7 @@ def _slots(counts: np.ndarray, first: int, last: int) -> list[tuple[int, int, bo
     slots, i = [], first
     while i <= last:
         j = i
-        while counts[j] <= 0:  # stops at ``last`` at the latest: it has a count
+        while j < last and counts[j] <= 0:  # ``last`` is a bar: it has a count, or holds the maximum
             j += 1
         if j - i > GAP_BINS:
             slots.append((i, j - 1, True))
@@ -395,7 +408,7 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
                      "to the image border (zero padding) more than to what the images show")
     facts.append(f"heatmap level {_num(u.level)} (quantile {meta.quantile:g}; {u.level_note})")
     body = [f'<p class="nav">{"".join(nav)}</p>', f"<h1>{_text(lay.name)} · unit {u.unit}</h1>",
-            f'<p class="meta">{_text("; ".join(facts))}</p>', hist_svg(u.hist, u.level)]
+            f'<p class="meta">{_text("; ".join(facts))}</p>', hist_svg(u.hist, u.level, top=u.value)]
     links = [f'<a href="{_url(u.pair)}">montage</a>'] + ([f'<a href="{_url(u.array)}">npy</a>'] if u.array else [])
     links += [f'<a href="{_url(u.occlusion)}">occlusion</a>'] if u.occlusion else []
     body.append(f'<p class="meta">{" · ".join(links)}</p>')
@@ -415,7 +428,7 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
         tile = (c * (t + GAP), r * (t + GAP))
         k = rows * cols
         body.append(
-            f'<div class="entry" id="rank-{e.rank}">'
+            f'<div class="entry" id="rank-{e.rank}"><div class="pics">'
             f"<figure>{_crop(u.feat, (mw, mh), tile, t, 224, f'projection, rank {e.rank}')}"
             f'<figcaption class="label">projection ({_text(meta.method)})</figcaption></figure>'
             f"<figure>{_crop(u.im, (mw, mh), tile, t, 224, f'{patch}, rank {e.rank}')}"
@@ -423,7 +436,7 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
             f'<figure><div class="heat"><img src="{_url(e.image)}" alt="image, rank {e.rank}">'
             f"{_crop(u.overlay, (k * meta.size, meta.size), (e.rank * meta.size, 0), meta.size, 256, 'heatmap')}"
             '</div><figcaption class="label">heatmap: region above the level outlined, box in blue</figcaption>'
-            f"</figure><dl><dt>rank</dt><dd>{e.rank}</dd><dt>value</dt><dd>{_text(f'{e.value:.6g}')}</dd>"
+            f"</figure></div><dl><dt>rank</dt><dd>{e.rank}</dd><dt>value</dt><dd>{_text(f'{e.value:.6g}')}</dd>"
             f"<dt>{box}</dt><dd>{_text(list(e.box))} (top, left, bottom, right)</dd>"
             f'<dt>image</dt><dd title="{_text(src)}">{_text(e.path)}</dd></dl></div>')
     return _page(f"{lay.name} unit {u.unit} · {meta.title}", body, layers, meta, lay.name,

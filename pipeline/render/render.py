@@ -46,7 +46,6 @@ from tqdm import tqdm
 from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
 from ..durable import save_array
-from ..models.layers import select_layers
 from ..pictures.montage import (
     display_side,
     fit_height,
@@ -130,14 +129,16 @@ class RenderResult:
     projections: int = 0
 
     def summary(self) -> str:
-        rate = f", {self.projections / self.seconds:.0f} projections/s" if self.seconds and self.projections else ""
-        return (f"rendered {self.rendered} feature maps ({self.skipped} up to date) of {len(self.layers)} layer(s) "
-                f"in {self.seconds:.1f} s{rate} -> {self.index}")
+        r = self.projections / self.seconds if self.seconds else 0.0
+        rate = f", {r:.0f} projections/s" if r >= 100 else f", {r:.3g} projections/s" if r else ""
+        maps, layers = self.rendered, len(self.layers)
+        return (f"rendered {maps} feature map{'s' * (maps != 1)} ({self.skipped} up to date) of {layers} "
+                f"layer{'s' * (layers != 1)} in {self.seconds:.1f} s{rate} -> {self.index}")
 
 
 def _plan(store: Store, layers, features) -> dict[str, list[int]]:
     """Layer -> channels to render; errors name what exists."""
-    chosen = select_layers(layers, store.layers) if layers else list(store.layers)
+    chosen = store.select(layers) if layers else list(store.layers)
     chans = {n: store.channels(n) for n in chosen}
     if features is None:
         return {n: list(range(chans[n])) for n in chosen}

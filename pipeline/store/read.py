@@ -16,6 +16,7 @@ import numpy as np
 
 from ..mining import stats as unit_stats
 from ..models.geometry import Geometry, pad_crop
+from ..models.layers import select_layers
 from .schema import StoreError
 from .validate import plain, validate
 
@@ -175,7 +176,40 @@ class Store:
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self.layers:
-            raise ValueError(f"layer {layer!r} is not in {self.path}; it has: {', '.join(self.layers)}")
+            raise ValueError(f"layer {layer!r} is not in {self.path}; it has: {self._listing()}")
+
+    # --- layer names: every command that takes --layer on a store resolves it here ----------
+    def module_paths(self) -> dict[str, str]:
+        """Layer name -> the module path it was mined from (``conv5`` -> ``features.11``)."""
+        return {n: str(plain(self.f["layers"][n].attrs.get("module", n))) for n in self.layers}
+
+    def _listing(self) -> str:
+        return ", ".join(n if p == n else f"{n} ({p})" for n, p in self.module_paths().items())
+
+    def select(self, spec: str | list[str]) -> list[str]:
+        """The store's layers named by ``--layer``: names, module paths, globs of either, ``all``;
+        in store order. A ValueError names what the store has."""
+        try:
+            return select_layers(spec, self.layers, paths=self.module_paths())
+        except ValueError as e:
+            if "unknown layer" not in str(e):
+                raise
+            raise ValueError(f"{str(e).split(';')[0]} in {self.path}; it has: {self._listing()}") from None
+
+    def layer_name(self, layer: str | None) -> str:
+        """The one layer a command works on, by name or module path (``mine run --layer features.11``
+        stores ``conv5``; ``--layer features.11`` finds it again). ``None`` is the only layer of a
+        one-layer store; with several, a ValueError asks for --layer and lists them."""
+        if layer is None:
+            if len(self.layers) == 1:
+                return self.layers[0]
+            raise ValueError(f"{self.path} has {len(self.layers)} layers: give --layer, one of {self._listing()}")
+        if layer in self.layers:
+            return layer
+        by_path = {p: n for n, p in self.module_paths().items()}
+        if layer in by_path:
+            return by_path[layer]
+        raise ValueError(f"layer {layer!r} is not in {self.path}; it has: {self._listing()}")
 
     def arrays(self, layer: str) -> dict[str, np.ndarray]:
         """All (channels, k) arrays of a layer: value, kept, key, y, x, box."""
