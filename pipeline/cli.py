@@ -406,9 +406,9 @@ def render(
     features: Optional[str] = typer.Option(None, help="Channels, e.g. 0-63,171. Default: every channel."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render next to the store)."),
     weights: Optional[str] = typer.Option(None, help="Weights (default: the store's; must match its weights hash)."),
-    method: str = typer.Option("guided", help="guided (guided backprop, the default: readable on every model) | deconvnet (Zeiler & Fergus, exactly) | gradient (saliency)."),
+    method: str = typer.Option("auto", help="auto (default: guided where the model's first layer has stride 1, e.g. VGG; excitation_backprop where it is strided, e.g. MobileNetV2, ResNet) | guided (guided backprop) | deconvnet (Zeiler & Fergus, exactly) | gradient (saliency) | excitation_backprop (LRP z+ everywhere) | epsilon_plus_flat (LRP, flat first layer)."),
     crop: str = typer.Option("effective", help="effective: each tile is the square holding 90% of its feature map's projection energy (at least 32 px) | rf: the whole theoretical receptive field (Zeiler & Fergus)."),
-    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid). Default: the stride of the model's first layer for guided/gradient (MobileNetV2, ResNet: 2; VGG: 1), 1 for the deconvnet."),
+    shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid). Default: the stride of the model's first layer for every method but the deconvnet (MobileNetV2, ResNet: 2; VGG: 1), 1 for the deconvnet."),
     contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
                                  "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
     show: str = typer.Option("patch", help="Beside the projections: patch (the crop of the image) | heatmap (the unit's "
@@ -510,7 +510,7 @@ def reconstruct(
     layer: str = typer.Option(..., help="Layer(s), lower to upper: conv3_3 | conv1_2,conv3_3,conv5_3 | 'conv5*' | all."),
     feature: Optional[int] = typer.Option(None, help="Only this feature map (default: every map of the layer)."),
     top: Optional[int] = typer.Option(None, help="Only the N maps with the largest activation in the image."),
-    method: str = typer.Option("deconvnet", help="deconvnet (default) | guided | gradient, as in `mine render`."),
+    method: str = typer.Option("deconvnet", help="deconvnet (default) | guided | gradient | excitation_backprop | epsilon_plus_flat, as in `mine render`."),
     size: int = typer.Option(224, help="Network input size in pixels."),
     resize: str = typer.Option("center-crop", help="center-crop | squash | pad, as in `mine run`."),
     out: Path = typer.Option(Path("reconstruct"), help="Output folder."),
