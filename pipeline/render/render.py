@@ -72,8 +72,8 @@ from .project import Renderer, load_store_network
 __all__ = ["RenderResult", "SHOWS", "render_store"]
 
 METHOD_TITLES = {"deconvnet": "deconvnet (Zeiler & Fergus)", "guided": "guided backpropagation",
-                 "gradient": "gradient (saliency)", "epsilon_plus_flat": "LRP epsilon-plus-flat (relevance)",
-                 "excitation_backprop": "excitation backprop (LRP z+, relevance)"}
+                 "gradient": "gradient (saliency)", "epsilon_plus_flat": "LRP epsilon-plus-flat relevance",
+                 "excitation_backprop": "excitation backprop, LRP z+ relevance"}
 SHOWS = ("patch", "heatmap", "both")
 
 
