@@ -209,7 +209,7 @@ class lrp_rules(TorchFunctionMode):
         shift = -a["running_mean"].detach() * scale
         if a.get("bias") is not None:
             shift = shift + a["bias"].detach()
-        conv = self.convs.get(id(x))
+        conv = self.convs.pop(id(x), None)
         if conv is not None and conv[0] is x:  # canonise: merge into the convolution that made x
             _, cx, w, b, p = conv
             merged_w = w * scale.view(-1, *[1] * (w.dim() - 1))
