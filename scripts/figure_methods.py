@@ -32,10 +32,12 @@ def _block(tiles: np.ndarray, k: int) -> np.ndarray:
     return grid(list(to_display(tiles, side)), *grid_shape(k), tile=side)
 
 
-def column_name(method: str) -> str:
+def column_name(asked: str, method: str) -> str:
+    """A block's label: the method (what the default ``auto`` chose marked so); every method but the
+    deconvnet is cut to its effective crop, as render does (the patch column beside says so)."""
     if method == "deconvnet":
         return "deconvnet, receptive field"
-    return f"{'default: ' if method == DEFAULT_METHOD else ''}{method}, effective crop"
+    return f"{'auto: ' if asked == DEFAULT_METHOD else ''}{method.replace('_', ' ')}"
 
 
 def unit_row(renderers: list[Renderer], layer: str, c: int) -> list[np.ndarray]:
@@ -60,10 +62,10 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     methods = args.methods.split(",")
-    columns = [column_name(m) for m in methods] + list(PATCH_COLUMNS)
     with Store(args.store) as s:
         net = load_store_network(s)
         renderers = [Renderer(s, net, "cpu", method=m, shifts=None) for m in methods]
+        columns = [column_name(m, r.method) for m, r in zip(methods, renderers)] + list(PATCH_COLUMNS)
         units = ([int(u) for u in args.units.split(",")] if args.units else
                  overview_channels(s.arrays(args.layer), 3, int(s.layer_info(args.layer)["out_size"])))
         rows = [unit_row(renderers, args.layer, c) for c in units]
