@@ -17,7 +17,7 @@ import typer
 
 from . import exitcodes
 from .config import check_size
-from .deconv.rules import DEFAULT_METHOD, METHODS
+from .deconv.rules import AUTO_STRIDED, DEFAULT_METHOD, METHODS
 from .models.registry import DEFAULT_MODEL, MODELS
 from .run import RunConfig
 from .store.schema import StoreError
@@ -68,9 +68,11 @@ app = _Typer(add_completion=False, no_args_is_help=True, cls=_Group,
 
 # Help texts that list models or methods come from their registries, so they cannot go stale.
 MODEL_HELP = f"Model: {' | '.join(MODELS)} | package.module:factory (`mine layers --model M` lists its layers)."
-_METHOD_NOTES = {"guided": "guided backprop: readable on every model", "deconvnet": "Zeiler & Fergus, exactly",
-                 "gradient": "saliency"}
+_METHOD_NOTES = {"guided": "guided backprop", "deconvnet": "Zeiler & Fergus, exactly", "gradient": "saliency",
+                 "excitation_backprop": "LRP z+ everywhere", "epsilon_plus_flat": "LRP, flat first layer"}
 METHOD_HELP = "Projection: " + " | ".join(f"{m} ({_METHOD_NOTES[m]})" if m in _METHOD_NOTES else m for m in METHODS) + "."
+RENDER_METHOD_HELP = (f"Projection: {DEFAULT_METHOD} (guided where the model's first layer has stride 1, e.g. VGG; "
+                      f"{AUTO_STRIDED} where it is strided, e.g. MobileNetV2, ResNet) | " + METHOD_HELP[len("Projection: "):])
 WEIGHTS_HELP = "imagenet | hed (offline VGG16) | random | PATH to a state dict."
 STORE_HELP = "A store written by `mine run`."
 
@@ -486,10 +488,10 @@ def render(
     out: Optional[Path] = typer.Option(None, help="Output folder.", show_default="<stem>-render next to the store"),
     weights: Optional[str] = typer.Option(None, help="Weights; must match the store's weights hash.",
                                           show_default="the store's"),
-    method: str = typer.Option(DEFAULT_METHOD, help=METHOD_HELP),
+    method: str = typer.Option(DEFAULT_METHOD, help=RENDER_METHOD_HELP),
     crop: str = typer.Option("effective", help="effective: each tile is the square holding 90% of its feature map's projection energy (at least 32 px) | rf: the whole theoretical receptive field (Zeiler & Fergus)."),
     shifts: Optional[int] = typer.Option(None, help="Average each projection over the N x N one-pixel moves of the image (cancels a strided stem's grid: MobileNetV2 and ResNet have stride 2, VGG 1).",
-                                         show_default="the stride of the model's first layer for guided/gradient, 1 for the deconvnet"),
+                                         show_default="the stride of the model's first layer for every method but the deconvnet, 1 for the deconvnet"),
     contrast: str = typer.Option("robust", help="robust: per tile, a high percentile of |x| sets the scale (clipped "
                                  "beyond) | max: per tile, max |x| | shared: one robust scale per montage."),
     show: str = typer.Option("patch", help="Beside the projections: patch (the crop of the image) | heatmap (the unit's "

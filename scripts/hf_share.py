@@ -7,7 +7,7 @@ cycle per pixel. A period-4 stride grid or pixel speckle sits there; edges and b
 Readable projections (guided backprop on VGG16) score 0.25-0.3, the deconvnet's stripe grids
 0.8-0.98. Printed: the median over the top-k entries of a layer's strongest feature maps.
 
-    python scripts/hf_share.py STORE --layers conv3_3,conv4_3 [--method guided] [--shifts N] [--maps 16]
+    python scripts/hf_share.py STORE --layers conv3_3,conv4_3 [--method auto] [--shifts N] [--maps 16]
     python scripts/hf_share.py --arrays 'render/conv3_3_feat_*.npy'    # arrays of `mine render --save-arrays`
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _store(args) -> None:
 
     with Store(args.store) as s:
         rnd = Renderer(s, load_store_network(s), args.device, method=args.method, shifts=args.shifts)
-        print(f"{args.store}  method {args.method}  shifts {rnd.shifts}  crop {args.crop}  ({args.maps} strongest maps "
+        print(f"{args.store}  method {rnd.method}  shifts {rnd.shifts}  crop {args.crop}  ({args.maps} strongest maps "
               "per layer)")
         print(f"{'layer':<14}{'entries':>8}{'hf share':>10}{'proj/s':>9}")
         for layer in args.layers.split(","):
@@ -74,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("store", nargs="?")
     ap.add_argument("--layers", default="conv3_3,conv4_3,conv5_3")
-    ap.add_argument("--method", default="guided")
+    ap.add_argument("--method", default="auto", help="auto (render's default; per model) or any `mine render --method`")
     ap.add_argument("--shifts", type=int, default=None, help="shift averaging (default: the model's auto choice)")
     ap.add_argument("--maps", type=int, default=16, help="strongest feature maps per layer")
     ap.add_argument("--crop", default="effective", help="effective (the default render) | rf (whole receptive field)")

@@ -6,6 +6,7 @@
 #   demo_methods.png            scripts/figure_methods.py: deconvnet on receptive fields vs the default
 #                               (guided, effective crop) for the same HED conv3_3 units
 #   demo_methods_mobilenet.png  the same for MobileNetV2 features.11 (guided averaged over 2 x 2 shifts)
+#   demo_relevance_mobilenet.png  MobileNetV2 features.11: guided vs the default (excitation backprop)
 #   demo_reconstruct_vgg16_hed.jpg / demo_reconstruct_mobilenet_v2.jpg   mine reconstruct sheets
 #   demo_occlude_conv5_3.png    mine occlude of the strongest conv5_3 unit
 #   demo_embed_mobilenet_v2.png mine embed's thumbnail map of MobileNetV2 features.18
@@ -21,7 +22,10 @@ mkdir -p "$IMG"
 cp "$OUT/render/conv3_3_overview.png" "$IMG/demo_conv3_3_overview.png"
 cp "$OUT/render-mobilenet/features.11_overview.png" "$IMG/demo_mobilenet_features11_overview.png"
 "$PY" scripts/figure_methods.py "$OUT/demo.h5" --layer conv3_3 --units 58,37,152 --out "$IMG/demo_methods.png"
-"$PY" scripts/figure_methods.py "$OUT/mobilenet.h5" --layer features.11 --out "$IMG/demo_methods_mobilenet.png"
+"$PY" scripts/figure_methods.py "$OUT/mobilenet.h5" --layer features.11 --methods deconvnet,guided \
+  --out "$IMG/demo_methods_mobilenet.png"
+"$PY" scripts/figure_methods.py "$OUT/mobilenet.h5" --layer features.11 --units 65,3 --methods guided,auto \
+  --out "$IMG/demo_relevance_mobilenet.png"
 to_jpg() { "$PY" -c "import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], quality=85)" "$1" "$2"; }
 to_jpg "$OUT/reconstruct/vgg16-hed/sheet.png" "$IMG/demo_reconstruct_vgg16_hed.jpg"
 to_jpg "$OUT/reconstruct/mobilenet_v2/sheet.png" "$IMG/demo_reconstruct_mobilenet_v2.jpg"

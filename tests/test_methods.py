@@ -8,6 +8,7 @@ batched and one entry at a time through ``deconv.graph``, and through the ``Rend
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline import RunConfig, Store, run
-from pipeline.deconv import project_graph
+from pipeline.deconv import METHODS, auto_method, project_graph
 from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import load_network
 from pipeline.render import Renderer, load_store_network
@@ -134,9 +135,17 @@ def test_methods_differ(nets):
     torch.manual_seed(0)
     x = torch.randn(2, 3, SIZE, SIZE)
     c, y, xx, v = units(net, "conv3_1", x, 0)
-    got = {m: project_graph(net, "conv3_1", x, c, y, xx, v, m) for m in ("deconvnet", "guided", "gradient")}
-    assert not torch.allclose(got["deconvnet"], got["guided"])
-    assert not torch.allclose(got["guided"], got["gradient"])
+    got = {m: project_graph(net, "conv3_1", x, c, y, xx, v, m) for m in METHODS}
+    for a, b in itertools.combinations(METHODS, 2):
+        assert not torch.allclose(got[a], got[b]), (a, b)
+
+
+def test_auto_method_follows_the_first_layers_stride():
+    """``--method auto``: guided on a stride-1 first layer (VGG), excitation backprop on a strided stem."""
+    assert auto_method(1) == "guided" and auto_method(2) == auto_method(4) == "excitation_backprop"
+    first = {a: min(load_network(a, "random", 32).layers.values(), key=lambda li: li.order).geometry.stride
+             for a in ("vgg16", "mobilenet_v2")}
+    assert first == {"vgg16": 1, "mobilenet_v2": 2}
 
 
 def mine(tmp: Path, model: str, layer: str) -> Path:

@@ -24,6 +24,7 @@ import torch
 
 from ..models.hooks import hooked, run_to
 from ..models.network import Network
+from .lrp import LRP_METHODS, lrp_rules
 from .rules import rectifier_rules
 
 
@@ -72,9 +73,10 @@ def backproject(net: Network, layer: str, x: torch.Tensor, seed_of, method: str 
     (:func:`project_graph`); a whole layer is the layer's own detached activations
     (``analyses.reconstruct``).
     """
-    x = x.detach().float().requires_grad_(True)
+    x = x.detach().float().requires_grad_(True)  # LRP methods: the walk carries relevance (.lrp)
     captured: dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), rectifier_rules(method), hooked(net, [layer], lambda n, out: captured.setdefault(n, out)):
+    rules = lrp_rules(method, x) if method in LRP_METHODS else rectifier_rules(method)
+    with torch.enable_grad(), rules, hooked(net, [layer], lambda n, out: captured.setdefault(n, out)):
         run_to(net, x)
     out = captured[layer]
     (grad,) = torch.autograd.grad(out, x, seed_of(out.detach()))

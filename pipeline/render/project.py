@@ -24,7 +24,7 @@ import torch
 
 from ..data import normalize
 from ..data.preprocess import Preprocessing
-from ..deconv import METHODS, Deconvnet, graph_entry_bytes, project_graph
+from ..deconv import METHODS, Deconvnet, auto_method, graph_entry_bytes, project_graph
 from ..deconv.tiles import shift_crop
 from ..models.errors import WeightsError
 from ..models.geometry import crop_tiles
@@ -118,8 +118,10 @@ class Renderer:
     def __init__(self, store: Store, net: Network, device: torch.device | str = "cpu",  # noqa: PLR0913 - a renderer's options
                  batch_size: int | None = None, cache_bytes: int = CACHE_BYTES, method: str = "deconvnet",
                  shifts: int | None = 1) -> None:
+        if method == "auto":  # per model: deconv.rules.auto_method
+            method = auto_method(min(net.layers.values(), key=lambda li: li.order).geometry.stride)
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {method!r}; use one of: auto, {', '.join(METHODS)}")
         self.store, self.net, self.method = store, net, method
         self.shifts = auto_shifts(net, method) if shifts is None else int(shifts)
         if not 1 <= self.shifts <= MAX_SHIFTS:

@@ -72,7 +72,8 @@ from .project import Renderer, load_store_network
 __all__ = ["RenderResult", "SHOWS", "render_store"]
 
 METHOD_TITLES = {"deconvnet": "deconvnet (Zeiler & Fergus)", "guided": "guided backpropagation",
-                 "gradient": "gradient (saliency)"}
+                 "gradient": "gradient (saliency)", "epsilon_plus_flat": "LRP epsilon-plus-flat relevance",
+                 "excitation_backprop": "excitation backprop, LRP z+ relevance"}
 SHOWS = ("patch", "heatmap", "both")
 
 
@@ -90,7 +91,7 @@ class Options:
     shifts: int | None = None  # shift averaging (``deconv.graph``); None until the model resolves "auto"
 
     def check(self) -> None:
-        for name, val, allowed in (("method", self.method, METHODS), ("contrast", self.contrast, CONTRASTS),
+        for name, val, allowed in (("method", self.method, ("auto", *METHODS)), ("contrast", self.contrast, CONTRASTS),
                                    ("show", self.show, SHOWS), ("crop", self.crop, CROPS)):
             if val not in allowed:
                 raise ValueError(f"unknown {name} {val!r}; use one of: {', '.join(allowed)}")
@@ -216,7 +217,7 @@ def render_store(  # noqa: PLR0913 - one parameter per option of mine render
             dev = resolve_device(device)
             net = load_store_network(store, weights)
             rnd = Renderer(store, net, dev, batch_size, method=method, shifts=shifts)
-            opts = replace(opts, shifts=rnd.shifts)  # what "auto" chose for this model is what the files show
+            opts = replace(opts, shifts=rnd.shifts, method=rnd.method)  # what "auto" chose is what the files show
             key = store_key(store)
             optd = asdict(opts)
             man = load_manifest(out_dir, key, optd)
