@@ -133,6 +133,7 @@ class Renderer:
         self.cache_bytes = cache_bytes
         self._switches: dict[str, _Rows] = {}
         self._pixels: _Rows | None = None
+        self.mask_source = None  # (images, end) -> kept ReLU masks or None (``render.forward``)
 
     def geometry(self, layer: str) -> tuple[int, int, int]:
         """(R, S, P) of a layer, checked against what the store recorded."""
@@ -219,7 +220,9 @@ class Renderer:
             else:  # this batch's images only, the same row order for every pool (and mask)
                 uniq, image = np.unique(kept, return_inverse=True)
                 sw = {i: src.take(uniq) for i, src in pools.items()}
-                if self.method == "guided":  # one forward pass per distinct image of the batch
+                if self.method == "guided" and self.mask_source is not None:
+                    masks = self.mask_source(uniq, end)
+                if self.method == "guided" and masks is None:  # one forward pass per distinct image of the batch
                     pix = torch.from_numpy(np.ascontiguousarray(self.pixels(_pair(uniq)))).to(dev)
                     with torch.inference_mode():
                         masks = self.chain.relu_masks(normalize(pix, self.prep), end)
