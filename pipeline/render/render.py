@@ -83,6 +83,7 @@ __all__ = ["RenderConfig", "RenderResult", "SHOWS", "render_store"]
 METHOD_TITLES = {"deconvnet": "deconvnet (Zeiler & Fergus)", "guided": "guided backpropagation",
                  "gradient": "gradient (saliency)"}
 SHOWS = ("patch", "heatmap", "both")
+SAVE_EVERY = 5.0  # seconds between manifest saves while a layer renders (each writes the whole manifest)
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ class _Render:
         self.res = RenderResult(out, out / "index.html", layers=list(plan), ranks=rk.world)
         self.pending: dict = {}  # (layer, c) -> manifest records of a unit whose files are being written
         self.arrays = {n: store.arrays(n) for n in plan}
+        self.saved, self.unsaved = time.monotonic(), False
 
     # --- what is to do -----------------------------------------------------------------------
     def _up_to_date(self, layer: str, c: int) -> bool:
@@ -356,10 +358,12 @@ class _Render:
                 done = _render_features(self.rnd, layer, chunks[i], self.arrays[layer], self.out, self.opts,
                                         self.cfg.save_arrays, maps, levels, writer, self.pending)
             self._record(writer.finished(), done, records, bar)
-        self._record(writer.drain(), 0, records, bar)
+        self._record(writer.drain(), 0, records, bar, final=True)
 
-    def _record(self, finished: list, projections: int, records, bar) -> None:
-        """Rank 0 records the units whose files every rank has written (one manifest save)."""
+    def _record(self, finished: list, projections: int, records, bar, final: bool = False) -> None:
+        """Rank 0 records the units whose files every rank has written; the manifest is saved at the end
+        of each layer and at most every ``SAVE_EVERY`` seconds in between (a render killed meanwhile
+        redoes those units)."""
         mine = {key: self.pending.pop(key) for key in finished}
         gathered = self.rk.gather((mine, projections))
         if gathered is None:
@@ -372,9 +376,12 @@ class _Render:
                 units[str(c)], features[str(c)] = unit, feature
                 n += 1
         if n:
-            save_manifest(self.out, self.man)
             self.res.rendered += n
             bar.update(n)
+            self.unsaved = True
+        if self.unsaved and (final or time.monotonic() - self.saved > SAVE_EVERY):
+            save_manifest(self.out, self.man)  # the whole manifest each time: not after every chunk
+            self.saved, self.unsaved = time.monotonic(), False
 
     def visualize(self, layer: str) -> None:
         """``--visualize``: the rendered units' feature visualisations that do not exist yet, 16 units per
