@@ -3,6 +3,7 @@ on every conv layer of a store, and what rendering every unit would take.
 
     PYTHONPATH=. python scripts/bench_render_all.py                      # demo store, 8 units a layer
     PYTHONPATH=. python scripts/bench_render_all.py --units 4 --layers conv1_1,conv5_3
+    PYTHONPATH=. python scripts/bench_render_all.py --together           # 8 units a layer, one render
     PYTHONPATH=. python scripts/bench_render_all.py --all                # every unit, one render
 
 Each layer is rendered alone (its first N units, no layer-level images, --force) into a temporary
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="Comma-separated layers (default: every layer of the store).")
     ap.add_argument("--units", type=int, default=8, help="Units rendered per layer.")
     ap.add_argument("--all", action="store_true", help="Render every unit of every layer in one call instead.")
+    ap.add_argument("--together", action="store_true",
+                    help="Render the first N units of every layer in one call (forward passes shared by the layers).")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="Output folder (default: a temporary one).")
     a = ap.parse_args()
@@ -92,11 +95,14 @@ def main() -> None:
           f", {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, conv2d {rate:.0f} GFLOP/s now")
     print(f"store {a.store}: {size} px, {images} kept images, {sum(channels.values())} units in {len(layers)} layers")
-    if a.all:
+    if a.all or a.together:
         t = time.perf_counter()
-        res = render_store(a.store, out=tmp / "all", layers=layers, device=a.device, progress=True)
+        some = {} if a.all else {"features": f"0-{a.units - 1}", "overview_features": 0, "force": True}
+        res = render_store(a.store, out=tmp / "all", layers=layers, device=a.device, progress=a.all, **some)
+        s = time.perf_counter() - t
         print(res.summary())
-        print(f"every unit: {time.perf_counter() - t:.0f} s")
+        print(f"{'every unit' if a.all else f'{a.units} units of each layer, one call'}: {s:.0f} s, "
+              f"{res.projections / s:.1f} projections/s")
         return
     print("\n| layer | units | s | projections/s | s/unit | every unit (min) | GFLOP/projection | GFLOP forward/image "
           "| bound, every unit (min) |")
