@@ -130,3 +130,39 @@ def test_writer_raises_the_error_of_a_thread_and_waits_for_the_rest(tmp_path):
     ok.submit("a", np.save, tmp_path / "a.npy", np.arange(3))
     assert ok.drain() == ["a"] and ok.finished() == []
     ok.close()
+
+
+def test_one_forward_per_image_gives_the_maps_and_masks_of_separate_passes(store):
+    """``render.forward``'s shared forward pass (every layer, masks bit-packed) against the
+    per-layer paths it replaces: ``Renderer.maps`` and ``Deconvnet.relu_masks`` per batch."""
+    import torch
+
+    from pipeline.data import normalize
+    from pipeline.render.forward import Forwards
+    from pipeline.render.project import Renderer, load_store_network
+    from pipeline.store.read import Store
+
+    with Store(store) as s:
+        rnd = Renderer(s, load_store_network(s), "cpu", method="guided", shifts=1)
+        units = {"conv1_1": [0, 3, 5], "conv2_1": [1, 2, 7, 9]}
+        arrays = {n: s.arrays(n) for n in units}
+        fw = Forwards(rnd, units, arrays)
+        assert fw.groups == [["conv1_1", "conv2_1"]] and fw.depth_layer == "conv2_1"
+        for n, chans in units.items():
+            got = fw.maps(n)
+            kept = arrays[n]["kept"][chans]
+            ci, ri = np.nonzero(kept >= 0)
+            ch = np.asarray(chans)[ci]
+            ref = rnd.maps(n, kept[ci, ri], ch)
+            for c in chans:
+                np.testing.assert_array_equal(got[c], ref[ch == c])
+        end = rnd.net.chain_index("conv2_1")
+        rows = np.unique(np.concatenate([arrays[n]["kept"][cs].ravel() for n, cs in units.items()]))
+        rows = rows[rows >= 0][:3]
+        mine = fw.masks(rows, end)
+        px = torch.from_numpy(np.ascontiguousarray(rnd.pixels(rows)))
+        ref = rnd.chain.relu_masks(normalize(px, rnd.prep), end)
+        assert sorted(mine) == sorted(ref) and mine
+        for i in ref:
+            assert torch.equal(mine[i], ref[i]), i
+        assert fw.masks(np.array([10 ** 6]), end) is None, "an image not kept: the walker computes it"
