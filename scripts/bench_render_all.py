@@ -96,6 +96,19 @@ def main() -> None:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, conv2d {rate:.0f} GFLOP/s now")
     print(f"store {a.store}: {size} px, {images} kept images, {sum(channels.values())} units in {len(layers)} layers")
     if a.all or a.together:
+        spent = {"forward": 0.0}
+        try:  # the shared forward passes (render.forward), timed apart: paid once per image, not per unit
+            from pipeline.render import forward as fw
+
+            run = fw.Forwards._run
+
+            def timed(self, group):
+                t = time.perf_counter()
+                run(self, group)
+                spent["forward"] += time.perf_counter() - t
+            fw.Forwards._run = timed
+        except ImportError:  # code before render.forward: forward passes per layer and batch, inside units
+            pass
         t = time.perf_counter()
         some = {} if a.all else {"features": f"0-{a.units - 1}", "overview_features": 0, "force": True}
         res = render_store(a.store, out=tmp / "all", layers=layers, device=a.device, progress=a.all, **some)
@@ -103,6 +116,12 @@ def main() -> None:
         print(res.summary())
         print(f"{'every unit' if a.all else f'{a.units} units of each layer, one call'}: {s:.0f} s, "
               f"{res.projections / s:.1f} projections/s")
+        if a.together and spent["forward"]:
+            per_unit = (s - spent["forward"]) / max(res.rendered, 1)
+            n = sum(channels.values())
+            print(f"forward passes {spent['forward']:.0f} s (once per kept image), then {per_unit:.2f} s per unit: "
+                  f"every unit ({n}) about {(spent['forward'] + per_unit * n) / 60:.0f} min "
+                  "(units of deeper layers cost more: weight by the per-layer table)")
         return
     print("\n| layer | units | s | projections/s | s/unit | every unit (min) | GFLOP/projection | GFLOP forward/image "
           "| bound, every unit (min) |")
