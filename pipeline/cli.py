@@ -512,7 +512,8 @@ def render(
 
     One render per output folder (OUT/.mine-render.lock): a second one exits with code 4.
     """
-    from .render import render_store
+    from .jobs.distributed import is_secondary
+    from .render import RenderConfig, render_store
 
     path = store or store_arg
     if path is None:
@@ -528,11 +529,13 @@ def render(
         contrast = "shared"
     if feature is not None:
         _check_feature_ranges(path, feature)
-    result = guarded(render_store, path, out=out, layers=layer, features=feature, weights=weights,
-                     contrast=contrast, save_arrays=save_arrays, device=device, batch_size=batch_size,
-                     overview_features=overview, progress=not quiet, force=force, method=method, show=show,
-                     quantile=quantile, visualize=visualize, crop=crop, shifts=shifts)
-    typer.echo(result.summary())
+    config = RenderConfig(out=out, layers=layer, features=feature, weights=weights, contrast=contrast,
+                          save_arrays=save_arrays, device=device, batch_size=batch_size, overview_features=overview,
+                          progress=not quiet, force=force, method=method, show=show, quantile=quantile,
+                          visualize=visualize, crop=crop, shifts=shifts)
+    result = guarded(render_store, path, config)
+    if not is_secondary():  # under torchrun rank 0 speaks for the job
+        typer.echo(result.summary())
 
 
 @app.command()

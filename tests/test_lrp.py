@@ -155,7 +155,7 @@ def test_lrp_through_mobilenet_v2():
     relevance, the same batched as one entry at a time."""
     from pipeline.deconv import project_graph
     from pipeline.deconv.lrp import lrp_rules as rules
-    from pipeline.mining.taps import hooked, run_to
+    from pipeline.models.hooks import hooked, run_to
     from pipeline.models.weights import load_network
 
     net = load_network("mobilenet_v2", "random", 32)

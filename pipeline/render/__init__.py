@@ -7,7 +7,7 @@ page) and ``render`` (the `mine render` pipeline over a store).
 """
 from ..pictures.names import default_out_dir, feature_files, layer_files, parse_features, safe_name
 from .project import Renderer, load_store_network
-from .render import RenderResult, render_store
+from .render import RenderConfig, RenderResult, render_store
 
-__all__ = ["RenderResult", "Renderer", "default_out_dir", "feature_files", "layer_files", "load_store_network",
+__all__ = ["RenderConfig", "RenderResult", "Renderer", "default_out_dir", "feature_files", "layer_files", "load_store_network",
            "parse_features", "render_store", "safe_name"]

@@ -52,7 +52,7 @@ def auto_shifts(net: Network, method: str) -> int:
     return max(1, min(MAX_SHIFTS, first.stride)) if first.period == 1 else 1
 
 
-def _pair(a) -> np.ndarray:
+def never_one(a) -> np.ndarray:
     """``a`` (first axis) with a lone row doubled: never a batch of one (see the module doc)."""
     a = np.asarray(a)
     return np.concatenate([a, a]) if len(a) == 1 else a
@@ -135,6 +135,7 @@ class Renderer:
         self.cache_bytes = cache_bytes
         self._switches: dict[str, _Rows] = {}
         self._pixels: _Rows | None = None
+        self.mask_source = None  # (images, end) -> kept ReLU masks or None (``render.forward``)
 
     def geometry(self, layer: str) -> tuple[int, int, int]:
         """(R, S, P) of a layer, checked against what the store recorded."""
@@ -207,7 +208,7 @@ class Renderer:
     def _project_batch(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:  # noqa: PLR0913
         """Tiles of a batch of entries (a lone entry computed paired with itself)."""
         n = len(channel)
-        return self._project_paired(layer, *(_pair(a) for a in (channel, kept, y, x, value, oy, ox)), t)[:n]
+        return self._project_paired(layer, *(never_one(a) for a in (channel, kept, y, x, value, oy, ox)), t)[:n]
 
     def _project_paired(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:  # noqa: PLR0913
         dev = self.device
@@ -221,8 +222,10 @@ class Renderer:
             else:  # this batch's images only, the same row order for every pool (and mask)
                 uniq, image = np.unique(kept, return_inverse=True)
                 sw = {i: src.take(uniq) for i, src in pools.items()}
-                if self.method == "guided":  # one forward pass per distinct image of the batch
-                    pix = torch.from_numpy(np.ascontiguousarray(self.pixels(_pair(uniq)))).to(dev)
+                if self.method == "guided" and self.mask_source is not None:
+                    masks = self.mask_source(uniq, end)
+                if self.method == "guided" and masks is None:  # one forward pass per distinct image of the batch
+                    pix = torch.from_numpy(np.ascontiguousarray(self.pixels(never_one(uniq)))).to(dev)
                     with torch.inference_mode():
                         masks = self.chain.relu_masks(normalize(pix, self.prep), end)
             with torch.inference_mode():
@@ -275,7 +278,7 @@ class Renderer:
         got: dict[str, torch.Tensor] = {}
         for s in range(0, len(uniq), batch):
             rows = uniq[s:s + batch]
-            px = torch.from_numpy(np.ascontiguousarray(self.pixels(_pair(rows)))).to(self.device)
+            px = torch.from_numpy(np.ascontiguousarray(self.pixels(never_one(rows)))).to(self.device)
             with torch.inference_mode(), hooked(self.net, [layer], lambda n, o: got.__setitem__(n, o)):
                 run_to(self.net, normalize(px, self.prep))
             sel = np.nonzero(np.isin(kept, rows))[0]

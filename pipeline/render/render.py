@@ -27,10 +27,18 @@ Files written into ``out`` (``{layer}`` made file-safe, ``{c}`` the channel)::
                            see ``manifest``)
     .mine-render.lock      while a render runs: its pid, host, start, command (one render per folder)
 
+The steps, as :func:`render_store` runs them: choose the units (``_plan``), lock the folder, decide
+what is up to date (``_Render.decide``: the manifest's options per map, the files on disk), write the
+kept images, then layer by layer: the units' maps and masks (``forward``: one forward pass per kept
+image), the units' projections a batch of several units at a time, their files handed to writer
+threads (``writer``) while the next batch is projected, the layer-level images, and last the viewer.
+Under torchrun the units are split over the ranks (``ranks``); the folder is the same.
+
 Typical use::
 
-    from pipeline.render import render_store
+    from pipeline.render import RenderConfig, render_store
     result = render_store("mine-vgg16-conv4_3-photos.h5", layers="conv4_3", features=[171])
+    result = render_store("store.h5", RenderConfig(method="deconvnet", crop="rf"))
 """
 from __future__ import annotations
 
@@ -44,8 +52,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..deconv import DEFAULT_METHOD, METHODS
-from ..devices import resolve_device
-from ..durable import save_array
 from ..pictures.montage import (
     display_side,
     fit_height,
@@ -54,7 +60,6 @@ from ..pictures.montage import (
     label_rows,
     layer_tile,
     overview,
-    save_jpeg,
     save_png,
     side_by_side,
     to_display,
@@ -64,17 +69,21 @@ from ..signals import InterruptGuard
 from ..store.read import Store, border_units, overview_channels
 from . import index_html as site
 from .crop import CROPS, image_boxes, unit_crop
+from .forward import Forwards
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .normalise import CONTRASTS, display, scales
 from .project import Renderer, load_store_network
+from .ranks import One, ranks
+from .writer import Writer, write_jpeg, write_npy, write_png
 
-__all__ = ["RenderResult", "SHOWS", "render_store"]
+__all__ = ["RenderConfig", "RenderResult", "SHOWS", "render_store"]
 
 METHOD_TITLES = {"deconvnet": "deconvnet (Zeiler & Fergus)", "guided": "guided backpropagation",
                  "gradient": "gradient (saliency)", "epsilon_plus_flat": "LRP epsilon-plus-flat relevance",
                  "excitation_backprop": "excitation backprop, LRP z+ relevance"}
 SHOWS = ("patch", "heatmap", "both")
+SAVE_EVERY = 5.0  # seconds between manifest saves while a layer renders (each writes the whole manifest)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,53 @@ class Options:
             raise ValueError("overview needs a feature count >= 0")
 
 
+@dataclass
+class RenderConfig:
+    """What a render is asked for (``render_store``'s options; the CLI's `mine render` options).
+
+    ``layers``: names/globs (``"conv4_3"``, ``"conv5_*"``, a list); ``features``: channel list or
+    ``"0-63,171"``; with features and no layers, each feature is rendered in every layer that has it.
+    ``overview_features``: layer-level images (top-9 across feature maps and an overview grid of the N
+    strongest maps, which are rendered too) are made when no features are selected (N = 16) or when N
+    is given. ``method``: guided (default), deconvnet or gradient (``deconv.rules``); ``shifts``: shift
+    averaging (``deconv.graph``; None: ``project.auto_shifts``); ``crop``: effective or rf (``crop``);
+    ``contrast``: robust, max or shared (``normalise``); ``show``: patch, heatmap or both beside the
+    projections, the heatmap level at the unit's ``quantile`` (``heatmap``); ``shared_scale=True`` is the
+    deprecated spelling of ``contrast="shared"``; ``visualize=N``: also optimise, with N steps, an
+    image that maximises each rendered unit (``mine visualize``); ``batch_size``: projections per batch
+    (the files do not depend on it); ``force``: re-render what is up to date.
+    """
+
+    out: str | Path | None = None
+    layers: str | list[str] | None = None
+    features: object = None
+    weights: str | None = None
+    contrast: str = "robust"
+    save_arrays: bool = False
+    device: str = "auto"
+    batch_size: int | None = None
+    overview_features: int | None = None
+    progress: bool = True
+    force: bool = False
+    method: str = DEFAULT_METHOD
+    show: str = "patch"
+    quantile: float = DEFAULT_QUANTILE
+    shared_scale: bool | None = None
+    visualize: int = 0
+    crop: str = "effective"
+    shifts: int | None = None
+
+    @property
+    def n_overview(self) -> int:
+        return 16 if self.overview_features is None else int(self.overview_features)
+
+    def options(self) -> Options:
+        contrast = "shared" if self.shared_scale else self.contrast
+        opts = Options(self.method, contrast, self.show, float(self.quantile), self.n_overview, self.crop)
+        opts.check()
+        return opts
+
+
 # --- montages -----------------------------------------------------------------------------
 def _montage(tiles: np.ndarray, filled: np.ndarray, k: int, min_tile: int | None = None) -> np.ndarray:
     """k uint8 (T, T, 3) tiles in a grid, each shown at ``display_side`` (at least ``min_tile``, default
@@ -123,18 +179,20 @@ def _pair(proj: np.ndarray, im: np.ndarray | None, heat: np.ndarray | None) -> n
 class RenderResult:
     out: Path
     index: Path
-    rendered: int = 0  # feature maps rendered now
+    rendered: int = 0  # feature maps rendered now (by every rank)
     skipped: int = 0  # feature maps already up to date
     layers: list[str] = field(default_factory=list)
     seconds: float = 0.0
     projections: int = 0
+    ranks: int = 1
 
     def summary(self) -> str:
         r = self.projections / self.seconds if self.seconds else 0.0
         rate = f", {r:.0f} projections/s" if r >= 100 else f", {r:.3g} projections/s" if r else ""
+        by = f" by {self.ranks} processes" if self.ranks > 1 else ""
         maps, layers = self.rendered, len(self.layers)
         return (f"rendered {maps} feature map{'s' * (maps != 1)} ({self.skipped} up to date) of {layers} "
-                f"layer{'s' * (layers != 1)} in {self.seconds:.1f} s{rate} -> {self.index}")
+                f"layer{'s' * (layers != 1)} in {self.seconds:.1f} s{rate}{by} -> {self.index}")
 
 
 def _plan(store: Store, layers, features) -> dict[str, list[int]]:
@@ -157,152 +215,222 @@ def _plan(store: Store, layers, features) -> dict[str, list[int]]:
     return {n: v for n, v in plan.items() if v}
 
 
-def render_store(  # noqa: PLR0913 - one parameter per option of mine render
-    store_path: str | Path,
-    out: str | Path | None = None,
-    layers: str | list[str] | None = None,
-    features=None,
-    weights: str | None = None,
-    contrast: str = "robust",
-    save_arrays: bool = False,
-    device: str = "auto",
-    batch_size: int | None = None,
-    overview_features: int | None = None,
-    progress: bool = True,
-    force: bool = False,
-    method: str = DEFAULT_METHOD,
-    show: str = "patch",
-    quantile: float = DEFAULT_QUANTILE,
-    shared_scale: bool | None = None,
-    visualize: int = 0,
-    crop: str = "effective",
-    shifts: int | None = None,
-) -> RenderResult:
-    """Render a store: every channel of every layer by default, or the selected ones.
+def render_store(store_path: str | Path, config: RenderConfig | None = None, **options) -> RenderResult:
+    """Render a store: every channel of every layer by default, or the selected ones (``RenderConfig``;
+    keyword arguments override its fields: ``render_store(path, layers="conv4_3", features=[171])``).
 
-    ``layers``: names/globs (``"conv4_3"``, ``"conv5_*"``, a list); ``features``: channel list or
-    ``"0-63,171"``. With features and no layers, each feature is rendered in every layer that has
-    it. Layer-level images (top-9 across feature maps, and an overview grid of the
-    ``overview_features`` strongest feature maps, which are rendered too) are made when no
-    features are selected (overview of 16 by default) or when ``overview_features`` is given:
-    a quick look at a big store is ``features="0-3", overview_features=16``.
     Re-running skips feature maps whose files are up to date (made with these options, as the
     manifest records per map) unless ``force``. The folder is locked while rendering
     (``LockedError`` if another live render holds it; released on errors and SIGTERM, which
-    raises ``Interrupted``). The files do not depend on ``batch_size`` (see ``project``). ``method``:
-    guided (default), deconvnet or gradient (see ``deconv.rules``); ``shifts``: shift averaging (see
-    ``deconv.graph``; None: ``project.auto_shifts``); ``crop``: effective (default) or rf (see
-    ``crop``); ``contrast``: robust
-    (default), max or shared (see ``normalise``); ``show``: what goes beside the projections,
-    patch (default), heatmap or both, with the heatmap level at the unit's ``quantile`` (see
-    ``heatmap``). ``shared_scale=True`` is the deprecated spelling of ``contrast="shared"``.
-    ``visualize=N``: also optimise, with N steps, an image that maximises each rendered unit
-    (``mine visualize``; kept when it exists) and show it on the unit's page.
+    raises ``Interrupted``). Under torchrun every rank renders its share of the units (``ranks``)
+    and the folder is the one a single process writes; the result counts every rank's maps.
     """
     t0 = time.perf_counter()
-    feats = parse_features(features)
-    if shared_scale:
+    cfg = replace(config or RenderConfig(), **options)
+    if cfg.shared_scale:
         warnings.warn("shared_scale is deprecated; use contrast='shared'", DeprecationWarning, stacklevel=2)
-        contrast = "shared"
-    n_overview = 16 if overview_features is None else overview_features
-    opts = Options(method, contrast, show, float(quantile), int(n_overview), crop)
-    opts.check()
-    layer_level = feats is None or bool(overview_features)
-    with InterruptGuard(graceful=False), Store(store_path) as store:
-        plan = _plan(store, layers, feats)
+    feats = parse_features(cfg.features)
+    opts = cfg.options()
+    with InterruptGuard(graceful=False), ranks(cfg.device) as rk, Store(store_path) as store:
+        rk.same_arguments({**asdict(cfg), "progress": None, "store": str(store_path)})
+        layer_level = feats is None or bool(cfg.overview_features)
+        plan = _plan(store, cfg.layers, feats)
         if feats is not None and layer_level:  # the overview shows the strongest maps: render them
-            plan = {n: sorted(set(cs) | set(_overview_units(store, n, store.arrays(n), n_overview))) for n, cs in plan.items()}
-        out_dir = Path(out) if out is not None else default_out_dir(store.path)
-        with render_lock(out_dir):  # one render per folder; released on exit, error and SIGTERM
-            dev = resolve_device(device)
-            net = load_store_network(store, weights)
-            rnd = Renderer(store, net, dev, batch_size, method=method, shifts=shifts)
-            opts = replace(opts, shifts=rnd.shifts, method=rnd.method)  # what "auto" chose is what the files show
-            key = store_key(store)
-            optd = asdict(opts)
-            man = load_manifest(out_dir, key, optd)
-            res = RenderResult(out_dir, out_dir / "index.html", layers=list(plan))
-
-            def up_to_date(layer: str, c: int) -> bool:
-                rec = feature_record(man, layer, c)
-                if force or not current(rec, optd) or (save_arrays and not rec.get("arrays")):
-                    return False
-                fs = feature_files(layer, c)
-                need = ["feat", "im", "pair", "overlay"] + (["heat"] if opts.show != "patch" else []) + (
-                    ["array"] if save_arrays else [])
-                return all((out_dir / fs[n]).exists() for n in need) and str(c) in man["units"].get(layer, {})
-
-            todo = {n: [c for c in cs if not up_to_date(n, c)] for n, cs in plan.items()}
-            todo_layers = [n for n in plan if layer_level and (force or not (
-                current(man["layers"].get(n) or {}, optd)
-                and all((out_dir / f).exists() for f in layer_files(n).values())))]
-            if any(todo.values()) or todo_layers:  # what is redone is no longer what the manifest says
-                for n in plan:
-                    forget(man, n, todo[n], n in todo_layers)
-                save_manifest(out_dir, man)
-            res.skipped = sum(len(cs) for cs in plan.values()) - sum(len(cs) for cs in todo.values())
-            total = sum(len(cs) for cs in todo.values()) + len(todo_layers)
-            k = store.k
-            with tqdm(total=total, unit="map", desc="render", disable=not progress or total == 0) as bar:
+            plan = {n: sorted(set(cs) | set(_overview_units(store, n, store.arrays(n), cfg.n_overview)))
+                    for n, cs in plan.items()}
+        out_dir = Path(cfg.out) if cfg.out is not None else default_out_dir(store.path)
+        with _folder_lock(out_dir, rk):  # one render per folder; released on exit, error and SIGTERM
+            job = _Render(store, cfg, opts, rk, out_dir, plan, layer_level)
+            job.decide()
+            job.kept_images()
+            with Writer() as writer, tqdm(total=job.total, unit="map", desc="render",
+                                          disable=not cfg.progress or job.total == 0 or not rk.root) as bar:
                 for layer in plan:
-                    arrays = store.arrays(layer)
-                    if todo[layer]:
-                        rnd.tile(layer)
-                        levels = unit_level(store, layer, opts.quantile)
-                        maps = _unit_maps(rnd, layer, todo[layer], arrays)
-                        per_chunk = max(1, rnd.batch_for(layer) // max(k, 1))
-                        for s in range(0, len(todo[layer]), per_chunk):
-                            chunk = todo[layer][s:s + per_chunk]
-                            res.projections += _render_features(
-                                rnd, layer, chunk, arrays, out_dir, opts, save_arrays, maps, levels,
-                                man["units"].setdefault(layer, {}), man["features"].setdefault(layer, {}))
-                            save_manifest(out_dir, man)
-                            res.rendered += len(chunk)
-                            bar.update(len(chunk))
-                    if visualize:
-                        _visualize(net, store, layer, plan[layer], out_dir, visualize)
-                    if layer in todo_layers:
-                        res.projections += _render_layer(rnd, layer, arrays, out_dir, opts, k, n_overview)
-                        man["layers"][layer] = {"options": optd}
-                        save_manifest(out_dir, man)
-                        bar.update(1)
-            save_manifest(out_dir, man)
-            _site(store, man, out_dir, opts)
-    res.seconds = time.perf_counter() - t0
-    return res
+                    job.units(layer, writer, bar)
+                    job.visualize(layer)
+                    job.layer_images(layer, bar)
+            job.site()
+    job.res.seconds = time.perf_counter() - t0
+    return job.res
 
 
-def _visualize(net, store: Store, layer: str, chans: list[int], out: Path, steps: int) -> None:
-    """Feature visualisations of the rendered units that do not have one yet (16 units per batch)."""
-    from ..visualize import VisualizeConfig, visualize_units
-    from ..visualize.files import write_unit_images
+class _folder_lock:
+    """The folder lock, held by rank 0 for every rank (its refusal is every rank's)."""
 
-    missing = [c for c in chans if not (out / feature_files(layer, c)["vis"]).exists()]
-    prep = net.prep(store.size)
-    for s in range(0, len(missing), 16):
-        chunk = missing[s:s + 16]
-        write_unit_images(out, layer, chunk, visualize_units(net, layer, chunk, prep, VisualizeConfig(steps=steps))
-                          .numpy(), save_arrays=False)
+    def __init__(self, out: Path, rk: One) -> None:
+        self.lock, self.rk = render_lock(out) if rk.root else None, rk
+
+    def __enter__(self):
+        err = None
+        try:
+            if self.lock is not None:
+                self.lock.acquire()
+        except Exception as e:  # noqa: BLE001 - passed to every rank
+            err = e
+        self.rk.agree(err)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
-def _unit_maps(rnd: Renderer, layer: str, chans: list[int], arrays: dict) -> dict[int, np.ndarray]:
-    """Channel -> (filled slots, h, w) maps on its kept images, best first: one forward per kept image."""
-    kept = arrays["kept"][chans]
-    ci, ri = np.nonzero(kept >= 0)
-    ch = np.asarray(chans, np.int64)[ci]
-    maps = rnd.maps(layer, kept[ci, ri], ch)
-    return {c: maps[ch == c] for c in chans}
+class _Render:
+    """One render into one folder: what is to do, and the steps that do it (see the module doc)."""
+
+    def __init__(self, store: Store, cfg: RenderConfig, opts: Options, rk: One, out: Path,  # noqa: PLR0913
+                 plan: dict[str, list[int]], layer_level: bool) -> None:
+        self.store, self.cfg, self.rk, self.out, self.plan, self.layer_level = store, cfg, rk, out, plan, layer_level
+        self.net = load_store_network(store, cfg.weights)
+        self.rnd = Renderer(store, self.net, rk.device, cfg.batch_size, method=cfg.method, shifts=cfg.shifts)
+        self.opts = replace(opts, shifts=self.rnd.shifts, method=self.rnd.method)  # what "auto" chose is in the files
+        self.optd = asdict(self.opts)
+        self.man: dict = {}
+        self.res = RenderResult(out, out / "index.html", layers=list(plan), ranks=rk.world)
+        self.pending: dict = {}  # (layer, c) -> manifest records of a unit whose files are being written
+        self.arrays = {n: store.arrays(n) for n in plan}
+        self.saved, self.unsaved = time.monotonic(), False
+
+    # --- what is to do -----------------------------------------------------------------------
+    def _up_to_date(self, layer: str, c: int) -> bool:
+        rec = feature_record(self.man, layer, c)
+        if self.cfg.force or not current(rec, self.optd) or (self.cfg.save_arrays and not rec.get("arrays")):
+            return False
+        fs = feature_files(layer, c)
+        need = ["feat", "im", "pair", "overlay"] + (["heat"] if self.opts.show != "patch" else []) + (
+            ["array"] if self.cfg.save_arrays else [])
+        return all((self.out / fs[n]).exists() for n in need) and str(c) in self.man["units"].get(layer, {})
+
+    def decide(self) -> None:
+        """Rank 0 reads the manifest and the folder: the units and layer-level images to (re)do, which
+        every rank then follows; what is redone is dropped from the manifest first."""
+        todo = todo_layers = None
+        if self.rk.root:
+            self.man = load_manifest(self.out, store_key(self.store), self.optd)
+            todo = {n: [c for c in cs if not self._up_to_date(n, c)] for n, cs in self.plan.items()}
+            todo_layers = [n for n in self.plan if self.layer_level and (self.cfg.force or not (
+                current(self.man["layers"].get(n) or {}, self.optd)
+                and all((self.out / f).exists() for f in layer_files(n).values())))]
+            if any(todo.values()) or todo_layers:  # what is redone is no longer what the manifest says
+                for n in self.plan:
+                    forget(self.man, n, todo[n], n in todo_layers)
+                save_manifest(self.out, self.man)
+        self.todo, self.todo_layers = self.rk.from_root((todo, todo_layers))
+        self.res.skipped = sum(len(cs) for cs in self.plan.values()) - sum(len(cs) for cs in self.todo.values())
+        self.total = sum(len(cs) for cs in self.todo.values()) + len(self.todo_layers)
+        self.per_chunk = {n: max(1, self.rnd.batch_for(n) // max(self.store.k, 1)) for n in self.todo if self.todo[n]}
+        self.chunks = {n: [cs[s:s + self.per_chunk[n]] for s in range(0, len(cs), self.per_chunk[n])]
+                       for n, cs in self.todo.items() if cs}
+        mine = {n: [c for i, ch in enumerate(chunks) if self.rk.mine(i) for c in ch] for n, chunks in self.chunks.items()}
+        self.forwards = Forwards(self.rnd, mine, self.arrays)
+        self.rnd.mask_source = self.forwards.masks
+
+    # --- the steps ---------------------------------------------------------------------------
+    def kept_images(self) -> None:
+        """Each kept image of the units to render once (``images/{kept}.jpg``, for the unit pages);
+        image m is written by rank ``m % world``."""
+        rows = set()
+        for n, cs in self.todo.items():
+            kept = self.arrays[n]["kept"][cs]
+            rows.update(int(m) for m in kept[kept >= 0])
+        mine = [m for m in sorted(rows) if m % self.rk.world == self.rk.rank
+                and not (self.out / kept_image_file(m)).exists()]
+        if mine:
+            (self.out / kept_image_file(mine[0])).parent.mkdir(parents=True, exist_ok=True)
+        for m, px in zip(mine, self.rnd.pixels(mine) if mine else []):
+            write_jpeg(px, self.out / kept_image_file(m))
+        self.rk.barrier()
+
+    def units(self, layer: str, writer: Writer, bar) -> None:
+        """The layer's units to render: this rank's chunks, a round of ``world`` chunks at a time; after
+        each round the units whose files are written go into rank 0's manifest."""
+        chunks = self.chunks.get(layer, [])
+        if not chunks:
+            return
+        self.rnd.tile(layer)
+        levels = unit_level(self.store, layer, self.opts.quantile)
+        (self.out / "units").mkdir(parents=True, exist_ok=True)
+        maps = self.forwards.maps(layer) if any(self.rk.mine(i) for i in range(len(chunks))) else {}
+        records = (self.man.setdefault("units", {}).setdefault(layer, {}),
+                   self.man.setdefault("features", {}).setdefault(layer, {})) if self.rk.root else None
+        for start in range(0, len(chunks), self.rk.world):
+            i = start + self.rk.rank
+            done = 0
+            if i < len(chunks):
+                done = _render_features(self.rnd, layer, chunks[i], self.arrays[layer], self.out, self.opts,
+                                        self.cfg.save_arrays, maps, levels, writer, self.pending)
+            self._record(writer.finished(), done, records, bar)
+        self._record(writer.drain(), 0, records, bar, final=True)
+
+    def _record(self, finished: list, projections: int, records, bar, final: bool = False) -> None:
+        """Rank 0 records the units whose files every rank has written; the manifest is saved at the end
+        of each layer and at most every ``SAVE_EVERY`` seconds in between (a render killed meanwhile
+        redoes those units)."""
+        mine = {key: self.pending.pop(key) for key in finished}
+        gathered = self.rk.gather((mine, projections))
+        if gathered is None:
+            return
+        units, features = records
+        n = 0
+        for recs, projected in gathered:
+            self.res.projections += projected
+            for (_, c), (unit, feature) in recs.items():
+                units[str(c)], features[str(c)] = unit, feature
+                n += 1
+        if n:
+            self.res.rendered += n
+            bar.update(n)
+            self.unsaved = True
+        if self.unsaved and (final or time.monotonic() - self.saved > SAVE_EVERY):
+            save_manifest(self.out, self.man)  # the whole manifest each time: not after every chunk
+            self.saved, self.unsaved = time.monotonic(), False
+
+    def visualize(self, layer: str) -> None:
+        """``--visualize``: the rendered units' feature visualisations that do not exist yet, 16 units per
+        batch (batch j by rank ``j % world``: the batches one process would run)."""
+        if not self.cfg.visualize:
+            return
+        from ..visualize import VisualizeConfig, visualize_units
+        from ..visualize.files import write_unit_images
+
+        missing = None
+        if self.rk.root:
+            missing = [c for c in self.plan[layer] if not (self.out / feature_files(layer, c)["vis"]).exists()]
+        missing = self.rk.from_root(missing)
+        prep = self.net.prep(self.store.size)
+        for j, s in enumerate(range(0, len(missing), 16)):
+            if self.rk.mine(j):
+                chunk = missing[s:s + 16]
+                units = visualize_units(self.net, layer, chunk, prep, VisualizeConfig(steps=self.cfg.visualize))
+                write_unit_images(self.out, layer, chunk, units.numpy(), save_arrays=False)
+        self.rk.barrier()
+
+    def layer_images(self, layer: str, bar) -> None:
+        """The layer's top-k across feature maps and overview (rank 0, once every rank's files are written)."""
+        if layer not in self.todo_layers or not self.rk.root:
+            return
+        self.res.projections += _render_layer(self.rnd, layer, self.arrays[layer], self.out, self.opts,
+                                              self.store.k, self.opts.overview)
+        self.man["layers"][layer] = {"options": self.optd}
+        save_manifest(self.out, self.man)
+        bar.update(1)
+
+    def site(self) -> None:
+        """The viewer (rank 0)."""
+        if self.rk.root:
+            save_manifest(self.out, self.man)
+            _site(self.store, self.man, self.out, self.opts)
 
 
 def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path, opts: Options,  # noqa: PLR0913
-                     save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, units: dict,
-                     records: dict) -> int:
-    """Project every filled slot of the channels in ``chunk`` in one batch, write their files.
+                     save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, writer: Writer,
+                     pending: dict) -> int:
+    """Project every filled slot of the channels in ``chunk`` in one batch; hand their files to ``writer``.
 
-    ``units`` (the manifest's record of this layer's units) gets each unit's heatmap level and
-    histogram for its page, ``records`` (the manifest's features of this layer) the options that
-    made its files. Files of the unit that these options do not make (a heatmap montage with
-    show=patch, arrays without ``save_arrays``) are removed: they were made with other options.
+    ``pending[(layer, c)]`` gets the unit's manifest records (its heatmap level and histogram for its
+    page, the options that made its files), recorded once the writer has its files on disk. Files of
+    the unit that these options do not make (a heatmap montage with show=patch, arrays without
+    ``save_arrays``) are removed: they were made with other options. Returns the projections made.
     """
     k = arrays["value"].shape[1]
     kept = arrays["kept"][chunk]  # (n, k)
@@ -313,30 +441,24 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
                                arrays["value"][chans, r_idx])
     maps = np.concatenate([unit_maps[c] for c in chunk])  # the order of (c_idx, r_idx)
     pixels = rnd.pixels(rows)
-    size = pixels.shape[1]
-    for m in np.unique(rows):  # each kept image once, for the unit pages
-        f = out / kept_image_file(m)
-        if not f.exists():
-            f.parent.mkdir(exist_ok=True)
-            save_jpeg(pixels[np.nonzero(rows == m)[0][0]], f)
-    (out / "units").mkdir(exist_ok=True)
+    size = rnd.size
     r = crops.shape[1]
     geo = rnd.net.layers[layer].geometry
     for j, c in enumerate(chunk):
         sel = np.nonzero(c_idx == j)[0]
-        ranks = r_idx[sel]
+        ranks_ = r_idx[sel]
         level = float(levels[c]) if levels is not None else topk_level(maps[sel], opts.quantile)
         source = "histogram" if levels is not None else "top-k"
         t = np.zeros((k, 3, r, r), np.float32)
         cr = np.zeros((k, r, r, 3), np.uint8)
         heat = np.zeros((k, size, size, 3), np.uint8)
-        t[ranks], cr[ranks] = tiles[sel], crops[sel]
+        t[ranks_], cr[ranks_] = tiles[sel], crops[sel]
         filled = kept[j] >= 0
         t, cr, side, corners = unit_crop(t, cr, filled, opts.crop, size)
         oy, ox = geo.tile_origin(arrays["y"][c], arrays["x"][c], size)
         boxes = image_boxes(oy + corners[:, 0], ox + corners[:, 1], side, size, filled)
         strip = np.zeros((size, k * size, 4), np.uint8)  # the unit page's overlays, rank by rank
-        for i, rank in zip(sel, ranks):
+        for i, rank in zip(sel, ranks_):
             ov = overlay(maps[i], level, size, boxes[rank])
             heat[rank] = composite(pixels[i], ov)
             strip[:, rank * size:(rank + 1) * size] = ov
@@ -344,17 +466,18 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         im = _montage(cr, filled, k)
         hm = _montage(heat, filled, k) if opts.show != "patch" else None
         fs = feature_files(layer, c)
-        save_png(proj, out / fs["feat"])
-        save_png(im, out / fs["im"])
-        save_png(strip, out / fs["overlay"])
+        key = (layer, c)
+        writer.submit(key, write_png, proj, out / fs["feat"])
+        writer.submit(key, write_png, im, out / fs["im"])
+        writer.submit(key, write_png, strip, out / fs["overlay"])
         if hm is not None:
-            save_png(hm, out / fs["heat"])
+            writer.submit(key, write_png, hm, out / fs["heat"])
         else:
             (out / fs["heat"]).unlink(missing_ok=True)
-        save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
+        writer.submit(key, write_png, _pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
-            for name, a in (("array", t), ("box_array", boxes)):
-                save_array(out / fs[name], a)
+            writer.submit(key, write_npy, t, out / fs["array"])
+            writer.submit(key, write_npy, boxes, out / fs["box_array"])
         else:
             (out / fs["array"]).unlink(missing_ok=True)
             (out / fs["box_array"]).unlink(missing_ok=True)
@@ -362,9 +485,9 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         if hist is None and len(sel):
             counts, edges = np.histogram(maps[sel], bins=24)
             hist = {"edges": edges.tolist(), "counts": counts.tolist(), "over": "top-k"}
-        units[str(c)] = {"level": level if np.isfinite(level) else None, "source": source, "hist": hist,
-                         "crop": {"kind": opts.crop, "side": int(side), "boxes": boxes.tolist()}}
-        records[str(c)] = {"options": asdict(opts), "arrays": bool(save_arrays)}
+        pending[key] = ({"level": level if np.isfinite(level) else None, "source": source, "hist": hist,
+                         "crop": {"kind": opts.crop, "side": int(side), "boxes": boxes.tolist()}},
+                        {"options": asdict(opts), "arrays": bool(save_arrays)})
     return len(chans)
 
 
