@@ -513,7 +513,7 @@ def render(
     One render per output folder (OUT/.mine-render.lock): a second one exits with code 4.
     """
     from .jobs.distributed import is_secondary
-    from .render import RenderConfig, render_store
+    from .render import RenderConfig
 
     path = store or store_arg
     if path is None:
@@ -533,9 +533,25 @@ def render(
                           save_arrays=save_arrays, device=device, batch_size=batch_size, overview_features=overview,
                           progress=not quiet, force=force, method=method, show=show, quantile=quantile,
                           visualize=visualize, crop=crop, shifts=shifts)
-    result = guarded(render_store, path, config)
+    result = guarded(_render_here, path, config)
     if not is_secondary():  # under torchrun rank 0 speaks for the job
         typer.echo(result.summary())
+
+
+def _render_here(path: Path, config):
+    """``render_store`` as this process's share: a rank of the torchrun job (process group opened
+    here and closed on the way out, errors included), else the one process. The CLI composes the
+    two so that render/ does not depend on the job machinery (jobs/)."""
+    from .jobs.distributed import join, leave, under_torchrun
+    from .render import render_store
+    from .render.ranks import One, Ranks
+
+    if not under_torchrun():
+        return render_store(path, config, ranks=One(config.device))
+    try:
+        return render_store(path, config, ranks=Ranks(join(config.device)))
+    finally:
+        leave()
 
 
 @app.command()

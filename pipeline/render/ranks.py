@@ -11,11 +11,12 @@ only; the kept images (``images/{kept}.jpg``) by rank ``kept % world``. The file
 the split (see ``project``: a batch of two or more entries gives every entry the same bits whatever
 its neighbours), so the folder is byte-identical to one process's.
 
-One process (no torchrun) is ``One``: rank 0 of 1, every collective a no-op.
+One process (no torchrun) is ``One``: rank 0 of 1, every collective a no-op. The CLI opens the
+process group (``jobs.distributed.join``) and hands ``render_store`` its ``Ranks``: render/ does not
+depend on the job machinery.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 from ..devices import resolve_device
@@ -77,19 +78,3 @@ class Ranks(One):
 
     def same_arguments(self, config: dict) -> None:
         self.dist.check_same_arguments(config, SimpleNamespace(ranks=[]))
-
-
-@contextmanager
-def ranks(device: str):
-    """``with ranks(device) as r:`` -- this process's place in the render: ``Ranks`` under torchrun
-    (process group opened, closed on the way out even on errors), else ``One``."""
-    from ..jobs.distributed import join, leave, under_torchrun
-
-    if not under_torchrun():
-        yield One(device)
-        return
-    try:
-        d = join(device)
-        yield Ranks(d)
-    finally:
-        leave()

@@ -74,7 +74,7 @@ from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_l
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .normalise import CONTRASTS, display, scales
 from .project import Renderer, load_store_network
-from .ranks import One, ranks
+from .ranks import One
 from .writer import Writer, write_jpeg, write_npy, write_png
 
 __all__ = ["RenderConfig", "RenderResult", "SHOWS", "render_store"]
@@ -215,7 +215,8 @@ def _plan(store: Store, layers, features) -> dict[str, list[int]]:
     return {n: v for n, v in plan.items() if v}
 
 
-def render_store(store_path: str | Path, config: RenderConfig | None = None, **options) -> RenderResult:
+def render_store(store_path: str | Path, config: RenderConfig | None = None, ranks: One | None = None,
+                 **options) -> RenderResult:
     """Render a store: every channel of every layer by default, or the selected ones (``RenderConfig``;
     keyword arguments override its fields: ``render_store(path, layers="conv4_3", features=[171])``).
 
@@ -224,6 +225,8 @@ def render_store(store_path: str | Path, config: RenderConfig | None = None, **o
     (``LockedError`` if another live render holds it; released on errors and SIGTERM, which
     raises ``Interrupted``). Under torchrun every rank renders its share of the units (``ranks``)
     and the folder is the one a single process writes; the result counts every rank's maps.
+    ``ranks``: this process's place in a torchrun job (``render.ranks.Ranks``, from the CLI), default
+    the one process.
     """
     t0 = time.perf_counter()
     cfg = replace(config or RenderConfig(), **options)
@@ -231,7 +234,8 @@ def render_store(store_path: str | Path, config: RenderConfig | None = None, **o
         warnings.warn("shared_scale is deprecated; use contrast='shared'", DeprecationWarning, stacklevel=2)
     feats = parse_features(cfg.features)
     opts = cfg.options()
-    with InterruptGuard(graceful=False), ranks(cfg.device) as rk, Store(store_path) as store:
+    rk = ranks or One(cfg.device)
+    with InterruptGuard(graceful=False), Store(store_path) as store:
         rk.same_arguments({**asdict(cfg), "progress": None, "store": str(store_path)})
         layer_level = feats is None or bool(cfg.overview_features)
         plan = _plan(store, cfg.layers, feats)
