@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input
 from torch.overrides import TorchFunctionMode
 
+from .rules import rectifier_bounds  # the same rectifiers the other methods rewrite
+
 LRP_METHODS = ("epsilon_plus_flat", "excitation_backprop")
 EPS = 1e-6
 
@@ -190,8 +192,7 @@ class lrp_rules(TorchFunctionMode):
         if func in _ADD and len(args) == 2 and not kwargs and all(torch.is_tensor(a) for a in args) \
                 and args[0].shape == args[1].shape and args[0].is_floating_point():
             return _Sum.apply(args[0], args[1])
-        from .rules import _bounds  # the same rectifiers the other methods rewrite
-        bnd = _bounds(func, args, kwargs)
+        bnd = rectifier_bounds(func, args, kwargs)
         if bnd is not None:
             return _Pass.apply(args[0], bnd[0], bnd[1])
         return func(*args, **kwargs)

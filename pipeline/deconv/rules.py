@@ -92,7 +92,7 @@ class _Redirect(torch.autograd.Function):
         return torch.where(silent, redirected, plain), None, None
 
 
-def _bounds(func, args, kwargs) -> tuple[float, float] | None:
+def rectifier_bounds(func, args, kwargs) -> tuple[float, float] | None:
     """(lo, hi) of a ReLU-family call, None for anything else."""
     if func in _RELU:
         return 0.0, math.inf
@@ -117,7 +117,7 @@ class rectifier_rules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.method != "gradient":
-            b = _bounds(func, args, kwargs)
+            b = rectifier_bounds(func, args, kwargs)
             if b is not None and self.method in OPTIMISATION_RULES:
                 return _Redirect.apply(args[0], b[0], b[1])
             if b is not None:

@@ -24,7 +24,12 @@ THREADS = 2  # zlib and libjpeg release the GIL: encoding overlaps the projectio
 PENDING = 32  # writes queued at most (a unit is 4-6 files)
 
 
-write_png, write_jpeg = save_png, save_jpeg  # (img, path), atomic: pictures.montage
+def write_png(img: np.ndarray, path: Path) -> None:
+    save_png(img, path)  # atomic (pictures.montage); looked up per call, so a test can make it fail
+
+
+def write_jpeg(img: np.ndarray, path: Path) -> None:
+    save_jpeg(img, path)
 
 
 def write_npy(a: np.ndarray, path: Path) -> None:
