@@ -97,6 +97,13 @@ def test_embed_command_on_a_store(tmp_path):
     from pipeline import Store
     with Store(store) as s:  # still a valid, complete store
         assert s.attrs["pooled"] == ["conv3_1"]
+        from pipeline.analyses.embed import features  # read in chunks of 5 rows = the whole array at once
+        whole = s.pooled("conv3_1")
+        ok = np.array([v.decode() == "ok" for v in s.f["images/status"][()]])
+        for pool, ref in (("avg", whole[ok][:, 0]), ("max", whole[ok][:, 1]), ("both", whole[ok].reshape(ok.sum(), -1))):
+            x, rows = features(s, "conv3_1", pool, chunk=5)
+            np.testing.assert_array_equal(rows, np.flatnonzero(ok))
+            np.testing.assert_array_equal(x, ref.astype(np.float32))
     r = CliRunner().invoke(app, ["embed", str(store), "--layer", "conv2_2"])
     assert r.exit_code == 2 and "--pooled conv2_2" in r.output
 
