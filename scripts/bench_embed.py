@@ -58,6 +58,7 @@ def one(step: str, a) -> dict:
     from pipeline.analyses.tsne import pca, tsne
 
     x, y = mixture(a.n, a.dim, a.clusters, a.noise, a.dtype)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     out = {"step": step, "n": a.n, "dim": a.dim, "dtype": a.dtype, "cpus": os.cpu_count()}
     if step.startswith("pca-"):
@@ -74,7 +75,10 @@ def one(step: str, a) -> dict:
     else:
         raise SystemExit(f"unknown step {step!r}; use: {', '.join(STEPS)}")
     out["seconds"] = time.perf_counter() - t
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mib"] = use.ru_maxrss / 1024
+    # CPU time of the step (data generation excluded): on a shared machine wall time says little
+    out["cpu_seconds"] = use.ru_utime + use.ru_stime - before.ru_utime - before.ru_stime
     return out
 
 
@@ -104,7 +108,8 @@ def main() -> None:
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         acc = "".join(f"  {k} {r[k]:.3f}" for k in ("accuracy", "accuracy_2d") if k in r)
-        print(f"  {step:<16} {r['seconds']:8.1f} s  peak {r['peak_rss_mib']:7.0f} MiB{acc}", flush=True)
+        print(f"  {step:<16} {r['seconds']:8.1f} s  (process CPU {r.get('cpu_seconds', 0):7.1f} s)  "
+              f"peak {r['peak_rss_mib']:7.0f} MiB{acc}", flush=True)
         if a.json:
             with open(a.json, "a") as f:
                 f.write(json.dumps(r) + "\n")
