@@ -699,17 +699,20 @@ def occlude(
 def embed(
     store: Path = typer.Argument(..., help="A store mined with `mine run ... --pooled LAYER`."),
     layer: Optional[str] = typer.Option(None, help="Pooled layer (default: the store's first)."),
-    method: str = typer.Option("tsne", help="tsne (default; PCA to 50 dimensions first) | pca."),
+    embedding: str = typer.Option("tsne", help="tsne (default; PCA to 50 dimensions first; openTSNE from 5000 images) | pca."),
     pool: str = typer.Option("avg", help="avg (default) | max | both: which pooled vector."),
     labels: Optional[Path] = typer.Option(None, help="CSV of path,category rows (default: each file's folder)."),
     seed: int = typer.Option(0, help="Seed of t-SNE, the baseline sample and the thumbnail choice."),
     perplexity: Optional[float] = typer.Option(None, help="t-SNE perplexity (default min(30, (n-1)/3))."),
-    k: int = typer.Option(5, help="Neighbours of the leave-one-out k-NN accuracy."),
+    neighbors: int = typer.Option(5, help="Neighbours of the leave-one-out k-NN accuracy."),
+    knn_sample: int = typer.Option(10000, help="Query images (a seeded sample) of the k-NN accuracy, each against all images; 0: all (O(n^2))."),
     baseline: int = typer.Option(500, help="Images (a seeded sample) re-read for the random-weight k-NN baseline; 0: none."),
     thumbnails: int = typer.Option(300, help="At most this many thumbnails on the map."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default <store>-render/embed)."),
     no_write: bool = typer.Option(False, "--no-write", help="Do not write the coordinates into the store."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda (for the random-weight baseline)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (k-NN matrix products, the random-weight baseline)."),
+    old_k: Optional[str] = typer.Option(None, "--k", hidden=True),
+    old_method: Optional[str] = typer.Option(None, "--method", hidden=True),
 ) -> None:
     """Map a collection in 2-D by a layer's pooled features; report k-NN category accuracy.
 
@@ -719,15 +722,18 @@ def embed(
     from .analyses.embed import embed_store
     from .devices import resolve_device
 
-    if k < 1:
-        fail("--k must be >= 1", exitcodes.BAD_ARGS)
-    for name, value in (("--baseline", baseline), ("--thumbnails", thumbnails)):
+    for old, new, given in (("--k", "--neighbors", old_k), ("--method", "--embedding", old_method)):
+        if given is not None:
+            fail(f"mine embed: {old} is now {new} ({new} {given})", exitcodes.BAD_ARGS)
+    if neighbors < 1:
+        fail("--neighbors must be >= 1", exitcodes.BAD_ARGS)
+    for name, value in (("--baseline", baseline), ("--thumbnails", thumbnails), ("--knn-sample", knn_sample)):
         if value < 0:
             fail(f"{name} must be >= 0 (got {value})", exitcodes.BAD_ARGS)
     if perplexity is not None and not perplexity > 0:
         fail(f"--perplexity must be > 0 (got {perplexity})", exitcodes.BAD_ARGS)
-    res = guarded(lambda: embed_store(store, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails,
-                                      out, resolve_device(device), write=not no_write))
+    res = guarded(lambda: embed_store(store, layer, embedding, pool, labels, seed, perplexity, neighbors, baseline,
+                                      thumbnails, out, resolve_device(device), write=not no_write, knn_sample=knn_sample))
     typer.echo(res.summary())
 
 

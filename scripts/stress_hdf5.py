@@ -103,7 +103,7 @@ def round_(work: Path, r: int, base: Path, rng: random.Random) -> dict[str, int 
                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     emb = work / f"e{r}.h5"
     shutil.copy(base, emb)
-    p_emb = subprocess.Popen(mine("embed", emb, "--method", "tsne", "--baseline", "4"), env=env(),
+    p_emb = subprocess.Popen(mine("embed", emb, "--embedding", "tsne", "--baseline", "4"), env=env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     d_run, d_emb = rng.uniform(0, 4), rng.uniform(0, 4)
     t_run = threading.Thread(target=lambda: codes.__setitem__(

@@ -66,7 +66,7 @@ def commands(d: Path) -> dict:
                                       "--out", str(d / "w" / "rec"), "--device", "cpu"]),
         "occlude": ("atomic-write", ["occlude", img, "--layer", "conv1_2", "--feature", "0", *UNIT, "--size", "32",
                                   "--patch", "8", "--stride", "8", "--out", str(d / "w" / "occ"), "--device", "cpu"]),
-        "embed": ("embed", ["embed", str(d / "w" / "p.h5"), "--method", "pca", "--baseline", "0",
+        "embed": ("embed", ["embed", str(d / "w" / "p.h5"), "--embedding", "pca", "--baseline", "0",
                             "--out", str(d / "w" / "emb")]),
         "info": ("command", ["info", str(d / "w" / "a.h5")]),
         "top": ("command", ["top", str(d / "w" / "a.h5"), "--layer", "conv1_2", "--feature", "0"]),

@@ -130,7 +130,7 @@ def test_bad_labels_file_is_one_line_naming_it(store, tmp_path, kind, code, need
         lab.write_bytes(b"red/0.png,caf\xe9\n")
     elif kind == "huge-field":
         lab.write_text("red/0.png," + "x" * 200_000 + "\n")
-    res = within(60, lambda: cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0",
+    res = within(60, lambda: cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0",
                                               "--labels", str(lab)]))
     one_line(res, code, f"--labels {lab}", needle)
 
@@ -154,7 +154,7 @@ def test_labels_by_absolute_path_as_mine_top_json_prints(store, tmp_path):
 def test_labels_matching_nothing_is_refused_and_few_is_a_warning(store, tmp_path):
     lab = tmp_path / "l.csv"
     lab.write_text("/elsewhere/red/0.png,warm\n/elsewhere/blue/0.png,cold\n")
-    res = cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0", "--labels", str(lab)])
+    res = cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0", "--labels", str(lab)])
     one_line(res, 2, "names none of the store's 12 images")
     assert "100.0%" not in res.output
     # 8 of 12 labelled: a warning, and k-NN over the 8 labelled images only (brute-force reference)
@@ -163,8 +163,8 @@ def test_labels_matching_nothing_is_refused_and_few_is_a_warning(store, tmp_path
         used = [s.f["images/path"][r].decode() for r in rows]
     keep = [i for i, p in enumerate(used) if not p.endswith(("4.png", "5.png"))]
     lab.write_text("".join(f"{used[i]},{used[i].split('/')[0]}\n" for i in keep))
-    res = cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0", "--labels", str(lab),
-                           "--k", "3", "--no-write"])
+    res = cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0", "--labels", str(lab),
+                           "--neighbors", "3", "--no-write"])
     assert res.exit_code == 0, res.output
     assert "gives no category for 4 of 12 images" in res.stderr and "k-NN counts the 8 labelled ones only" in res.stderr
     want = _brute_knn(x[keep], [used[i].split("/")[0] for i in keep], 3)
@@ -173,11 +173,11 @@ def test_labels_matching_nothing_is_refused_and_few_is_a_warning(store, tmp_path
 
 
 def test_knn_label_shows_the_k_used(store):
-    res = cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0", "--k", "100000", "--no-write"])
+    res = cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0", "--neighbors", "100000", "--no-write"])
     assert res.exit_code == 0 and "11-NN, conv3_1 avg (12 images)" in res.stdout and "100000-NN" not in res.stdout
 
 
-@pytest.mark.parametrize("opt", ["--baseline", "--thumbnails", "--perplexity"])
+@pytest.mark.parametrize("opt", ["--baseline", "--thumbnails", "--perplexity", "--knn-sample"])
 def test_negative_embed_numbers_are_refused(store, opt):
     one_line(cli.invoke(app, ["embed", str(store), opt, "-2"]), 2, opt)
 
@@ -195,7 +195,7 @@ def test_update_cannot_slip_between_embeds_read_and_write(store, monkeypatch):
         tried.append(cli.invoke(app, run_args(imgs, store, "--update", str(store), "--log", str(store.parent / "l"))))
 
     monkeypatch.setattr(embed_mod, "pause_point", update_meanwhile)
-    res = cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"])
+    res = cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0"])
     assert res.exit_code == 0, res.output
     assert tried[0].exit_code == exitcodes.LOCKED, tried[0].output
     assert embed_rows_match(store)
@@ -205,7 +205,7 @@ def test_update_cannot_slip_between_embeds_read_and_write(store, monkeypatch):
 
     def embed_meanwhile(name, until=None):
         if name == "stream" and not embeds:
-            embeds.append(cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"]))
+            embeds.append(cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0"]))
 
     monkeypatch.setattr(embed_mod, "pause_point", lambda name: None)
     monkeypatch.setattr(run_mod, "pause_point", embed_meanwhile)
@@ -214,12 +214,12 @@ def test_update_cannot_slip_between_embeds_read_and_write(store, monkeypatch):
     assert embeds[0].exit_code == exitcodes.LOCKED, embeds[0].output
     with h5py.File(store) as f:
         assert len(f["images/path"]) == 15 and "embed" not in f  # the rewrite drops stale coordinates
-    assert cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"]).exit_code == 0
+    assert cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0"]).exit_code == 0
     assert embed_rows_match(store)
 
 
 def test_embed_rows_that_do_not_match_images_are_a_damaged_store(store):
-    assert cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"]).exit_code == 0
+    assert cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0"]).exit_code == 0
     with h5py.File(store, "a") as f:
         xy = f[f"embed/{LAYER}"][()]
         del f[f"embed/{LAYER}"]
@@ -236,7 +236,7 @@ def test_embed_through_a_symlink_writes_the_target_and_keeps_its_mode(store, mod
     link = store.parent / "latest.h5"
     link.symlink_to(real.name)
     real.chmod(mode)
-    res = cli.invoke(app, ["embed", str(link), "--method", "pca", "--baseline", "0"])
+    res = cli.invoke(app, ["embed", str(link), "--embedding", "pca", "--baseline", "0"])
     assert res.exit_code == 0, res.output
     assert link.is_symlink() and os.readlink(link) == real.name
     assert stat.S_IMODE(real.stat().st_mode) == mode
@@ -304,7 +304,7 @@ def test_damaged_pooled_vectors_are_exit_6(store, damage, needle):
             v[3, 0, 7] = np.nan
             del f[f"images/pooled_{LAYER}"]
             f[f"images/pooled_{LAYER}"] = v
-    one_line(cli.invoke(app, ["embed", str(store), "--method", "pca", "--baseline", "0"]),
+    one_line(cli.invoke(app, ["embed", str(store), "--embedding", "pca", "--baseline", "0"]),
                    exitcodes.STORE_ERROR, needle)
     if damage != "nan":  # structure: every command refuses the store on open
         with pytest.raises(StoreError, match="is damaged"):
@@ -347,7 +347,7 @@ def test_k_is_bounded_up_front(pooled_store, tmp_path, k, needle):
 def test_embed_sigterm_exits_5_without_lock_or_temp(store, tmp_path):
     dead = store.parent / f".{store.name}.tmp-999999999"  # left by a dead embed
     dead.write_bytes(b"half a store")
-    p = spawn(["embed", store, "--method", "pca", "--baseline", "0"], tmp_path, pause_at="embed", ready=tmp_path / "r")
+    p = spawn(["embed", store, "--embedding", "pca", "--baseline", "0"], tmp_path, pause_at="embed", ready=tmp_path / "r")
     wait_for(tmp_path / "r", p)
     assert not dead.exists()  # removed by the lock holder
     assert (store.parent / f"{store.name}.lock").exists()
@@ -371,7 +371,7 @@ def test_embed_on_a_full_disk_is_exit_6_and_the_store_unchanged(store, tmp_path)
 
     out = tmp_path / "pictures"
     out.mkdir()
-    p = spawn(["embed", store, "--method", "pca", "--baseline", "0", "--out", out], tmp_path, preexec_fn=small_disk)
+    p = spawn(["embed", store, "--embedding", "pca", "--baseline", "0", "--out", out], tmp_path, preexec_fn=small_disk)
     _, err = p.communicate(timeout=300)
     assert p.returncode == exitcodes.STORE_ERROR, err
     errors = [x for x in err.splitlines() if x.startswith("error:")]
@@ -398,6 +398,6 @@ def test_embed_through_a_symlink_is_locked_out_by_the_targets_lock(store, live_p
     link = store.parent / "latest.h5"
     link.symlink_to(store.name)
     write_lock(store, live_pid, proc_start=_proc_start(live_pid))  # e.g. an --update of the target
-    one_line(cli.invoke(app, ["embed", str(link), "--method", "pca", "--baseline", "0"]), exitcodes.LOCKED,
+    one_line(cli.invoke(app, ["embed", str(link), "--embedding", "pca", "--baseline", "0"]), exitcodes.LOCKED,
                    f"pid {live_pid}")
     assert not (store.parent / "latest.h5.lock").exists()

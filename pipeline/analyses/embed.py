@@ -11,14 +11,16 @@ spatial average (``--pool avg``, default), the max, or both concatenated. One ro
 image content (rows of status ``ok``). Categories: the folder of each file (Caltech-256's
 ``056.dog``), or a ``--labels`` CSV file of ``path,category`` rows.
 
-* ``pca``: centred, projected on the two leading right singular vectors (scikit-learn's
-  ``PCA(svd_solver="full")``: equal to numpy's SVD up to the sign of each axis).
-* ``tsne`` (default): scikit-learn's Barnes-Hut t-SNE (``TSNE(init="pca",
-  learning_rate="auto", max_iter=500)``, O(n log n)) on the first 50 principal components, seeded
-  (``--seed``) so a map is reproducible; perplexity ``min(30, (n - 1) / 3)``. 30 000 vectors of
-  512 dimensions take a few minutes on two CPU cores (scripts/bench_embed.py).
+* ``pca``: centred, projected on the two leading right singular vectors (exact SVD below 20 000
+  images, equal to numpy's up to the sign of each axis; a seeded randomised SVD above: ``tsne.pca``).
+* ``tsne`` (default): on the first 50 principal components, seeded (``--seed``) so a map is
+  reproducible, perplexity ``min(30, (n - 1) / 3)``, 500 iterations: openTSNE's FFT-accelerated
+  t-SNE on all cores from 5 000 images, scikit-learn's Barnes-Hut below (``tsne.tsne``; measured
+  in scripts/bench_embed.py and docs/performance.md).
 * k-NN: leave-one-out, cosine similarity of the vectors, ``k`` = 5 neighbours, majority vote, ties
-  to the tied category with the nearest member. Computed in blocks of rows, exact.
+  to the tied category with the nearest member; exact, for a seeded sample of ``--knn-sample``
+  10 000 query images against all images (``knn.knn_accuracy``: blocked matrix products, never
+  an n x n matrix).
 """
 from __future__ import annotations
 
@@ -41,30 +43,49 @@ from ..durable import write_atomically
 from ..faults import pause_point
 from ..jobs.combine import CONTENT_OK
 from ..store.read import Store
-from ..store.schema import as_str
+from ..store.schema import StoreError, as_str
+from .knn import knn_accuracy, sample_queries
+from .tsne import PCA_DIMS, TSNE_ITER, identical, pca, tsne, tsne_library  # noqa: F401 (also the API here)
 
 log = logging.getLogger("pipeline")
 
 UNLABELLED = "?"  # the category of an image a --labels file does not list
 POOLS = ("avg", "max", "both")
 METHODS = ("tsne", "pca")
-PCA_DIMS = 50
 THUMB = 40  # side of a thumbnail on the map, pixels
-TSNE_ITER = 500
+KNN_SAMPLE = 10_000  # default query images of the k-NN accuracy
+CHUNK = 65_536  # /images rows of pooled vectors read at a time
 
 
 # --- features and categories ------------------------------------------------------------------
 
-def features(store: Store, layer: str, pool: str = "avg") -> tuple[np.ndarray, np.ndarray]:
-    """(X (n, D) float32, rows (n,) into /images) for every distinct used image content."""
+def features(store: Store, layer: str, pool: str = "avg", chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """(X (n, D) float32, rows (n,) into /images) for every distinct used image content.
+
+    Read ``chunk`` rows of ``/images/pooled_<L>`` at a time (the stored (N, 2, C) float16 array is
+    never held whole next to its float32 copy: 1M images of 512 channels are 2 GiB here, not 4),
+    each chunk checked finite on its used rows as ``Store.pooled`` does."""
     if pool not in POOLS:
         raise ValueError(f"unknown --pool {pool!r}; use one of: {', '.join(POOLS)}")
-    v = store.pooled(layer)
-    status = [as_str(s) for s in store.f["images/status"][()]]
-    rows = np.array([j for j, s in enumerate(status) if s == "ok"], np.int64)
-    x = v[rows].astype(np.float32)
-    x = {"avg": x[:, 0], "max": x[:, 1], "both": x.reshape(len(rows), -1)}[pool]
-    return np.ascontiguousarray(x), rows
+    name = f"pooled_{layer}"
+    if name not in store.f["images"]:
+        store.pooled(layer)  # its one-line error: which layers the store has
+    d = store.f["images"][name]
+    status = np.array([as_str(s) for s in store.f["images/status"][()]], object)
+    used = (status == "ok") | (status == "duplicate")
+    rows = np.flatnonzero(status == "ok").astype(np.int64)
+    width = d.shape[2] * (2 if pool == "both" else 1)
+    x = np.empty((len(rows), width), np.float32)
+    at = 0
+    for c0 in range(0, len(status), chunk):
+        c1 = min(len(status), c0 + chunk)
+        v = d[c0:c1]
+        if not np.isfinite(v[used[c0:c1]]).all():
+            raise StoreError(f"{store.path} is damaged: /images/{name} holds NaN or infinity on a used image")
+        v = v[status[c0:c1] == "ok"]
+        x[at:at + len(v)] = {"avg": v[:, 0], "max": v[:, 1], "both": v.reshape(len(v), -1)}[pool]
+        at += len(v)
+    return x, rows
 
 
 def folder_labels(paths: list[str]) -> list[str]:
@@ -127,65 +148,7 @@ def check_labelled(cats: list[str], labels_file, root: str, used: list[str]) -> 
     return have
 
 
-# --- coordinates ------------------------------------------------------------------------------
-
-def pca(x: np.ndarray, dims: int = 2, seed: int = 0) -> np.ndarray:
-    from sklearn.decomposition import PCA
-
-    dims = min(dims, *x.shape)
-    return PCA(dims, svd_solver="full", random_state=seed).fit_transform(x).astype(np.float32)
-
-
-def identical(x: np.ndarray, rtol: float = 1e-6) -> bool:
-    """True when every row of ``x`` is the same vector (up to ``rtol`` of its largest entry)."""
-    spread = float(np.ptp(x, axis=0).max()) if x.size else 0.0
-    return spread <= rtol * float(np.abs(x).max(initial=0.0))
-
-
-def tsne(x: np.ndarray, seed: int = 0, perplexity: float | None = None) -> np.ndarray:
-    """Why the pre-check: identical vectors (copies of one photo, a layer that is 0 on every image)
-    make scikit-learn's PCA start NaN (it divides by the first axis' spread) and its Barnes-Hut
-    code then crashes the process (SIGSEGV). Their exact embedding is one point: all at (0, 0)."""
-    from sklearn.manifold import TSNE
-
-    n = len(x)
-    if n < 4:
-        raise ValueError(f"t-SNE needs at least 4 images, the store has {n}: use --method pca")
-    p = perplexity if perplexity is not None else min(30.0, (n - 1) / 3)
-    reduced = pca(x, PCA_DIMS, seed) if x.shape[1] > PCA_DIMS else x
-    if identical(x) or identical(reduced, 0.0):
-        log.warning(f"the {n} pooled vectors are identical: every image is at the same place on the map")
-        return np.zeros((n, 2), np.float32)
-    t = TSNE(2, perplexity=p, init="pca", learning_rate="auto", max_iter=TSNE_ITER, random_state=seed,
-             n_jobs=min(os.cpu_count() or 1, 8))
-    return t.fit_transform(reduced).astype(np.float32)
-
-
-# --- k-NN -------------------------------------------------------------------------------------
-
-def knn_accuracy(x: np.ndarray, labels: list[str], k: int = 5, block: int = 2048) -> float:
-    """Leave-one-out k-NN accuracy (see the module docstring for the exact rule)."""
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    k = min(k, n - 1)
-    names, y = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
-    t = torch.from_numpy(np.asarray(x, np.float32))
-    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    yt = torch.from_numpy(y)
-    correct = 0
-    for s in range(0, n, block):
-        sim = t[s:s + block] @ t.T
-        sim[torch.arange(len(sim)), torch.arange(s, s + len(sim))] = -float("inf")  # leave one out
-        idx = sim.topk(k, dim=1).indices  # nearest first (ties: lower index, as topk is stable on CPU)
-        votes = torch.zeros(len(sim), len(names), dtype=torch.float64)
-        votes.scatter_add_(1, yt[idx], torch.ones(idx.shape, dtype=torch.float64))
-        # ties between categories: the one whose best neighbour ranks first wins
-        rank = torch.full((len(sim), len(names)), float(k), dtype=torch.float64)
-        rank.scatter_reduce_(1, yt[idx], torch.arange(k, dtype=torch.float64).expand(len(sim), k), "amin")
-        pred = (votes * (k + 1) - rank).argmax(1)
-        correct += int((pred == yt[s:s + len(sim)]).sum())
-    return correct / n
+# --- coordinates and k-NN: tsne.py and knn.py --------------------------------------------
 
 
 def majority_rate(labels: list[str]) -> float:
@@ -269,9 +232,11 @@ class EmbedResult:
     knn: dict[str, float] = field(default_factory=dict)  # what -> accuracy
     files: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    library: str = ""  # which library computed the coordinates (tsne.tsne_library)
 
     def summary(self) -> str:
-        lines = [f"{self.method} map of {self.n} images by {self.layer} -> {', '.join(str(f) for f in self.files)}"]
+        by = f" ({self.library})" if self.method == "tsne" and self.library else ""
+        lines = [f"{self.method}{by} map of {self.n} images by {self.layer} -> {', '.join(str(f) for f in self.files)}"]
         for what, acc in self.knn.items():
             lines.append(f"  {what:<40} {acc:6.1%}" if acc == acc else f"  {what:<40}    n/a")
         return "\n".join(lines)
@@ -309,7 +274,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
 def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne", pool: str = "avg",  # noqa: PLR0913
                 labels: str | Path | None = None, seed: int = 0, perplexity: float | None = None, k: int = 5,
                 baseline: int = 500, thumbnails: int = 300, out: Path | None = None, device="cpu",
-                write: bool = True) -> EmbedResult:
+                write: bool = True, knn_sample: int = KNN_SAMPLE) -> EmbedResult:
     """``mine embed STORE``: coordinates into the store, ``<layer>_map.png`` (thumbnails) and
     ``<layer>_categories.png`` (scatter by category) in ``out``, k-NN accuracies in the result.
 
@@ -319,7 +284,9 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     rows that no longer match ``/images``), the write runs in a forked child (``write_isolated``)
     and keeps the file's mode, temp files of dead writers are removed, and SIGINT/SIGTERM end the
     command with ``Interrupted`` (exit 5), lock and temp file gone. ``write=False`` reads only:
-    no lock (the store is replaced atomically, an open reader keeps its version)."""
+    no lock (the store is replaced atomically, an open reader keeps its version). ``method``: the
+    embedding (``--embedding``), ``k``: the k-NN neighbours (``--neighbors``), ``knn_sample``: the
+    k-NN query images (``--knn-sample``, 0 = all)."""
     import time
 
     from ..jobs.output import remove_stale_temps, store_target, write_isolated
@@ -327,7 +294,7 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     from ..signals import InterruptGuard
 
     if method not in METHODS:
-        raise ValueError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
+        raise ValueError(f"unknown --embedding {method!r}; use one of: {', '.join(METHODS)}")
     t0 = time.perf_counter()
     target = store_target(Path(path))
     if not target.is_file():  # before locking: a lock must not create folders next to a missing store
@@ -336,10 +303,10 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
         if write:
             remove_stale_temps(target)
         res, xy, cats, data = _embed_locked(target, layer, method, pool, labels, seed, perplexity, k, baseline,
-                                            thumbnails, device)
+                                            thumbnails, device, knn_sample)
         _save_pictures(res, xy, cats, data["thumbs"], out or _default_out(Path(path)), pool)
         if write:
-            attrs = {"method": method, "pool": pool, "seed": seed, "knn": res.knn,
+            attrs = {"method": method, "pool": pool, "seed": seed, "knn": res.knn, "library": res.library,
                      "perplexity": perplexity if perplexity is not None else -1}
             write_isolated(target, lambda: write_coordinates(target, res.layer, xy, data["rows"], data["n_images"],
                                                              data["keys"], data["status"], attrs),
@@ -354,7 +321,8 @@ def _default_out(path: Path) -> Path:
     return default_out_dir(path) / "embed"
 
 
-def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails, device):  # noqa: PLR0913
+def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails, device,  # noqa: PLR0913
+                  knn_sample=KNN_SAMPLE):
     """Everything ``embed_store`` computes from the store: (result, coordinates, categories, data)."""
     import time
 
@@ -376,12 +344,19 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         known = check_labelled(cats, labels, root, used) if labels else np.arange(len(rows))
         res = EmbedResult(layer, method, len(rows))
         t = time.perf_counter()
-        xy = tsne(x, seed, perplexity) if method == "tsne" else pca(x, 2, seed)
+        if method == "tsne":
+            res.library = tsne_library(len(x))
+            xy = tsne(x, seed, perplexity, library=res.library)
+        else:
+            res.library, xy = "sklearn", pca(x, 2, seed)
         res.seconds[method] = time.perf_counter() - t
         t = time.perf_counter()
         lab = [cats[i] for i in known]
         keff = max(1, min(k, len(known) - 1))  # what knn_accuracy uses: a label must not claim more
-        res.knn[f"{keff}-NN, {layer} {pool} ({len(known)} images)"] = knn_accuracy(x[known], lab, k)
+        xk = x if len(known) == len(x) else x[known]
+        queries = len(sample_queries(len(known), knn_sample))
+        tag = f"{len(known)} images" if queries == len(known) else f"sample of {queries} of {len(known)} images"
+        res.knn[f"{keff}-NN, {layer} {pool} ({tag})"] = knn_accuracy(xk, lab, k, knn_sample, seed, device=device)
         res.knn["always the largest category"] = majority_rate(lab)
         if baseline:
             sample = np.sort(known[np.random.default_rng(seed).permutation(len(known))[:baseline]])
@@ -389,8 +364,8 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
             sub = [cats[i] for i in sample]
             tag, ks = f"{len(sample)} images", max(1, min(k, len(sample) - 1))
             if len(sample) < len(known):
-                res.knn[f"{ks}-NN, {layer} {pool} (sample of {tag})"] = knn_accuracy(x[sample], sub, k)
-            res.knn[f"{ks}-NN, random weights ({tag})"] = (knn_accuracy(rnd, sub, k) if rnd is not None
+                res.knn[f"{ks}-NN, {layer} {pool} (sample of {tag})"] = knn_accuracy(x[sample], sub, k, device=device)
+            res.knn[f"{ks}-NN, random weights ({tag})"] = (knn_accuracy(rnd, sub, k, device=device) if rnd is not None
                                                            else float("nan"))
         res.seconds["knn"] = time.perf_counter() - t
         chosen = pick_thumbnails(to_canvas(xy, 1200, THUMB), THUMB, thumbnails, seed)
