@@ -2,9 +2,25 @@
 
 Known content is recognised by its key (from the file's SHA-256), never by name,
 so renamed or copied files are not mined twice and an edited file is mined anew.
-Each file is still read and hashed (that is what tells new from known), but known
-files are neither decoded nor run through the network: on a nightly job over a
-growing collection that is most of the cost saved.
+Known files are neither decoded nor run through the network.
+
+**A file is not even read when its metadata says it is unchanged.** The store records
+each file's size, mtime and ctime (ns, ``/images/size``, ``mtime_ns``, ``ctime_ns``,
+taken when the file was listed, *before* it was read). A file whose path has a used row
+in the base store with the same three values is known without being opened
+(:func:`unchanged`); every other file is read and hashed as before; ``--rehash`` reads
+every file. Why ctime too: a user or a tool (``touch -r``, ``rsync -t``, ``cp -p``, an
+unpacked archive) can set mtime back to an old value after rewriting a file, but not
+ctime, which the kernel sets on every write, rename into place or metadata change; the
+inode number is not used (moving the collection to another disk would re-hash it all
+anyway, since ctime changes too). The trade: a rewrite that leaves size, mtime and ctime
+as they were is not seen; that takes a clock set back, or a file system whose
+timestamps are coarser than the rewrite was quick. For the latter a file listed within
+a clock tick of its last change (:func:`racy`: 10 ms, 2 s on a file system with whole-second
+stamps) is recorded without metadata (-1, "racy" as git calls it) and re-hashed on the
+next update. Rows restored from a checkpoint have
+no metadata either (it would be this run's, not that of the read): they are re-hashed
+once. Array items and Datasets have no file metadata: always read.
 
 Semantics, because a top-k cannot forget: an updated store covers every image
 content ever mined into it. A file deleted from the collection, or the old
@@ -14,15 +30,59 @@ top-k. Start a fresh store (``--force``) to drop them.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import torch
 
 from ..data import ImageDataset, image_key
 from ..data.read import Unreadable
-from .combine import CONTENT_OK, _s
+from ..data.sources import NO_STAT
+from ..mining.stream import ImageRecord
+from .combine import CONTENT_OK, STAT_COLUMNS, _s
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
+RACY_NS = 10_000_000  # a file changed less than this before it was listed: its metadata is not trusted
+RACY_COARSE_NS = 2_000_000_000  # the same for whole-second time stamps (ext3, HFS+, FAT: 2 s)
+
+
+def racy(meta: tuple[int, int, int], now: int) -> bool:
+    """Changed so shortly before ``now`` that a rewrite right after could keep every time stamp:
+    within :data:`RACY_NS` (the kernel stamps files from a coarse clock, 1-10 ms a tick), or
+    :data:`RACY_COARSE_NS` when the stamps are whole seconds (a coarse file system)."""
+    coarse = meta[1] % 1_000_000_000 == 0 and meta[2] % 1_000_000_000 == 0
+    return max(meta[1], meta[2]) >= now - (RACY_COARSE_NS if coarse else RACY_NS)
+
+
+def list_stats(source, indices) -> dict[int, tuple[int, int, int]]:
+    """``index -> (size, mtime_ns, ctime_ns)`` of ``indices``, taken now (before any is read);
+    :data:`NO_STAT` for a file changed just before (:func:`racy`, see the module docstring)."""
+    now = time.time_ns()
+    out = {}
+    for i in indices:
+        st = source.stat(i)
+        out[i] = NO_STAT if st[0] < 0 or racy(st, now) else st
+    return out
+
+
+def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np.ndarray]) -> dict[int, ImageRecord]:
+    """Records (reason "known") of the files among ``stats`` that need not be read: the base
+    store has a used row of the same path whose size, mtime and ctime are theirs."""
+    if not all(c in base for c in STAT_COLUMNS):
+        return {}  # a store written before it kept file metadata: every file is hashed once
+    by_path: dict[tuple[str, tuple[int, int, int]], tuple[int, str]] = {}
+    for j, (p, st) in enumerate(zip(base["path"], base["status"])):
+        meta = tuple(int(base[c][j]) for c in STAT_COLUMNS)
+        if _s(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0:
+            by_path[(_s(p), meta)] = (int(base["key"][j]), _s(base["sha256"][j]))
+    out = {}
+    for i, meta in stats.items():
+        if meta[0] < 0:
+            continue
+        hit = by_path.get((source.relpath(source.paths[i]), meta))
+        if hit is not None:
+            out[i] = ImageRecord(i, hit[0], hit[1], False, KNOWN, 0, 0)
+    return out
 
 
 def known_keys(table: dict[str, np.ndarray]) -> set[int]:
@@ -33,25 +93,31 @@ def known_keys(table: dict[str, np.ndarray]) -> set[int]:
 
 class SkipKnown(ImageDataset):
     """``ImageDataset`` that returns ``ok=False, reason="known"`` for known content
-    without decoding it (the stream pass then neither feeds nor counts it as seen)."""
+    without decoding it (the stream pass then neither feeds nor counts it as seen).
+    Each file is read once; ``meter`` (a ``multiprocessing.Value("q")``, shared with the
+    loader's workers) counts the bytes read."""
 
-    def __init__(self, source, prep, indices=None, known: set[int] = frozenset()) -> None:
+    def __init__(self, source, prep, indices=None, known: set[int] = frozenset(), meter=None) -> None:
         super().__init__(source, prep, indices)
-        self.known = known
+        self.known, self.meter = known, meter
 
     def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        try:
+            data = self.source.read(index)
+        except Unreadable as e:
+            return self.record(index, e)  # records the unreadable file (or bad name) as usual
+        if self.meter is not None:
+            with self.meter.get_lock():
+                self.meter.value += len(data)
         if self.known:
-            index = self.indices[i]
-            try:
-                digest = hashlib.sha256(self.source.read(index)).hexdigest()
-            except Unreadable:
-                return super().__getitem__(i)  # records the unreadable file (or bad name) as usual
+            digest = hashlib.sha256(data).hexdigest()
             key = image_key(digest)
             if key in self.known:
                 s = self.prep.size
                 return {"index": index, "key": key, "sha256": digest, "ok": False, "reason": KNOWN,
                         "pixels": torch.zeros((s, s, 3), dtype=torch.uint8), "width": 0, "height": 0}
-        return super().__getitem__(i)
+        return self.record(index, data)
 
 
 def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -94,8 +94,9 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
 
 
 def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
-    """The /images columns from rows (path, sha256, key, status, width, height[, label]) in
-    path order.
+    """The /images columns from rows (path, sha256, key, status, width, height[, label[, file]])
+    in path order; ``file`` is (size, mtime_ns, ctime_ns) as listed (``jobs.update``), -1 where
+    unknown.
 
     ``status`` None marks a file whose content was used; among such files with equal
     content the first path is "ok" and the rest "duplicate", whatever order they were
@@ -107,6 +108,8 @@ def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
     status = [r[3] if r[3] is not None else ("ok" if first.setdefault(r[2], i) == i else "duplicate")
               for i, r in enumerate(rows)]
     labels = [r[6] if len(r) > 6 else None for r in rows]
+    meta = np.array([r[7] if len(r) > 7 and r[7] is not None else (-1, -1, -1) for r in rows],
+                    dtype=np.int64).reshape(len(rows), 3)
     return {
         "path": np.array([r[0] for r in rows], dtype=object),
         "sha256": np.array([r[1] for r in rows], dtype=object),
@@ -116,4 +119,5 @@ def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
         "height": np.array([r[5] for r in rows], dtype=np.int32),
         **({"label": np.array(["" if v is None else v for v in labels], dtype=object)}
            if any(v is not None for v in labels) else {}),
+        "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2],
     }
