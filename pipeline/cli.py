@@ -157,6 +157,7 @@ def run(
     config: Optional[Path] = typer.Option(None, help="TOML file with any of these options; flags override it."),
     update: Optional[str] = typer.Option(None, metavar="STORE", help="Extend STORE: mine only images whose content it does not hold, merge exactly, rewrite it atomically (created if missing). Output is STORE unless --out is given."),
     force: bool = typer.Option(False, "--force", help="Replace an existing complete store (without it, an existing store is refused)."),
+    rehash: bool = typer.Option(False, "--rehash", help="With --update: read and hash every file, also those whose size, mtime and ctime match the store's record (by default those are not read)."),
     checkpoint_every: Optional[str] = typer.Option(None, help="Checkpoint the streaming pass every N batches (50) or every period (90s, 5m, 1h); default 5m. Always on SIGINT/SIGTERM and before finalize."),
     discard_checkpoint: bool = typer.Option(False, "--discard-checkpoint", help="Delete STORE.ckpt instead of resuming from it."),
     log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here (default mine-runs.jsonl next to the store)."),
@@ -180,7 +181,7 @@ def run(
 
     overrides = dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
-                     data_root=data_root, out=out, precision=precision, update=update, force=force or None,
+                     data_root=data_root, out=out, precision=precision, update=update, force=force or None, rehash=rehash or None,
                      checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log,
                      quiet=quiet or None, pooled=pooled, preprocessing=preprocessing, channels=channels, mean=mean,
                      std=std)
