@@ -290,14 +290,13 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
 
     with guarded(Store, store) as s:
         a = s.attrs
-        st = s.images()["status"]
-        st = [x.decode() if isinstance(x, bytes) else x for x in st]
+        n = s.image_counts()  # from attributes: no /images rows read
         typer.echo(f"store        {s.path}")
         typer.echo(f"status       {a.get('status')}")
         typer.echo(f"model        {a['model']}  weights {a['weights']}  hash {a['weights_hash'][:16]}")
         typer.echo(f"preprocess   {json.dumps(a['preprocessing'])}  precision {a.get('precision')}")
-        typer.echo(f"images       {a['images_spec']}: {len(st)} files, {st.count('ok')} used, "
-                   f"{sum(x.startswith('skipped') for x in st)} skipped, {st.count('duplicate')} duplicate")
+        typer.echo(f"images       {a['images_spec']}: {n['files']} files, {n['ok']} used, "
+                   f"{n['skipped']} skipped, {n['duplicate']} duplicate")
         typer.echo(f"k            {s.k}   kept images {len(s.f['kept/key'])}")
         for name in s.layers:
             li, geo = s.layer_info(name), s.geometry(name)
@@ -308,7 +307,7 @@ def info(store: Path = typer.Argument(..., help="A store written by `mine run`."
             labels = [v.decode() if isinstance(v, bytes) else v for v in s.f["images/label"][()]]
             typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
                        f"categories (`mine embed` colours by them)")
-        _echo_unit_stats(s, st.count("ok"))
+        _echo_unit_stats(s, n["ok"])
         _echo_border_units(s)
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
 

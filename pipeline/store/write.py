@@ -38,12 +38,11 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
             f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION})
             for k, v in attrs.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+            status = images["status"]
+            f.attrs["images_duplicate"] = int(sum(s == "duplicate" for s in status))  # `mine info` reads no rows
             g = f.create_group("images")
             for col, arr in images.items():
-                if arr.dtype == object:  # variable-length strings take no HDF5 filters
-                    g.create_dataset(col, data=arr, dtype=STR)
-                else:
-                    g.create_dataset(col, data=arr, **CHECKED)
+                _write_column(g, col, arr)
             kept = f.create_group("kept")
             kept.create_dataset("image", data=fin.kept_index, **CHECKED)  # source index == /images row
             kept.create_dataset("key", data=fin.kept_keys, **CHECKED)
@@ -76,6 +75,25 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+#: Rows per chunk of the /images columns (at most ~1 MiB a chunk): a reader of a few rows
+#: (``mine top``'s kept paths) decompresses a few chunks, never the whole table.
+IMAGE_CHUNK = 16384
+
+
+def _write_column(g: h5py.Group, col: str, arr: np.ndarray) -> None:
+    """One /images column, chunked by :data:`IMAGE_CHUNK` rows. Numbers are compressed (gzip
+    with the byte shuffle: keys and times compress to about half, widths, heights and sizes
+    far more) and checksummed; variable-length strings are chunked only (HDF5 compresses
+    just their heap references, which does not pay)."""
+    rows = min(len(arr), IMAGE_CHUNK, max(1, 2**20 // max(1, arr[:1].nbytes)))  # pooled rows: ~1 MiB a chunk
+    chunks = (rows, *arr.shape[1:]) if len(arr) else None
+    if arr.dtype == object:
+        g.create_dataset(col, data=arr, dtype=STR, chunks=chunks)
+    else:
+        g.create_dataset(col, data=arr, chunks=chunks, **({"compression": "gzip", "compression_opts": 4,
+                                                           "shuffle": True} if chunks else {}), **CHECKED)
 
 
 def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
