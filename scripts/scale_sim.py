@@ -15,7 +15,8 @@ own, ``resource.getrusage`` of the process and of its loader workers):
     rehash    the same `--update --rehash` (every file read and hashed, as before issue 24)
 
 and prints a table (seconds, per-file microseconds, peak RSS). No GPU needed; on a GPU server
-add ``--device cuda --model <arch> --size 224`` to time a real network (see docs/scaling.md).
+add ``--device cuda --model vgg16 --weights imagenet --layer conv5_3 --size 224`` to time a real
+network (see docs/scaling.md).
 
     PYTHONPATH=$PWD python scripts/scale_sim.py --n 200000            # ~ the table in docs/scaling.md
     PYTHONPATH=$PWD python scripts/scale_sim.py --n 20000 --keep      # smaller; keep the files
@@ -94,7 +95,7 @@ def phase(args) -> dict:
         from pipeline.jobs.record import JobStats
 
         sys.path.insert(0, str(HERE))
-        cfg = RunConfig(images=str(root), model="scale_sim:tiny", weights="random", layer="all", size=args.size,
+        cfg = RunConfig(images=str(root), model=args.model, weights=args.weights, layer=args.layer, size=args.size,
                         k=9, batch_size=args.batch, workers=args.workers, device=args.device, progress=False,
                         out=str(store), checkpoint_every="0")
         if args.phase == "mine":
@@ -130,6 +131,7 @@ def phase(args) -> dict:
 
 def run_phase(args, name: str, store: str) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--dir", args.dir, "--store", store, "--size", str(args.size),
+           "--model", args.model, "--weights", args.weights, "--layer", args.layer,
            "--batch", str(args.batch), "--workers", str(args.workers), "--device", args.device]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -143,6 +145,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000, help="files in the collection")
     ap.add_argument("--dir", default="/tmp/mine-scale-sim")
     ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--model", default="scale_sim:tiny", help="any `mine run --model` (default: the tiny CNN here)")
+    ap.add_argument("--weights", default="random")
+    ap.add_argument("--layer", default="all")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
