@@ -12,13 +12,20 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from jobs_util import FILE_META, all_images, assert_same_store, cfg, make_images
+from jobs_util import FILE_META, SIZE, all_images, assert_same_store, cfg, make_images
 from PIL import Image
 
 from pipeline import run
 from pipeline.data import sources
 from pipeline.jobs import update
 from pipeline.jobs.record import JobStats
+
+
+@pytest.fixture(scope="module")
+def net():
+    from pipeline.models.weights import load_network
+
+    return load_network("vgg16", "random", SIZE)
 
 
 @pytest.fixture()
@@ -38,9 +45,9 @@ def opened(path) -> list[str]:
     return [line.split("\t")[2] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_store_records_size_mtime_ctime(tmp_path, trusting):
+def test_store_records_size_mtime_ctime(tmp_path, trusting, net):
     images = make_images(tmp_path / "img")
-    store = run(cfg(images, tmp_path / "s.h5")).store
+    store = run(cfg(images, tmp_path / "s.h5"), net=net).store
     with h5py.File(store, "r") as f:
         paths = [p.decode() for p in f["images/path"][()]]
         got = {c: f[f"images/{c}"][()] for c in ("size", "mtime_ns", "ctime_ns")}
@@ -50,9 +57,9 @@ def test_store_records_size_mtime_ctime(tmp_path, trusting):
                                                                              st.st_ctime_ns), p
 
 
-def test_update_reads_only_touched_rewritten_and_new_files(tmp_path, monkeypatch, trusting):
+def test_update_reads_only_touched_rewritten_and_new_files(tmp_path, monkeypatch, trusting, net):
     images = make_images(tmp_path / "img")
-    base = run(cfg(images, tmp_path / "s.h5")).store
+    base = run(cfg(images, tmp_path / "s.h5"), net=net).store
     # touch one (same bytes, new mtime), rewrite one, add one, delete one
     touched, rewritten, added, deleted = "a/img01.png", "a/img02.png", "b/new.png", "b/img10.png"
     st = os.stat(images / touched)
@@ -68,14 +75,14 @@ def test_update_reads_only_touched_rewritten_and_new_files(tmp_path, monkeypatch
     trace = tmp_path / "reads.txt"
     traced(monkeypatch, trace)
     stats = JobStats()
-    res = run(cfg(images, tmp_path / "u.h5", update=str(tmp_path / "u.h5")), stats=stats)
+    res = run(cfg(images, tmp_path / "u.h5", update=str(tmp_path / "u.h5")), net=net, stats=stats)
     reads = opened(trace)
     assert set(reads) <= {touched, rewritten, added, broken} and {touched, rewritten, added} <= set(reads), reads
     assert stats.bytes_read == sum(os.path.getsize(images / p) for p in {touched, rewritten, added, broken})
     assert res.mode == "update" and res.images_new == 2  # the rewritten and the new file
 
     traced(monkeypatch, trace)
-    run(cfg(images, tmp_path / "r.h5", update=str(tmp_path / "r.h5"), rehash=True))
+    run(cfg(images, tmp_path / "r.h5", update=str(tmp_path / "r.h5"), rehash=True), net=net)
     assert sorted(set(opened(trace))) == sorted(p.relative_to(images).as_posix() for p in all_images(images))
     assert_same_store(tmp_path / "u.h5", tmp_path / "r.h5", ignore=("created", "seconds", "versions", "inputs_id"))
     with h5py.File(tmp_path / "u.h5", "r") as f:  # every listed file has its metadata, the deleted one its old
@@ -83,16 +90,16 @@ def test_update_reads_only_touched_rewritten_and_new_files(tmp_path, monkeypatch
         assert deleted in paths and all((f[n][()] >= 0).all() for n in FILE_META)
 
 
-def test_store_without_file_metadata_is_rehashed_once(tmp_path, monkeypatch, trusting):
+def test_store_without_file_metadata_is_rehashed_once(tmp_path, monkeypatch, trusting, net):
     images = make_images(tmp_path / "img")
-    old = run(cfg(images, tmp_path / "s.h5")).store
+    old = run(cfg(images, tmp_path / "s.h5"), net=net).store
     with h5py.File(old, "a") as f:  # as written before the columns existed
         for n in FILE_META:
             del f[n]
     trace = tmp_path / "reads.txt"
     traced(monkeypatch, trace)
-    run(cfg(images, tmp_path / "s.h5", update=str(old)))
+    run(cfg(images, tmp_path / "s.h5", update=str(old)), net=net)
     assert len(opened(trace)) == len(all_images(images))  # everything hashed once, no error
     traced(monkeypatch, trace)
-    run(cfg(images, tmp_path / "s.h5", update=str(old)))
+    run(cfg(images, tmp_path / "s.h5", update=str(old)), net=net)
     assert opened(trace) == ["a/broken.jpg"]  # then nothing but the skipped file
