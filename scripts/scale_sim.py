@@ -11,6 +11,8 @@ own, ``resource.getrusage`` of the process and of its loader workers):
               top-k, statistics, finalize, store write
     open      Store(path) (validation) and the kept paths
     info      `mine info`            top   `mine top --feature 0`
+    write@R, open@R, info@R, top@R   the same store with /images grown to R synthetic rows
+              (--big, default 1.28M): writing that table, then opening, info, top
     update    `--update` after adding 1% new files (unchanged files skipped by metadata)
     rehash    the same `--update --rehash` (every file read and hashed, as before issue 24)
 
@@ -118,21 +120,77 @@ def phase(args) -> dict:
         from typer.testing import CliRunner
 
         from pipeline.cli import app
+        from pipeline.store.read import Store  # noqa: F401 - imported before the clock starts, as for open
 
         argv = ["info", str(store)] if args.phase == "info" else ["top", str(store), "--feature", "0"]
         t = time.perf_counter()
         res = CliRunner().invoke(app, argv)
         seconds = time.perf_counter() - t
         assert res.exit_code == 0, res.output
+    elif args.phase == "big":  # the store with its /images table grown to --rows rows
+        seconds, extra = grow_table(store, Path(args.dir) / f"big{args.rows}.h5", args.rows)
+    elif args.phase in ("bigopen", "biginfo", "bigtop"):
+        from typer.testing import CliRunner
+
+        from pipeline.cli import app
+        from pipeline.store.read import Store
+
+        big = Path(args.dir) / f"big{args.rows}.h5"
+        t = time.perf_counter()
+        if args.phase == "bigopen":
+            with Store(big) as s:
+                s.kept_path(0)
+        else:
+            res = CliRunner().invoke(app, ["info", str(big)] if args.phase == "biginfo"
+                                     else ["top", str(big), "--feature", "0"])
+            assert res.exit_code == 0, res.output
+        seconds = time.perf_counter() - t
+        extra["files"] = args.rows
     else:
         raise SystemExit(f"unknown phase {args.phase}")
     return {"phase": args.phase, "seconds": seconds, "peak_mb": peak_mb(), **extra}
 
 
-def run_phase(args, name: str, store: str) -> dict:
+def grow_table(store: Path, out: Path, n: int) -> tuple[float, dict]:
+    """A copy of ``store`` whose /images has ``n`` rows: its own rows first (so /kept still names
+    them), then synthetic ones (distinct names and keys, status ok). Times writing the table as
+    ``write_store`` does (chunked, compressed columns)."""
+    import h5py
+    import numpy as np
+
+    from pipeline.store.read import Store
+    from pipeline.store.write import _write_column
+
+    with Store(store) as s:
+        cols = s.images()
+    m = len(cols["path"])
+    extra_rows = np.arange(m, n)
+    rng = np.random.default_rng(0)
+    strings = lambda fmt: np.array([fmt(i) for i in extra_rows], dtype=object)
+    grown = {
+        "path": np.concatenate([cols["path"].astype(object), strings(lambda i: f"z{i // PER_FOLDER:05d}/{i:08d}.png")]),
+        "sha256": np.concatenate([cols["sha256"].astype(object), strings(lambda i: f"{i:064x}")]),
+        "key": np.concatenate([cols["key"], rng.integers(0, 2**62, n - m)]),
+        "status": np.concatenate([cols["status"].astype(object), np.full(n - m, "ok", dtype=object)]),
+    }
+    for c in ("width", "height", "size", "mtime_ns", "ctime_ns"):
+        grown[c] = np.concatenate([cols[c], np.full(n - m, cols[c][0], dtype=cols[c].dtype)])
+    shutil.copy(store, out)
+    t = time.perf_counter()
+    with h5py.File(out, "a") as f:
+        del f["images"]
+        g = f.create_group("images")
+        for c, arr in grown.items():
+            _write_column(g, c, arr)
+        f.attrs["images_seen"] = n
+    seconds = time.perf_counter() - t
+    return seconds, {"files": n, "bytes": out.stat().st_size}
+
+
+def run_phase(args, name: str, store: str, rows: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--phase", name, "--dir", args.dir, "--store", store, "--size", str(args.size),
            "--model", args.model, "--weights", args.weights, "--layer", args.layer,
-           "--batch", str(args.batch), "--workers", str(args.workers), "--device", args.device]
+           "--batch", str(args.batch), "--workers", str(args.workers), "--device", args.device, "--rows", str(rows)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -154,6 +212,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the collection and stores afterwards")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--store", default="s.h5", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--big", default="1280000", help="also grow the store's /images table to these row counts "
+                    "(comma-separated; synthetic rows) and time writing it, opening the store, info and top")
     args = ap.parse_args()
     if args.phase:
         print(json.dumps(phase(args)))
@@ -163,23 +224,33 @@ def main() -> None:
     t = time.perf_counter()
     write_images(d / "images", 0, args.n, seed=1)
     print(f"wrote {args.n} files in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    rows = []
+    table = []
+
+    def timed(name: str, store: str = "s.h5", rows: int = 0, label: str | None = None) -> None:
+        r = run_phase(args, name, store, rows)
+        r["phase"] = label or name
+        table.append(r)
+        print(r, file=sys.stderr)
+
     for name in ("list", "stat", "hash", "mine", "open", "info", "top"):
-        rows.append(run_phase(args, name, "s.h5"))
-        print(rows[-1], file=sys.stderr)
+        timed(name)
+    for rows in [int(x) for x in args.big.split(",") if x]:  # the same store, /images grown to `rows`
+        for name in ("big", "bigopen", "biginfo", "bigtop"):
+            timed(name, rows=rows, label=f"{'write' if name == 'big' else name[3:]}@{rows}")
+        (d / f"big{rows}.h5").unlink(missing_ok=True)
     shutil.copy(d / "s.h5", d / "r.h5")
     new = max(1, args.n // 100)
     write_images(d / "images", args.n, new, seed=2)  # 1% new files, in new folders
     time.sleep(0.05)  # past the 10 ms "racy" window of the new files: not needed for correctness
-    rows.append(run_phase(args, "update", "s.h5"))
-    rows.append(run_phase(args, "rehash", "r.h5"))
-    print(f"\n{args.n} files of 16x16 px PNG (+{new} new for update/rehash), --size {args.size}, "
+    timed("update")
+    timed("rehash", "r.h5")
+    print(f"\n{args.n} files of 16x16 px PNG (+{new} new for update/rehash), --model {args.model} --size {args.size}, "
           f"batch {args.batch}, {args.workers} workers, {args.device}")
-    print(f"{'phase':<8} {'seconds':>9} {'us/file':>9} {'peak MB':>8}  notes")
-    for r in rows:
+    print(f"{'phase':<14} {'seconds':>9} {'us/file':>9} {'peak MB':>8}  notes")
+    for r in table:
         files = r.get("files") or args.n
         notes = ", ".join(f"{k} {r[k]}" for k in ("new", "known", "bytes") if r.get(k) is not None)
-        print(f"{r['phase']:<8} {r['seconds']:>9.2f} {r['seconds'] / files * 1e6:>9.1f} {r['peak_mb']:>8.0f}  {notes}")
+        print(f"{r['phase']:<14} {r['seconds']:>9.2f} {r['seconds'] / files * 1e6:>9.2f} {r['peak_mb']:>8.0f}  {notes}")
     size = (d / "s.h5").stat().st_size
     print(f"store {size / 2**20:.1f} MiB ({size / (args.n + new):.0f} B per file)")
     if not args.keep:

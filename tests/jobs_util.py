@@ -104,10 +104,8 @@ def assert_same_store(a, b, ignore=TIMING_ATTRS) -> None:
     db, ab = read_all(b)
     assert sorted(da) == sorted(db)
     for n in da:
-        if n in FILE_META:  # listing metadata: -1 where a run did not take it (resumed, too recent)
-            known = (da[n] >= 0) & (db[n] >= 0)
-            np.testing.assert_array_equal(da[n][known], db[n][known], err_msg=n)
-            continue
+        if n in FILE_META:  # the files' metadata, not the results: copies of a collection differ in it,
+            continue  # a resumed run has none for its restored rows (tests/test_update_mtime.py checks it)
         np.testing.assert_array_equal(da[n], db[n], err_msg=n)
     strip = lambda d: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items() if k not in ignore}
     assert strip(aa) == strip(ab)

@@ -85,9 +85,11 @@ def test_update_reads_only_touched_rewritten_and_new_files(tmp_path, monkeypatch
     run(cfg(images, tmp_path / "r.h5", update=str(tmp_path / "r.h5"), rehash=True), net=net)
     assert sorted(set(opened(trace))) == sorted(p.relative_to(images).as_posix() for p in all_images(images))
     assert_same_store(tmp_path / "u.h5", tmp_path / "r.h5", ignore=("created", "seconds", "versions", "inputs_id"))
-    with h5py.File(tmp_path / "u.h5", "r") as f:  # every listed file has its metadata, the deleted one its old
+    with h5py.File(tmp_path / "u.h5", "r") as f, h5py.File(tmp_path / "r.h5", "r") as g:
         paths = [p.decode() for p in f["images/path"][()]]
-        assert deleted in paths and all((f[n][()] >= 0).all() for n in FILE_META)
+        assert deleted in paths  # every file has its metadata, the deleted one its old, as --rehash found
+        for n in FILE_META:
+            assert (f[n][()] >= 0).all() and (f[n][()] == g[n][()]).all(), n
 
 
 def test_store_without_file_metadata_is_rehashed_once(tmp_path, monkeypatch, trusting, net):
