@@ -355,7 +355,7 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
         # rows restored from a checkpoint get none (jobs.update).
         listed = list_stats(source, [i for i in range(len(source.paths)) if i not in state.records
                                      and (dist is None or dist.owns(source, i))])
-        skip = unchanged(source, listed, base_part.table) if base_part is not None and not cfg.rehash else {}
+        skip = unchanged(source, listed, base_part.table, base.attrs) if base_part is not None and not cfg.rehash else {}
 
         for attempt in (1, 2):
             for i, r in skip.items():  # --update: unchanged files are known without being read

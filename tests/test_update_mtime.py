@@ -8,6 +8,7 @@ store the metadata shortcut must equal.
 """
 import os
 import shutil
+from datetime import datetime, timezone
 
 import h5py
 import numpy as np
@@ -30,10 +31,21 @@ def net():
 
 @pytest.fixture()
 def trusting(monkeypatch):
-    """Files written a moment ago are "racy" (their metadata is not trusted, jobs.update.racy);
-    these tests write them and update at once."""
-    monkeypatch.setattr(update, "RACY_NS", 0)
-    monkeypatch.setattr(update, "RACY_COARSE_NS", 0)
+    """Files written less than a second before the base store's job started are "racy" (their
+    metadata is not trusted, jobs.update.racy); these tests write them and mine at once."""
+    monkeypatch.setattr(update, "racy", lambda meta, since: False)
+
+
+def test_racy_rule():
+    """By hand: a file changed within 10 ms (2 s with whole-second stamps) of the listing is racy."""
+    t = 1_700_000_000_500_000_000
+    assert update.racy((1, t - 5_000_000, t - 5_000_000), t)
+    assert not update.racy((1, t - 20_000_000, t - 20_000_000), t)
+    whole = 1_700_000_000_000_000_000
+    assert update.racy((1, whole - 10**9, whole - 10**9), whole + 500_000_000)
+    assert not update.racy((1, whole - 3 * 10**9, whole - 3 * 10**9), whole)
+    assert update.listed_since({"created": "2026-12-06T05:00:10+00:00", "seconds": 10.0}) == \
+        int(datetime(2026, 12, 6, 5, 0, 0, tzinfo=timezone.utc).timestamp()) * 10**9
 
 
 def traced(monkeypatch, path):

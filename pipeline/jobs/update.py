@@ -15,12 +15,15 @@ ctime, which the kernel sets on every write, rename into place or metadata chang
 inode number is not used (moving the collection to another disk would re-hash it all
 anyway, since ctime changes too). The trade: a rewrite that leaves size, mtime and ctime
 as they were is not seen; that takes a clock set back, or a file system whose
-timestamps are coarser than the rewrite was quick. For the latter a file listed within
-a clock tick of its last change (:func:`racy`: 10 ms, 2 s on a file system with whole-second
-stamps) is recorded without metadata (-1, "racy" as git calls it) and re-hashed on the
-next update. Rows restored from a checkpoint have
-no metadata either (it would be this run's, not that of the read): they are re-hashed
-once. Array items and Datasets have no file metadata: always read.
+timestamps are coarser than the rewrite was quick. For the latter a row whose file changed
+within a clock tick (:func:`racy`: 10 ms, 2 s on a file system with whole-second stamps)
+before the base store's job started (``created`` less ``seconds``: every listing came
+after) is not trusted ("racy", as git calls it) and the file is re-hashed. (The check is made
+when the store is used, not when it is written, so a store's contents do not depend on
+timing. For rows a ``mine merge`` brought in, the merge's start is later than their listing:
+the guard is weaker there.) Rows restored from a checkpoint have no metadata (-1; it would
+be this run's, not that of the read): they are re-hashed once. Array items and Datasets
+have no file metadata: always read.
 
 Semantics, because a top-k cannot forget: an updated store covers every image
 content ever mined into it. A file deleted from the collection, or the old
@@ -30,14 +33,13 @@ top-k. Start a fresh store (``--force``) to drop them.
 from __future__ import annotations
 
 import hashlib
-import time
+from datetime import datetime
 
 import numpy as np
 import torch
 
 from ..data import ImageDataset, image_key
 from ..data.read import Unreadable
-from ..data.sources import NO_STAT
 from ..mining.stream import ImageRecord
 from .combine import CONTENT_OK, STAT_COLUMNS, _s
 
@@ -55,25 +57,32 @@ def racy(meta: tuple[int, int, int], now: int) -> bool:
 
 
 def list_stats(source, indices) -> dict[int, tuple[int, int, int]]:
-    """``index -> (size, mtime_ns, ctime_ns)`` of ``indices``, taken now (before any is read);
-    :data:`NO_STAT` for a file changed just before (:func:`racy`, see the module docstring)."""
-    now = time.time_ns()
-    out = {}
-    for i in indices:
-        st = source.stat(i)
-        out[i] = NO_STAT if st[0] < 0 or racy(st, now) else st
-    return out
+    """``index -> (size, mtime_ns, ctime_ns)`` of ``indices``, taken now (before any is read)."""
+    return {i: source.stat(i) for i in indices}
 
 
-def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np.ndarray]) -> dict[int, ImageRecord]:
+def listed_since(attrs: dict) -> int | None:
+    """A time (ns) before which every file of the store was listed: its job's start (``created``,
+    whole seconds, less ``seconds``); None if unknown."""
+    try:
+        created = datetime.fromisoformat(str(attrs["created"])).timestamp()
+        return int((created - float(attrs["seconds"])) * 1e9)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np.ndarray],
+              base_attrs: dict) -> dict[int, ImageRecord]:
     """Records (reason "known") of the files among ``stats`` that need not be read: the base
-    store has a used row of the same path whose size, mtime and ctime are theirs."""
-    if not all(c in base for c in STAT_COLUMNS):
+    store has a used row of the same path whose size, mtime and ctime are theirs, and that file
+    had not changed just before the base store's job listed it (:func:`racy`)."""
+    since = listed_since(base_attrs)
+    if since is None or not all(c in base for c in STAT_COLUMNS):
         return {}  # a store written before it kept file metadata: every file is hashed once
     by_path: dict[tuple[str, tuple[int, int, int]], tuple[int, str]] = {}
     for j, (p, st) in enumerate(zip(base["path"], base["status"])):
         meta = tuple(int(base[c][j]) for c in STAT_COLUMNS)
-        if _s(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0:
+        if _s(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0 and not racy(meta, since):
             by_path[(_s(p), meta)] = (int(base["key"][j]), _s(base["sha256"][j]))
     out = {}
     for i, meta in stats.items():
