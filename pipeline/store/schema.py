@@ -19,7 +19,7 @@
     /images/width, height  (N,) int32 original size (0 when unreadable)
     /images/size, mtime_ns, ctime_ns  (N,) int64 the file when listed, before it was read
                            (bytes, ns): ``--update`` does not read a file whose three
-                           values match; -1 unknown (array items, racy or resumed rows,
+                           values match; -1 unknown (array items, resumed rows,
                            jobs/update.py). Optional: older stores have none
     /images/label          (N,) str   only for an array/Dataset source with labels (.npz
                            ``labels``, MNIST's labels file, a Dataset's (image, label)
