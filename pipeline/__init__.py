@@ -8,10 +8,10 @@ Python API (the CLI is a thin layer over it)::
         for e in s.entries("conv4_4", 171):
             print(e.rank, e.value, e.path, e.box)
 """
-__version__ = "0.1.0"
-
-from .run import RunConfig, RunResult, run  # noqa: E402
-from .store.read import Entry, Store  # noqa: E402
-from .store.schema import StoreError  # noqa: E402
+from .config import RunConfig
+from .run import RunResult, run
+from .store.read import Entry, Store
+from .store.schema import StoreError
+from .versions import __version__
 
 __all__ = ["RunConfig", "RunResult", "run", "Store", "Entry", "StoreError", "__version__"]

@@ -41,7 +41,7 @@ def _setup() -> None:
     logger = logging.getLogger("pipeline")
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines(logging.WARNING))
-    from .jobs.faults import pause_point
+    from .faults import pause_point
 
     pause_point("command")  # tests: a command about to start, under the process's signal handler
 
@@ -54,7 +54,7 @@ def fail(msg: str, code: int) -> None:
 def classify(e: BaseException) -> int:
     """Exit code for a known failure, None for a bug (which should show its traceback)."""
     from .data import SourceError
-    from .jobs.errors import (
+    from .errors import (
         CheckpointError,
         CheckpointMismatch,
         IncompatibleError,
@@ -629,10 +629,10 @@ def embed(
 
 def main() -> None:
     """The ``mine`` program (``python -m pipeline`` and the ``mine`` script): the commands under one
-    SIGINT/SIGTERM handler for the whole process (``jobs.signals.ProcessSignals``), so a signal at
+    SIGINT/SIGTERM handler for the whole process (``pipeline.signals.ProcessSignals``), so a signal at
     any moment, shutting down included, ends with exit 5 and never kills the process (143)."""
-    from .jobs.faults import pause_point
-    from .jobs.signals import ProcessSignals
+    from .faults import pause_point
+    from .signals import ProcessSignals
 
     signals = ProcessSignals().install()
     code = 130  # a signal that ends the command before typer returns (see below)

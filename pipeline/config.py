@@ -16,9 +16,46 @@ from __future__ import annotations
 import numbers
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .data.preprocess import parse_values
+
+
+@dataclass
+class RunConfig:
+    """Everything ``mine run`` is told (``pipeline.run`` does it); a file's values via ``load_config``."""
+
+    images: str
+    layer: str = "conv4_4"
+    model: str = "vgg19"
+    weights: str = "imagenet"
+    k: int = 9
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    size: int = 224
+    resize: str = "center-crop"
+    limit: int | None = None
+    data_root: str | None = None
+    out: str | None = None
+    precision: str = "fp32"
+    channels_last: bool = False  # always on for CUDA; settable to prove on CPU it changes nothing
+    progress: bool = True
+    update: str | None = None  # extend this store: mine only image contents it does not hold
+    force: bool = False  # replace an existing complete store
+    rehash: bool = False  # --update: read and hash every file, also those whose size/mtime/ctime are unchanged
+    checkpoint_every: str = "5m"  # N batches, or a time: 90s, 5m, 1h; 0 = only at the end / on signals
+    discard_checkpoint: bool = False  # delete a checkpoint instead of resuming from it
+    log: str | None = None  # run record log (the CLI appends it; default mine-runs.jsonl by the store)
+    pooled: str | None = None  # also store per image the global average and max of these layers (``mine embed``)
+    # What the network was trained with, over the weights' preset and the model's own attribute
+    # (``data.preprocess.resolve``); only when ``run`` builds the network itself.
+    preprocessing: str | None = None  # torchvision | caffe
+    channels: int | None = None  # 1 (grey) or 3
+    mean: str | list | float | None = None  # per channel, pixels in [0, 1]: "0.1307" or "0.485,0.456,0.406"
+    std: str | list | float | None = None
+
 
 _INT, _STR, _BOOL = "an integer", "a string", "true or false"
 INTEGERS = {"k": 1, "batch_size": 1, "workers": 0, "size": 1, "limit": 1, "channels": 1}  # key -> smallest value
@@ -83,8 +120,6 @@ def check_options(values: dict, budget: bool = True) -> None:
 def load_config(path: str | Path | None, overrides: dict):
     """Merge defaults <- file <- overrides (``None`` values in overrides mean "not given");
     a ``RunConfig``."""
-    from .run import RunConfig
-
     values: dict = {}
     if path is not None:
         p = Path(path)

@@ -27,10 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import check_options
+from .config import RunConfig, check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .data.preprocess import options
 from .devices import resolve_device
+from .errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
+from .faults import pause_point
 from .jobs import distributed
 from .jobs.checkpoint import (
     Checkpoint,
@@ -42,18 +44,16 @@ from .jobs.checkpoint import (
     save_checkpoint,
 )
 from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
-from .jobs.errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
-from .jobs.faults import pause_point
-from .jobs.lock import StoreLock
 from .jobs.output import remove_stale_temps, store_target, write_isolated
 from .jobs.record import JobStats
-from .jobs.signals import InterruptGuard
 from .jobs.update import KNOWN, SkipKnown, known_keys, list_stats, resolve_known_rows, unchanged
+from .lock import StoreLock
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
 from .mining.stream import DTYPES, ImageRecord, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
+from .signals import InterruptGuard
 from .store.read import Store
 from .store.schema import StoreError
 from .store.write import images_table as store_images_table
@@ -61,39 +61,6 @@ from .store.write import write_store
 from .versions import versions
 
 log = logging.getLogger("pipeline")
-
-
-@dataclass
-class RunConfig:
-    images: str
-    layer: str = "conv4_4"
-    model: str = "vgg19"
-    weights: str = "imagenet"
-    k: int = 9
-    batch_size: int = 32
-    workers: int = 2
-    device: str = "auto"
-    size: int = 224
-    resize: str = "center-crop"
-    limit: int | None = None
-    data_root: str | None = None
-    out: str | None = None
-    precision: str = "fp32"
-    channels_last: bool = False  # always on for CUDA; settable to prove on CPU it changes nothing
-    progress: bool = True
-    update: str | None = None  # extend this store: mine only image contents it does not hold
-    force: bool = False  # replace an existing complete store
-    rehash: bool = False  # --update: read and hash every file, also those whose size/mtime/ctime are unchanged
-    checkpoint_every: str = "5m"  # N batches, or a time: 90s, 5m, 1h; 0 = only at the end / on signals
-    discard_checkpoint: bool = False  # delete a checkpoint instead of resuming from it
-    log: str | None = None  # run record log (the CLI appends it; default mine-runs.jsonl by the store)
-    pooled: str | None = None  # also store per image the global average and max of these layers (``mine embed``)
-    # What the network was trained with, over the weights' preset and the model's own attribute
-    # (``data.preprocess.resolve``); only when ``run`` builds the network itself.
-    preprocessing: str | None = None  # torchvision | caffe
-    channels: int | None = None  # 1 (grey) or 3
-    mean: str | list | float | None = None  # per channel, pixels in [0, 1]: "0.1307" or "0.485,0.456,0.406"
-    std: str | list | float | None = None
 
 
 @dataclass
@@ -478,7 +445,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
                              fingerprint: dict, every, complete: bool, stats: JobStats,
                              guard: InterruptGuard, dist=None) -> None:
     """The streaming pass over the images without a record, checkpointed; on return the
-    checkpoint is complete and later signals interrupt at once (see ``jobs.signals``)."""
+    checkpoint is complete and later signals interrupt at once (see ``pipeline.signals``)."""
     total = len(source.paths)
     todo = [i for i in range(total) if i not in state.records]
 

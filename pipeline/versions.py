@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
+__version__ = "0.1.0"  # the package's version (pyproject.toml's); the root re-exports it
 
 
 def versions() -> dict[str, str]:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.data.preprocess import Preprocessing, normalize_float  # noqa: E402
 from pipeline.devices import resolve_device  # noqa: E402
 from pipeline.models.weights import load_network  # noqa: E402
-from pipeline.render.names import parse_features  # noqa: E402
+from pipeline.pictures.names import parse_features  # noqa: E402
 from pipeline.visualize import VisualizeConfig, visualize_units  # noqa: E402
 from pipeline.visualize.optimize import layer_output  # noqa: E402
 

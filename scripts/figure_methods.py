@@ -14,9 +14,9 @@ import argparse
 import numpy as np
 from PIL import Image
 
+from pipeline.pictures.montage import BLOCK_GAP, display_side, grid, grid_shape, label_band, save_png, to_display
 from pipeline.render import Renderer, load_store_network
 from pipeline.render.crop import unit_crop
-from pipeline.render.montage import BLOCK_GAP, display_side, grid, grid_shape, label_band, save_png, to_display
 from pipeline.render.normalise import display
 from pipeline.store.read import Store, overview_channels
 

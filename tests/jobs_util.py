@@ -135,7 +135,7 @@ def write_lock(store: Path, pid: int, host: str | None = None, proc_start: int |
     import json
     import socket
 
-    from pipeline.jobs.lock import lock_path
+    from pipeline.lock import lock_path
 
     lock_path(store).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "earlier",
                                             "proc_start": proc_start, "token": "x", "command": "mine run"}))

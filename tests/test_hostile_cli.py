@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from pipeline import Store, exitcodes, run
 from pipeline.cli import app, message
-from pipeline.render.names import safe_name
+from pipeline.pictures.names import safe_name
 
 UNIT = ["--model", "vgg16", "--weights", "random"]
 
@@ -285,7 +285,7 @@ def test_error_lines_keep_their_closing_quote(work):
 
 
 def test_a_failed_png_write_leaves_no_temp_file(tmp_path, monkeypatch):
-    from pipeline.render import montage
+    from pipeline.pictures import montage
 
     def full_disk(self, fp, *a, **kw):
         Path(fp).write_bytes(b"half a png")

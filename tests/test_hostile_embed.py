@@ -394,7 +394,7 @@ def test_embed_of_a_missing_store_creates_nothing(tmp_path):
 def test_embed_through_a_symlink_is_locked_out_by_the_targets_lock(store, live_pid):
     from jobs_util import write_lock
 
-    from pipeline.jobs.lock import _proc_start
+    from pipeline.lock import _proc_start
 
     link = store.parent / "latest.h5"
     link.symlink_to(store.name)

@@ -193,7 +193,7 @@ def test_undecodable_file_name_is_skipped_and_recorded_not_fatal(images, tmp_pat
 # --- 4b/7/9/10. symlinked stores, --limit, --out ---------------------------------------------
 
 def test_update_through_a_symlink_writes_the_target_and_locks_it(images, net, full, tmp_path, live_pid):
-    from pipeline.jobs.lock import _proc_start
+    from pipeline.lock import _proc_start
 
     real = tmp_path / "2026-11-25.h5"
     fewer = list_file(tmp_path / "l.txt", sorted(images.rglob("*.png"))[:9])

@@ -26,10 +26,10 @@ from typer.testing import CliRunner
 
 from pipeline import exitcodes, run
 from pipeline.cli import app
+from pipeline.errors import LockedError, WriteError
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
-from pipeline.jobs.errors import LockedError, WriteError
-from pipeline.jobs.lock import StoreLock, _proc_start, lock_path
 from pipeline.jobs.record import LOG_NAME
+from pipeline.lock import StoreLock, _proc_start, lock_path
 
 cli = CliRunner()
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from pipeline import Store, run
 from pipeline.cli import app
 from pipeline.models.weights import build_model
+from pipeline.pictures.montage import MIN_WIDTH
 from pipeline.render import feature_files, layer_files, render_store
-from pipeline.render.montage import MIN_WIDTH
 from pipeline.store.read import border_units, live_units, overview_channels, strongest_channels
 
 K = 4

@@ -59,7 +59,7 @@ def test_top_n_keeps_the_strongest_maps(nets):
     net = nets["vgg16"]
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     acts = {}
-    from pipeline.mining.taps import hooked, run_to
+    from pipeline.models.hooks import hooked, run_to
     with torch.no_grad(), hooked(net, ["conv3_3"], lambda n, o: acts.setdefault(n, o.clone())):
         run_to(net, x)
     best = acts["conv3_3"][0].flatten(1).amax(1).argsort(descending=True)[:3].tolist()

@@ -1,7 +1,7 @@
 """Crash and resume: kill -9 at named points, SIGINT/SIGTERM, then the same command again.
 
 The killed runs are real ``mine run`` processes, paused deterministically with
-MINE_TEST_PAUSE_AT (see pipeline/jobs/faults.py) and killed once they report the
+MINE_TEST_PAUSE_AT (see pipeline/faults.py) and killed once they report the
 pause. All of them start at once (they are independent) to keep the suite short.
 Whatever the point, the resumed store must equal an uninterrupted run's, dataset
 for dataset (timing attributes aside), and no lock, checkpoint or temp file remains.

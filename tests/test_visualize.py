@@ -224,7 +224,7 @@ def test_fourier_amplitude_is_one_over_frequency():
 def test_layer_grid_is_legible_and_labelled(tmp_path):
     """32 px tiles of 5 units: enlarged by the smallest integer factor that makes the grid 600 px wide,
     pixel for pixel (nearest neighbour), each under a caption band with text in it."""
-    from pipeline.render.sheet import CAPTION
+    from pipeline.pictures.sheet import CAPTION
     from pipeline.visualize.files import GRID_GAP, write_layer_grid
 
     gen = np.random.default_rng(0)

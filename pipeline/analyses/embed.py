@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from ..data.read import Unreadable, read_file
-from ..durable import fsync_rename
-from ..jobs.combine import CONTENT_OK, _s
-from ..jobs.faults import pause_point
+from ..durable import write_atomically
+from ..faults import pause_point
+from ..jobs.combine import CONTENT_OK
 from ..store.read import Store
+from ..store.schema import as_str
 
 log = logging.getLogger("pipeline")
 
@@ -59,7 +60,7 @@ def features(store: Store, layer: str, pool: str = "avg") -> tuple[np.ndarray, n
     if pool not in POOLS:
         raise ValueError(f"unknown --pool {pool!r}; use one of: {', '.join(POOLS)}")
     v = store.pooled(layer)
-    status = [_s(s) for s in store.f["images/status"][()]]
+    status = [as_str(s) for s in store.f["images/status"][()]]
     rows = np.array([j for j, s in enumerate(status) if s == "ok"], np.int64)
     x = v[rows].astype(np.float32)
     x = {"avg": x[:, 0], "max": x[:, 1], "both": x.reshape(len(rows), -1)}[pool]
@@ -200,8 +201,7 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     """Pooled vectors of the images ``rows`` through the same architecture with ``random`` weights,
     read again from the source files (None when they are no longer there)."""
     from ..data import ImageDataset, make_loader
-    from ..data.preprocess import Preprocessing
-    from ..mining.stream import _as_input
+    from ..data.preprocess import Preprocessing, to_device
     from ..mining.taps import layer_stats
     from ..models.weights import load_network
 
@@ -213,7 +213,7 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     out = np.zeros((len(rows), 2, net.layers[layer].channels), np.float32)
     start = 0
     for batch in make_loader(ImageDataset(found[0], prep, found[1]), batch_size, workers, False):
-        x = _as_input(batch["pixels"], prep, torch.device(device), False)
+        x = to_device(batch["pixels"], prep, torch.device(device), False)
         vec = layer_stats(net, [], [layer], x)[1][layer]
         out[start:start + len(x)] = vec.float().cpu().numpy()
         start += len(x)
@@ -225,7 +225,7 @@ def _sources(store: Store, rows: np.ndarray):
     collection, ``data.sources.reopen``), None when they are gone."""
     from ..data.sources import reopen
 
-    names = [_s(store.f["images/path"][r]) for r in rows]
+    names = [as_str(store.f["images/path"][r]) for r in rows]
     return reopen(str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")), names)
 
 
@@ -234,7 +234,7 @@ def stored_labels(store: Store, rows: np.ndarray) -> list[str] | None:
     if "label" not in store.f["images"]:
         return None
     labels = store.f["images/label"][()]
-    return [_s(labels[r]) or "?" for r in rows]
+    return [as_str(labels[r]) or "?" for r in rows]
 
 
 # --- writing back -----------------------------------------------------------------------------
@@ -249,8 +249,8 @@ def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarr
     for j, s in enumerate(status):
         if s in CONTENT_OK and s != "ok" and int(keys[j]) in at:
             full[j] = at[int(keys[j])]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
             g = f.require_group("embed")
@@ -258,10 +258,7 @@ def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarr
                 del g[layer]
             d = g.create_dataset(layer, data=full)
             d.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
-        fsync_rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, write, fsync=True)
 
 
 @dataclass
@@ -296,7 +293,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
         img = None
         try:  # the one file reader: a source swapped for a FIFO or a /dev/zero link is refused, not read
             data = (found[0].read(found[1][j]) if found is not None
-                    else read_file(root / _s(store.f["images/path"][r])))
+                    else read_file(root / as_str(store.f["images/path"][r])))
             img = decode_image(data, t)
         except (OSError, BadImage, Unreadable):
             if int(keys[r]) in kept:
@@ -325,9 +322,9 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     no lock (the store is replaced atomically, an open reader keeps its version)."""
     import time
 
-    from ..jobs.lock import StoreLock
     from ..jobs.output import remove_stale_temps, store_target, write_isolated
-    from ..jobs.signals import InterruptGuard
+    from ..lock import StoreLock
+    from ..signals import InterruptGuard
 
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; use one of: {', '.join(METHODS)}")
@@ -352,7 +349,7 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
 
 
 def _default_out(path: Path) -> Path:
-    from ..render.names import default_out_dir
+    from ..pictures.names import default_out_dir
 
     return default_out_dir(path) / "embed"
 
@@ -361,7 +358,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
     """Everything ``embed_store`` computes from the store: (result, coordinates, categories, data)."""
     import time
 
-    from ..render.scatter import pick_thumbnails, to_canvas
+    from ..pictures.scatter import pick_thumbnails, to_canvas
 
     with Store(path) as s:
         pause_point("embed")  # tests: stop here holding the lock (a signal, a concurrent --update)
@@ -372,7 +369,7 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         x, rows = features(s, layer, pool)
         if len(rows) < 2:
             raise ValueError(f"{path} holds {len(rows)} usable image(s): nothing to map")
-        paths = [_s(p) for p in s.f["images/path"][()]]
+        paths = [as_str(p) for p in s.f["images/path"][()]]
         used = [paths[r] for r in rows]
         root = str(s.attrs.get("images_root"))
         cats = file_labels(used, labels, root) if labels else (stored_labels(s, rows) or folder_labels(used))
@@ -398,14 +395,14 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         res.seconds["knn"] = time.perf_counter() - t
         chosen = pick_thumbnails(to_canvas(xy, 1200, THUMB), THUMB, thumbnails, seed)
         data = {"thumbs": _thumbnails(s, rows, chosen, THUMB), "rows": rows, "n_images": len(paths),
-                "keys": s.f["images/key"][()], "status": [_s(v) for v in s.f["images/status"][()]]}
+                "keys": s.f["images/key"][()], "status": [as_str(v) for v in s.f["images/status"][()]]}
     return res, xy, cats, data
 
 
 def _save_pictures(res: EmbedResult, xy, cats, thumbs, out: Path, pool: str) -> None:
-    from ..render.montage import save_png
-    from ..render.names import safe_name
-    from ..render.scatter import category_scatter, thumbnail_map
+    from ..pictures.montage import save_png
+    from ..pictures.names import safe_name
+    from ..pictures.scatter import category_scatter, thumbnail_map
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,12 +31,14 @@ import numpy as np
 import torch
 
 from ..data.preprocess import Preprocessing
-from ..mining.taps import hooked, run_to, spatial_max
+from ..durable import save_array
+from ..mining.taps import spatial_max
+from ..models.hooks import hooked, run_to
 from ..models.network import Network
-from ..render.montage import save_png
-from ..render.names import safe_name
-from ..render.sensitivity import draw_box, overlay
-from ..render.sheet import labelled_grid
+from ..pictures.montage import save_png
+from ..pictures.names import safe_name
+from ..pictures.sensitivity import draw_box, overlay
+from ..pictures.sheet import labelled_grid
 from .inputs import as_input, load_pixels, preprocessing
 
 Score = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) normalised -> (B,)
@@ -181,7 +183,7 @@ def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names:
     res.files.append(png)
     for i, m in enumerate(maps):
         p = out / f"{stem}.{i}.npy" if len(maps) > 1 else out / f"{stem}.npy"
-        np.save(p, m.scores)
+        save_array(p, m.scores)
         res.arrays.append(p)
     return res
 
@@ -209,7 +211,7 @@ def occlude_store(store_path: str | Path, out: Path | None = None, weights: str 
     """``mine occlude STORE``: the unit's top-k images from the store's kept pixels, written to
     ``<store>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
     links it from the unit."""
-    from ..render.names import default_out_dir
+    from ..pictures.names import default_out_dir
     from ..render.project import load_store_network
     from ..store.read import Store
 

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from ..deconv import METHODS, backproject
+from ..durable import save_array
 from ..models.network import Network
-from ..render.montage import save_png
-from ..render.names import safe_name
+from ..pictures.montage import save_png
+from ..pictures.names import safe_name
+from ..pictures.sheet import labelled_grid
 from ..render.normalise import display, to_rgb
-from ..render.sheet import labelled_grid
 from .inputs import as_input, image_stems, load_pixels, preprocessing
 
 
@@ -97,7 +98,7 @@ def reconstruct_images(net: Network, images: list[str | Path], layers: list[str]
             save_png(labelled_grid([[pixels[i], shown[i]]], cols=["input", f"{layer}{_what(feature, top)}"]), png)
             res.files.append(png)
             if save_arrays:
-                np.save(out / f"{stem}.npy", proj[i].astype(np.float32))
+                save_array(out / f"{stem}.npy", proj[i].astype(np.float32))
                 res.arrays.append(out / f"{stem}.npy")
             cells[i].append(shown[i])
     if sheet if sheet is not None else (len(images) > 1 or len(layers) > 1):

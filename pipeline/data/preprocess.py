@@ -75,6 +75,7 @@ __all__ = [
     "pad_color",
     "parse_values",
     "resolve",
+    "to_device",
     "to_pixels",
 ]
 
@@ -345,6 +346,14 @@ def normalize(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
         )
     x = pixels.permute(0, 3, 1, 2).to(torch.float32)
     return _standardise(x[:, :1] if prep.channels == 1 else x, prep)
+
+
+def to_device(pixels: torch.Tensor, prep: Preprocessing, device: torch.device,
+              channels_last: bool = False) -> torch.Tensor:
+    """uint8 pixels -> :func:`normalize`-d float32 on ``device`` (the copy is async from pinned
+    memory), channels-last if asked: a batch as the network takes it."""
+    x = normalize(pixels.to(device, non_blocking=True), prep)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def normalize_float(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mining.taps import hooked, run_to
+from ..models.hooks import hooked, run_to
 from ..models.network import Network
 from .rules import rectifier_rules
 

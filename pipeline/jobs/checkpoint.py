@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..durable import fsync_rename
+from ..durable import write_atomically
+from ..errors import CheckpointError
 from ..mining.stats import BINS_VERSION, NBINS
 from ..mining.stream import ImageRecord
-from .errors import CheckpointError
-from .faults import pause_point
 from .output import write_error
 
 log = logging.getLogger(__name__)
@@ -142,18 +140,14 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     for j, sd in enumerate(ck.pooled.values()):
         for n in ("keys", "rows"):
             arrays[f"pooled{j}_{n}"] = sd[n].cpu().numpy()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        pause_point("checkpoint-write")
-        fsync_rename(tmp, path)
+    try:
+        write_atomically(path, write, fsync=True, pause="checkpoint-write")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise write_error(path, e, "the previous checkpoint (if any) and store are unchanged") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _load_stats(z, meta: dict, path: Path) -> dict | None:

@@ -36,13 +36,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.preprocess import Preprocessing
+from ..errors import IncompatibleError
+from ..faults import pause_point
 from ..mining.finalize import Finalized, finalize
 from ..mining.stats import UnitStats
 from ..mining.topk import RunningTopK
 from ..models.network import Network
+from ..store.schema import as_str
 from ..store.write import images_table
-from .errors import IncompatibleError
-from .faults import pause_point
 from .unitstats import union_stats
 
 CONTENT_OK = ("ok", "duplicate")
@@ -51,10 +52,6 @@ COLUMNS = ("path", "sha256", "key", "status", "width", "height")
 STAT_COLUMNS = ("size", "mtime_ns", "ctime_ns")  # the file when listed (jobs.update); -1: unknown
 NO_STAT = (-1, -1, -1)
 LABEL = "label"  # optional column: an array/Dataset source's labels
-
-
-def _s(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass
@@ -125,7 +122,7 @@ def tops_from_store(store, layers: list[str]) -> dict[str, RunningTopK]:
 def part_from_store(store, layers: list[str]) -> Part:
     """A finished store as a part; its kept pixels serve finalize (no source files needed)."""
     images = store.images()
-    table = {c: (np.array([_s(v) for v in images[c]], dtype=object) if images[c].dtype.kind in "OSU"
+    table = {c: (np.array([as_str(v) for v in images[c]], dtype=object) if images[c].dtype.kind in "OSU"
                  else images[c]) for c in (*COLUMNS, LABEL, *STAT_COLUMNS) if c in images}
     kept_row = {int(k): i for i, k in enumerate(store.kept_keys())}
 
@@ -146,7 +143,7 @@ def pooled_from_store(store, table: dict) -> dict[str, dict[int, np.ndarray]]:
     for layer in store.attrs.get("pooled") or []:
         rows = store.pooled(layer)
         out[layer] = {int(k): rows[j] for j, (k, s) in enumerate(zip(table["key"], table["status"]))
-                      if _s(s) in CONTENT_OK}
+                      if as_str(s) in CONTENT_OK}
     return out
 
 
@@ -161,7 +158,7 @@ def pooled_columns(parts: list[Part], table: dict) -> dict[str, np.ndarray]:
         c = next(iter(by_key.values())).shape[-1] if by_key else 0
         col = np.full((len(table["key"]), 2, c), np.nan, np.float16)
         for j, (k, s) in enumerate(zip(table["key"], table["status"])):
-            if _s(s) in CONTENT_OK and int(k) in by_key:
+            if as_str(s) in CONTENT_OK and int(k) in by_key:
                 col[j] = by_key[int(k)]
         cols[f"{POOLED}{layer}"] = col
     return cols
@@ -185,10 +182,10 @@ def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
         t = part.table
         has_meta = all(c in t for c in STAT_COLUMNS)
         for j in range(len(t["path"])):
-            ident = (_reroot(_s(t["path"][j]), part.root, common), int(t["key"][j]))
+            ident = (_reroot(as_str(t["path"][j]), part.root, common), int(t["key"][j]))
             if ident not in rows:
-                label = _s(t[LABEL][j]) if LABEL in t else None
-                rows[ident] = (_s(t["sha256"][j]), _s(t["status"][j]), int(t["width"][j]), int(t["height"][j]),
+                label = as_str(t[LABEL][j]) if LABEL in t else None
+                rows[ident] = (as_str(t["sha256"][j]), as_str(t["status"][j]), int(t["width"][j]), int(t["height"][j]),
                                label or None)
             meta[ident] = tuple(int(t[c][j]) for c in STAT_COLUMNS) if has_meta else NO_STAT
     table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h, label, meta[(path, key)])

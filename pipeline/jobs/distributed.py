@@ -66,11 +66,11 @@ import torch
 import torch.distributed as tdist
 
 from ..devices import resolve_device
+from ..errors import CheckpointError, Interrupted
+from ..lock import StoreLock
 from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
 from .checkpoint import Checkpoint, checkpoint_path, differences, load_checkpoint
-from .errors import CheckpointError, Interrupted
-from .lock import StoreLock
 from .output import remove_stale_temps
 from .update import SkipKnown
 
@@ -416,7 +416,7 @@ class Dist:
         """Subtract the statistics of the images ``indices`` (this rank's files) once; how many could
         not be (their file no longer holds the content mined)."""
         from ..data import ImageDataset
-        from .unitstats import _stream_stats
+        from .unitstats import stream_stats
 
         ds = ImageDataset(source, prep, indices)
 
@@ -428,7 +428,7 @@ class Dist:
                 return rec
             return get
 
-        again = _stream_stats([fetch(j) for j in range(len(indices))], net, list(state.tops), prep, self.device,
+        again = stream_stats([fetch(j) for j in range(len(indices))], net, list(state.tops), prep, self.device,
                               precision)
         first = next(iter(again.values()))
         for n, s in again.items():

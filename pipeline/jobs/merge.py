@@ -26,6 +26,8 @@ from pathlib import Path
 
 from ..data.preprocess import Preprocessing
 from ..devices import resolve_device
+from ..errors import StoreExistsError
+from ..lock import StoreLock
 from ..models.errors import WeightsError
 from ..models.weights import load_network
 from ..store.read import Store
@@ -33,8 +35,6 @@ from ..store.write import write_store
 from ..versions import versions
 from .checkpoint import fingerprint_id
 from .combine import check_compatible, combine, config_of_run, config_of_store, part_from_store
-from .errors import StoreExistsError
-from .lock import StoreLock
 from .output import remove_stale_temps, store_target, write_isolated
 from .record import JobStats
 

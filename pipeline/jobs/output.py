@@ -34,8 +34,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import WriteError
-from .lock import pid_alive
+from ..errors import WriteError
+from ..lock import pid_alive
 
 log = logging.getLogger("pipeline")
 

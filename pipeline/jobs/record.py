@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import __version__, exitcodes
+from .. import exitcodes
 from ..durable import write_fsync
+from ..versions import __version__
 
 logger = logging.getLogger("pipeline")
 

@@ -41,7 +41,8 @@ import torch
 from ..data import ImageDataset, image_key
 from ..data.read import Unreadable
 from ..mining.stream import ImageRecord
-from .combine import CONTENT_OK, STAT_COLUMNS, _s
+from ..store.schema import as_str
+from .combine import CONTENT_OK, STAT_COLUMNS
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
 RACY_NS = 10_000_000  # a file changed less than this before it was listed: its metadata is not trusted
@@ -82,8 +83,8 @@ def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np
     by_path: dict[tuple[str, tuple[int, int, int]], tuple[int, str]] = {}
     for j, (p, st) in enumerate(zip(base["path"], base["status"])):
         meta = tuple(int(base[c][j]) for c in STAT_COLUMNS)
-        if _s(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0 and not racy(meta, since):
-            by_path[(_s(p), meta)] = (int(base["key"][j]), _s(base["sha256"][j]))
+        if as_str(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0 and not racy(meta, since):
+            by_path[(as_str(p), meta)] = (int(base["key"][j]), as_str(base["sha256"][j]))
     out = {}
     for i, meta in stats.items():
         if meta[0] < 0:
@@ -97,7 +98,7 @@ def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np
 def known_keys(table: dict[str, np.ndarray]) -> set[int]:
     """Keys of the contents a store has mined (rows "ok"/"duplicate"; not the skipped ones,
     which are tried again: the file may have been repaired or the decoder improved)."""
-    return {int(k) for k, s in zip(table["key"], table["status"]) if _s(s) in CONTENT_OK}
+    return {int(k) for k, s in zip(table["key"], table["status"]) if as_str(s) in CONTENT_OK}
 
 
 class SkipKnown(ImageDataset):
@@ -134,7 +135,7 @@ def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]
     decides ok/duplicate) with the size the base store recorded for that content."""
     size = {}
     for k, s, w, h in zip(base["key"], base["status"], base["width"], base["height"]):
-        if _s(s) in CONTENT_OK:
+        if as_str(s) in CONTENT_OK:
             size.setdefault(int(k), (int(w), int(h)))
     out = {c: np.array(v, copy=True) for c, v in table.items()}
     for j, st in enumerate(out["status"]):

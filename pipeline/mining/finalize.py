@@ -30,9 +30,10 @@ import torch
 from ..data import make_loader, normalize
 from ..data.preprocess import Preprocessing
 from ..models.geometry import step_of
+from ..models.hooks import hooked, run_to
 from ..models.network import Network
 from .switches import pool_offsets
-from .taps import hooked, run_to, spatial_max
+from .taps import spatial_max
 from .topk import EMPTY_KEY, RunningTopK
 
 FINAL_BATCH = 8

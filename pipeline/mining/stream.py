@@ -15,8 +15,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..data import normalize
-from ..data.preprocess import Preprocessing
+from ..data.preprocess import Preprocessing, to_device
 from ..models.network import Network
 from .pooled import PooledVectors
 from .stats import UnitStats
@@ -140,12 +139,6 @@ def new_state(net: Network, layers: list[str], k: int, device: torch.device, poo
                        pooled={n: PooledVectors(net.layers[n].channels, n) for n in pooled})
 
 
-def _as_input(pixels: torch.Tensor, prep: Preprocessing, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 pixels -> normalised float32 on the device (the copy is async from pinned memory)."""
-    x = normalize(pixels.to(device, non_blocking=True), prep)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def _entering(top: RunningTopK, keys: torch.Tensor, into: dict, name: str, values: torch.Tensor) -> torch.Tensor:
     """``top.may_enter`` of a layer's maxima, kept ``into[name]`` so the top-k need not compute it again."""
     into[name] = top.may_enter(values, keys)
@@ -200,7 +193,7 @@ def stream(
         maxima, vectors, kd, offsets, entering = {}, {}, None, {}, {}
         if ok.any():
             pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
-            x = _as_input(pixels, prep, device, channels_last)
+            x = to_device(pixels, prep, device, channels_last)
             n = x.shape[0]
             if n == 1:  # never a batch of one: see ``stream``'s docstring
                 x = torch.cat([x, x])

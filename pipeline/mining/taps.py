@@ -3,21 +3,15 @@
 A hook on the module whose output is a layer (the ReLU after a conv, a pool, a
 residual block) sees the layer's map. It is reduced at once to a per-channel spatial maximum and
 arg-max, so (a) no feature map is kept and (b) an in-place ReLU further down the
-network cannot overwrite what we read. After the deepest requested layer the hook
-raises ``_Stop`` so no compute is spent above it. Hooks are attached to modules by
-their qualified path, so any net whose layers are named by ``Network`` works.
+network cannot overwrite what we read. The hooks themselves (``hooked``, ``run_to``: stop the pass
+after the deepest requested layer) are ``models.hooks``, which every stage that runs a network uses.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
+from ..models.hooks import hooked, run_to
 from ..models.network import Network
-
-
-class _Stop(Exception):
-    pass
 
 
 def spatial_max(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,42 +72,6 @@ def _first(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Index along the last dim of the first element of ``x`` equal to ``values`` (or NaN)."""
     hit = (x == values.unsqueeze(-1)) | x.isnan()
     return hit.view(torch.uint8).argmax(dim=-1)
-
-
-@contextmanager
-def hooked(net: Network, layers: list[str], fn):
-    """Call ``fn(name, output)`` at each named layer; stop the forward after the deepest.
-
-    Each layer is the output of one module that runs once per forward (see ``models.trace``),
-    so one forward hook per layer module sees it; the module that completes last stops the pass.
-    """
-    deepest = max(net.layers[n].order for n in layers)
-    by_module: dict[str, list[str]] = {}
-    for n in layers:
-        by_module.setdefault(net.layers[n].module, []).append(n)
-    handles = []
-    for path, names in by_module.items():
-        last = net.layers[names[0]].order == deepest
-
-        def hook(_m, _inp, out, names=names, last=last):
-            for n in names:
-                fn(n, out)
-            if last:
-                raise _Stop
-        handles.append(net.model.get_submodule(path).register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def run_to(net: Network, x: torch.Tensor) -> None:
-    """Run the forward pass; a hook raises ``_Stop`` once it has what it needs."""
-    try:
-        net.model(x)
-    except _Stop:
-        pass
 
 
 def layer_maxima(net: Network, layers: list[str], x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -5,7 +5,7 @@ patches of store entries), ``normalise`` (display scaling and channel order), ``
 pairs, overview, PNG writing), ``manifest`` (what is up to date), ``index_html`` (the browsable
 page) and ``render`` (the `mine render` pipeline over a store).
 """
-from .names import default_out_dir, feature_files, layer_files, parse_features, safe_name
+from ..pictures.names import default_out_dir, feature_files, layer_files, parse_features, safe_name
 from .project import Renderer, load_store_network
 from .render import RenderResult, render_store
 

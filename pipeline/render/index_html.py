@@ -28,7 +28,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..durable import write_atomically
-from .montage import GAP
+from ..pictures.montage import GAP
 
 __all__ = ["EntryView", "LayerView", "SiteMeta", "UnitView", "render_pages", "write_site"]
 

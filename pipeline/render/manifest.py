@@ -14,7 +14,7 @@ files exist). Entries about to be re-rendered are dropped from the manifest befo
 are overwritten, so a render stopped half-way never leaves files that the manifest attributes to
 other options. Another store (or an older manifest version) starts a fresh manifest.
 
-``OUT/.mine-render.lock`` (the store lock of ``jobs.lock``) keeps two renders out of one folder.
+``OUT/.mine-render.lock`` (the store lock of ``pipeline.lock``) keeps two renders out of one folder.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from ..durable import write_atomically
-from ..jobs.lock import StoreLock
+from ..lock import StoreLock
 from ..store.read import Store
 
 RENDER_VERSION = 4  # 4: options per feature map and per layer (3: one set of options per folder)
@@ -34,7 +34,7 @@ LOCK = ".mine-render.lock"
 def render_lock(out: Path) -> StoreLock:
     """``with render_lock(out):`` -- one render per folder (``LockedError``, exit 4, if a live one holds it).
 
-    Released on exit, on errors and (with ``jobs.signals.InterruptGuard``) on SIGTERM; the lock of
+    Released on exit, on errors and (with ``pipeline.signals.InterruptGuard``) on SIGTERM; the lock of
     a killed render is stale and taken over, as for ``mine run``.
     """
     out = Path(out)

@@ -26,9 +26,9 @@ from ..data import normalize
 from ..data.preprocess import Preprocessing
 from ..deconv import METHODS, Deconvnet, graph_entry_bytes, project_graph
 from ..deconv.tiles import shift_crop
-from ..mining.taps import hooked, run_to
 from ..models.errors import WeightsError
 from ..models.geometry import crop_tiles
+from ..models.hooks import hooked, run_to
 from ..models.network import Network
 from ..models.weights import BUNDLED, load_network
 from ..store.read import Store

@@ -45,15 +45,9 @@ from tqdm import tqdm
 
 from ..deconv import DEFAULT_METHOD, METHODS
 from ..devices import resolve_device
-from ..durable import write_atomically
-from ..jobs.signals import InterruptGuard
+from ..durable import save_array
 from ..models.layers import select_layers
-from ..store.read import Store, border_units, overview_channels
-from . import index_html as site
-from .crop import CROPS, image_boxes, unit_crop
-from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
-from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
-from .montage import (
+from ..pictures.montage import (
     display_side,
     fit_height,
     grid,
@@ -61,11 +55,18 @@ from .montage import (
     label_rows,
     layer_tile,
     overview,
+    save_jpeg,
     save_png,
     side_by_side,
     to_display,
 )
-from .names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
+from ..pictures.names import default_out_dir, feature_files, kept_image_file, layer_files, parse_features
+from ..signals import InterruptGuard
+from ..store.read import Store, border_units, overview_channels
+from . import index_html as site
+from .crop import CROPS, image_boxes, unit_crop
+from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
+from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .normalise import CONTRASTS, display, scales
 from .project import Renderer, load_store_network
 
@@ -315,7 +316,7 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         f = out / kept_image_file(m)
         if not f.exists():
             f.parent.mkdir(exist_ok=True)
-            Image.fromarray(pixels[np.nonzero(rows == m)[0][0]]).save(f, quality=92)
+            save_jpeg(pixels[np.nonzero(rows == m)[0][0]], f)
     (out / "units").mkdir(exist_ok=True)
     r = crops.shape[1]
     geo = rnd.net.layers[layer].geometry
@@ -351,7 +352,7 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
         save_png(_pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
         if save_arrays:
             for name, a in (("array", t), ("box_array", boxes)):
-                write_atomically(out / fs[name], lambda tmp, a=a: np.save(tmp, a), suffix=".npy")
+                save_array(out / fs[name], a)
         else:
             (out / fs["array"]).unlink(missing_ok=True)
             (out / fs["box_array"]).unlink(missing_ok=True)

@@ -69,5 +69,10 @@ COMPLETE = "complete"
 IN_PROGRESS = "in-progress"
 
 
+def as_str(v) -> str:
+    """A string read from the store: h5py returns variable-length strings as ``bytes``."""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 class StoreError(Exception):
     """A store file is missing, corrupt, incomplete or of another format."""

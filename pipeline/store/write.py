@@ -9,13 +9,12 @@ checksum (compressed ones have zlib's), so a flipped bit is an error when read
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..durable import fsync_rename
+from ..durable import write_atomically
 from ..mining import stats as unit_stats
 from ..mining.finalize import Finalized
 from ..models.geometry import step_of
@@ -32,8 +31,8 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
     ``stats``: layer -> ``UnitStats.result()`` (None: the store has no unit statistics)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION})
             for k, v in attrs.items():
@@ -70,10 +69,7 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
             if stats is not None:
                 _write_stats(f, stats)
             f.attrs["status"] = COMPLETE
-        fsync_rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, write, fsync=True)
     return path
 
 

@@ -8,14 +8,14 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from ..render.montage import BACKGROUND, grid_shape, save_png, to_display
-from ..render.names import feature_files, safe_name
-from ..render.sheet import labelled_grid
+from ..durable import save_array
+from ..pictures.montage import BACKGROUND, grid_shape, save_png, to_display
+from ..pictures.names import feature_files, safe_name
+from ..pictures.sheet import labelled_grid
 
 GRID_WIDTH = 600
 GRID_GAP = 6
@@ -41,9 +41,7 @@ def write_unit_images(out: Path, layer: str, channels: list[int], images: np.nda
         fs = vis_files(layer, c)
         save_png(px, out / fs["png"])
         if save_arrays:
-            tmp = out / f".{fs['array']}.tmp-{os.getpid()}.npy"
-            np.save(tmp, img.astype(np.float32))
-            os.replace(tmp, out / fs["array"])
+            save_array(out / fs["array"], img.astype(np.float32))
 
 
 def unit_grid(tiles: list[np.ndarray], channels: list[int], width: int = GRID_WIDTH) -> np.ndarray:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..data.preprocess import Preprocessing, as_seen, normalize_float
 from ..deconv.rules import rectifier_rules
-from ..mining.taps import hooked, run_to
+from ..models.hooks import hooked, run_to
 from ..models.network import Network
 from .fourier import FourierImage
 from .transforms import ZOOM, random_affine, random_input_size, resize, warp

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..devices import resolve_device
 from ..models.weights import load_network
-from ..render.names import parse_features
+from ..pictures.names import parse_features
 from .files import vis_files, write_layer_grid, write_unit_images
 from .optimize import VisualizeConfig, visualize_units
 

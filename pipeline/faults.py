@@ -22,8 +22,9 @@ and by ``mine embed``:
 and by every command:
 
     command           the command is about to start (the process's signal handler is in place)
-    atomic-write      a file written through ``durable.write_atomically`` (PNGs, pages, arrays,
-                      the render manifest) is in its temp file, not yet renamed
+    atomic-write      a file written through ``durable.write_atomically`` (stores, embeddings, PNGs,
+                      JPEGs, pages, arrays, the render manifest) is in its temp file, not yet renamed
+                      (checkpoints name their own point, ``checkpoint-write``)
     exit              the command has ended (locks released), the process not yet gone
 """
 from __future__ import annotations

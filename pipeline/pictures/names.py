@@ -1,4 +1,5 @@
-"""File names of a render: per feature map, per layer, the output folder, feature lists."""
+"""File names of the pictures (render, visualize, the analyses): per feature map, per layer, the
+output folder, feature lists."""
 from __future__ import annotations
 
 import hashlib

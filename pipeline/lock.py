@@ -32,7 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..durable import write_fsync
+from .durable import write_fsync
 from .errors import LockedError, WriteError
 
 log = logging.getLogger("pipeline")

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..durable import write_atomically
+
 __all__ = ["GAP", "PAIR_GAP", "BACKGROUND", "MIN_TILE", "display_side", "to_display", "grid", "side_by_side",
-           "overview", "save_png", "grid_shape", "fit_height", "LABEL_H", "MIN_WIDTH", "label_band",
+           "overview", "save_png", "save_jpeg", "grid_shape", "fit_height", "LABEL_H", "MIN_WIDTH", "label_band",
            "label_rows", "layer_tile"]
 
 GAP = 2
@@ -170,6 +172,9 @@ def overview(pairs: list[np.ndarray], cols: int = 4, height: int = 200, gap: int
 def save_png(img: np.ndarray, path: Path) -> None:
     """Write a PNG atomically (temp file + rename): a reader never sees half an image, and a
     failed write (a full disk, a signal) leaves no ``.NAME.tmp-PID`` behind."""
-    from ..durable import write_atomically
-
     write_atomically(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG", compress_level=1))
+
+
+def save_jpeg(img: np.ndarray, path: Path, quality: int = 92) -> None:
+    """Write a JPEG atomically, as :func:`save_png`: a file kept because it exists is never half a file."""
+    write_atomically(path, lambda tmp: Image.fromarray(img).save(tmp, format="JPEG", quality=quality))
