@@ -220,6 +220,7 @@ def run(
     config: Optional[Path] = typer.Option(None, help="TOML file with any of these options; flags override it."),
     update: Optional[str] = typer.Option(None, metavar="STORE", help="Extend STORE: mine only images whose content it does not hold, merge exactly, rewrite it atomically (created if missing). Output is STORE unless --out is given."),
     force: bool = typer.Option(False, "--force", help="Replace an existing complete store (without it, an existing store is refused)."),
+    rehash: bool = typer.Option(False, "--rehash", help="With --update: read and hash every file, also those whose size, mtime and ctime match the store's record (by default those are not read)."),
     checkpoint_every: str = typer.Option(RUN_DEFAULTS["checkpoint_every"], help="Checkpoint the streaming pass every N batches (50) or every period (90s, 5m, 1h). Always on SIGINT/SIGTERM and before finalize."),
     discard_checkpoint: bool = typer.Option(False, "--discard-checkpoint", help="Delete STORE.ckpt instead of resuming from it."),
     log: Optional[str] = typer.Option(None, help="Append the JSON-lines run record here.", show_default="mine-runs.jsonl next to the store"),
@@ -243,7 +244,7 @@ def run(
 
     overrides = _given(ctx, dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
-                     data_root=data_root, out=out, precision=precision, update=update, force=force or None,
+                     data_root=data_root, out=out, precision=precision, update=update, force=force or None, rehash=rehash or None,
                      checkpoint_every=checkpoint_every, discard_checkpoint=discard_checkpoint or None, log=log,
                      quiet=quiet or None, pooled=pooled, preprocessing=preprocessing, channels=channels, mean=mean,
                      std=std))
@@ -353,14 +354,13 @@ def info(store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP)) ->
 
     with guarded(Store, store) as s:
         a = s.attrs
-        st = s.images()["status"]
-        st = [x.decode() if isinstance(x, bytes) else x for x in st]
+        n = s.image_counts()  # from attributes: no /images rows read
         typer.echo(f"store        {s.path}")
         typer.echo(f"status       {a.get('status')}")
         typer.echo(f"model        {a['model']}  weights {a['weights']}  hash {a['weights_hash'][:16]}")
         typer.echo(f"preprocess   {json.dumps(a['preprocessing'])}  precision {a.get('precision')}")
-        typer.echo(f"images       {a['images_spec']}: {len(st)} files, {st.count('ok')} used, "
-                   f"{sum(x.startswith('skipped') for x in st)} skipped, {st.count('duplicate')} duplicate")
+        typer.echo(f"images       {a['images_spec']}: {n['files']} files, {n['ok']} used, "
+                   f"{n['skipped']} skipped, {n['duplicate']} duplicate")
         typer.echo(f"k            {s.k}   kept images {len(s.f['kept/key'])}")
         w = max([len(n) for n in s.layers] + [8])  # the layer columns line up whatever the names' lengths
         for name in s.layers:
@@ -372,7 +372,7 @@ def info(store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP)) ->
             labels = [v.decode() if isinstance(v, bytes) else v for v in s.f["images/label"][()]]
             typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
                        f"categories (`mine embed` colours by them)")
-        _echo_unit_stats(s, st.count("ok"), w)
+        _echo_unit_stats(s, n["ok"], w)
         _echo_border_units(s, w)
         typer.echo(f"created      {a.get('created')}  mine {(a.get('versions') or {}).get('mine')}")
 

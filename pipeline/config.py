@@ -44,6 +44,7 @@ class RunConfig:
     progress: bool = True
     update: str | None = None  # extend this store: mine only image contents it does not hold
     force: bool = False  # replace an existing complete store
+    rehash: bool = False  # --update: read and hash every file, also those whose size/mtime/ctime are unchanged
     checkpoint_every: str = "5m"  # N batches, or a time: 90s, 5m, 1h; 0 = only at the end / on signals
     discard_checkpoint: bool = False  # delete a checkpoint instead of resuming from it
     log: str | None = None  # run record log (the CLI appends it; default mine-runs.jsonl by the store)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import re
 import time
 from collections import Counter
@@ -45,7 +46,7 @@ from .jobs.checkpoint import (
 from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
 from .jobs.output import remove_stale_temps, store_target, write_isolated
 from .jobs.record import JobStats
-from .jobs.update import KNOWN, SkipKnown, known_keys, resolve_known_rows
+from .jobs.update import KNOWN, SkipKnown, known_keys, list_stats, resolve_known_rows, unchanged
 from .lock import StoreLock
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
@@ -109,14 +110,16 @@ def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
     return Path(f"mine-{cfg.model}-{tag}-{images}.h5")
 
 
-def images_table(source, records: dict[int, ImageRecord]) -> dict[str, np.ndarray]:
-    """One row per source file in path order (see ``store.write.images_table``)."""
+def images_table(source, records: dict[int, ImageRecord], listed: dict | None = None) -> dict[str, np.ndarray]:
+    """One row per source file in path order (see ``store.write.images_table``); ``listed``:
+    index -> (size, mtime_ns, ctime_ns) of the files this invocation listed (``jobs.update``)."""
     rows = []
+    listed = listed or {}
     for i, path in enumerate(source.paths):
         r = records[i]
         used = r.ok or r.reason == "duplicate"
         rows.append((source.relpath(path), r.sha256, r.key, None if used else f"skipped: {r.reason}",
-                     r.width, r.height, source.label(i)))
+                     r.width, r.height, source.label(i), listed.get(i)))
     return store_images_table(rows)
 
 
@@ -317,22 +320,32 @@ def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats
         stats.mode = ("update" if base_part else "fresh") if ck is None else ("update-resume" if base_part else "resume")
         stats.images_resumed = len(state.records)
         stats.images_seen = len(source.paths)  # streamed from here on: a run refused above saw none
+        # File metadata of what this invocation reads (this rank's share), taken before any read;
+        # rows restored from a checkpoint get none (jobs.update).
+        listed = list_stats(source, [i for i in range(len(source.paths)) if i not in state.records
+                                     and (dist is None or dist.owns(source, i))])
+        skip = unchanged(source, listed, base_part.table, base.attrs) if base_part is not None and not cfg.rehash else {}
 
         for attempt in (1, 2):
+            for i, r in skip.items():  # --update: unchanged files are known without being read
+                state.records.setdefault(i, r)
             _stream_with_checkpoints(cfg, net, state, prep, source, device, known, ck_path, fingerprint,
                                      every, complete, stats, guard, dist)
             if dist is not None:  # distributed: every rank gets the global top-k and records
-                dist.combine_stream(state, stats)
+                dist.combine_stream(state, stats, source, prep, net, cfg.precision)
             # The checkpoint is complete from here on: a signal stops at once (guard.graceful is off).
             guard.hint = f"the streaming pass is saved in {ck_path}; re-run the same command to finish"
             if dist is None or dist.rank == 0:
                 _warn_skipped(source, state.records)
-            table = images_table(source, state.records)
+            table = images_table(source, state.records,
+                                 listed if dist is None else {i: m for p in dist.gather_all(listed) for i, m in p.items()})
             stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
             stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
             if base_part is not None:
                 table = resolve_known_rows(table, base_part.table)
             parts = ([base_part] if base_part else []) + [fresh_part(cfg.images, source, prep, state, table)]
+            if dist is not None:  # each kept image read by the rank that owns its file, sent where finalize needs it
+                dist.serve_kept(parts, layers, cfg.k, net, source, prep)
             try:
                 combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision, dist=dist)
                 break
@@ -454,11 +467,11 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
         guard.graceful = True  # a signal now stops at the next batch boundary (or after GRACE_S)
         if channels_last:
             net.model.to(memory_format=torch.channels_last)
-        dataset = (SkipKnown(source, prep, todo, known) if known else ImageDataset(source, prep, todo))
-        batch_size = cfg.batch_size
-        if dist is not None:  # distributed: read every file, decode this rank's share
-            dataset, batch_size = dist.dataset(source, prep, todo, known), cfg.batch_size * dist.world
-        loader = make_loader(dataset, batch_size, cfg.workers, device.type == "cuda")
+        meter = multiprocessing.Value("q", 0)  # bytes read, by this process and its loader workers
+        bytes0 = stats.bytes_read or 0
+        dataset = (SkipKnown(source, prep, todo, known, meter) if dist is None
+                   else dist.dataset(source, prep, todo, known, meter))  # distributed: this rank's files only
+        loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
         schedule = _Schedule(every)
         saved_at = state.batches
         bar = (tqdm(total=total, initial=total - len(todo), unit="img", desc="mining",
@@ -468,7 +481,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
         def on_batch(n: int, bad: int) -> None:
             nonlocal saved_at
             bar.update(n)
-            stats.images_new = state.fed
+            stats.images_new, stats.bytes_read = state.fed, bytes0 + meter.value
             pause_point("stream", until=lambda: guard.requested is not None)
             if guard.requested:
                 save(False)
@@ -500,6 +513,7 @@ def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device,
                 raise stopped(guard.requested) from None
             raise e
         stats.images_new = state.fed
+        stats.bytes_read = bytes0 + meter.value
         save(True)
     guard.graceful = False
     if guard.requested:  # a signal arrived after the last batch

@@ -145,10 +145,11 @@ def test_update_and_merge_of_distributed_stores(jobs, full, images):
     assert_same_store(d["b"] / "m.h5", full, ignore=UNION_IGNORE)
 
 
-def test_rank_share_reads_every_file_decodes_its_own(images, tmp_path):
-    """Unit check of the split: every image has exactly one owner, by content."""
-    from pipeline.data import Preprocessing, resolve_images
-    from pipeline.jobs.distributed import RankShare
+def test_rank_share_reads_only_its_own_files(images, tmp_path):
+    """Unit check of the split: every image has exactly one owner, by name (tests/test_rank_share.py
+    runs real jobs)."""
+    from pipeline.data import ImageDataset, Preprocessing, resolve_images
+    from pipeline.jobs.distributed import RankShare, owner
 
     src = resolve_images(str(list_file(tmp_path / "l.txt", all_images(images))))
     prep = Preprocessing("torchvision", 32)
@@ -157,11 +158,11 @@ def test_rank_share_reads_every_file_decodes_its_own(images, tmp_path):
     for r, ds in enumerate(shares):
         for i in range(len(ds)):
             rec = ds[i]
-            if rec["reason"] != OTHER:
-                assert rec["index"] not in owners
-                owners[rec["index"]] = (r, rec["key"])
+            assert rec["index"] not in owners and rec["reason"] != OTHER
+            assert rec["key"] == ImageDataset(src, prep)[rec["index"]]["key"]
+            owners[rec["index"]] = r
     assert sorted(owners) == list(range(len(src.paths)))
-    assert all(key % 3 == r for r, key in owners.values())
+    assert all(owner(src.relpath(src.paths[i]), 3) == r for i, r in owners.items())
 
 
 def test_capture_path_equals_rerun_path(images, tmp_path, monkeypatch):

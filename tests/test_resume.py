@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from jobs_util import BATCH, assert_same_store, cfg, cli_args, leftovers, read_all, spawn, wait_for
+from jobs_util import BATCH, FILE_META, assert_same_store, cfg, cli_args, leftovers, read_all, spawn, wait_for
 from typer.testing import CliRunner
 
 from pipeline import run
@@ -142,6 +142,8 @@ def test_failure_mid_stream_saves_progress_and_resume_may_change_batch_size(imag
     da, _ = read_all(store)
     db, _ = read_all(full)
     for n in da:  # entries, images, pixels, switches identical; float values to rounding
+        if n in FILE_META:  # the files' metadata (jobs.update): restored rows have none
+            continue
         if da[n].dtype.kind == "f":
             np.testing.assert_allclose(da[n], db[n], rtol=1e-6, err_msg=n)
         else:

@@ -80,6 +80,10 @@ DAMAGES = {
 }
 
 
+#: Damage to /images values outside the kept rows: found by the commands that read the whole table
+TABLE_VALUES = ("unknown image status",)
+
+
 @pytest.fixture(scope="module")
 def damaged(full, tmp_path_factory):
     """One damaged copy of the reference store per kind of damage."""
@@ -117,6 +121,8 @@ def test_damaged_store_is_one_line_exit_6_untouched(damage, damaged, images, ful
     before = store.read_bytes()
     needle = DAMAGES[damage][1]
     for command, args in commands(store, images, full, tmp_path).items():
+        if damage in TABLE_VALUES and command in ("info", "top", "render"):
+            continue  # they read no /images row but the kept ones (opening costs the same for any number)
         res = cli.invoke(app, [str(a) for a in args])
         where = f"{damage} / {command}: {res.stderr}"
         assert res.exit_code == exitcodes.STORE_ERROR, where

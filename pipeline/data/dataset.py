@@ -71,6 +71,15 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         index = self.indices[i]
+        try:
+            data = self.source.read(index)
+        except Unreadable as exc:
+            return self.record(index, exc)
+        return self.record(index, data)
+
+    def record(self, index: int, data: bytes | Unreadable) -> dict[str, Any]:
+        """The record of file ``index`` from its bytes (or why they could not be read), so a
+        subclass that reads the file itself (``jobs.update.SkipKnown``) reads it once."""
         path = self.source.paths[index]
         size = self.prep.size
         record: dict[str, Any] = {
@@ -83,12 +92,10 @@ class ImageDataset(Dataset):
             "width": 0,
             "height": 0,
         }
-        try:
-            data = self.source.read(index)
-        except Unreadable as exc:
+        if isinstance(data, Unreadable):
             token = "unreadable:" + self.source.relpath(path)
             record["key"] = image_key(hashlib.sha256(token.encode("utf-8")).hexdigest())
-            record["reason"] = str(exc)
+            record["reason"] = str(data)
             return record
 
         digest = hashlib.sha256(data).hexdigest()

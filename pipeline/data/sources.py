@@ -47,6 +47,7 @@ import difflib
 import glob
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -78,6 +79,21 @@ _CALTECH_PREFIXES = ("caltech/", "caltech256/")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _CATEGORY_DIR = re.compile(r"^(\d+)\.(.+)$")
 _FETCH_HINT = "python scripts/fetch_caltech256.py"
+NO_STAT = (-1, -1, -1)  # ImageSource.stat of what has no usable file metadata
+
+#: ``MINE_TRACE_READS=FILE``: every ``ImageSource.read`` appends ``pid<TAB>bytes<TAB>relative path``
+#: to FILE (one ``write`` on an O_APPEND file, so loader workers and ranks never interleave). A
+#: test hook: it shows which process opened which file (tests/test_rank_share.py, test_update_mtime.py).
+_TRACE = os.environ.get("MINE_TRACE_READS", "")
+
+
+def _trace(source: "ImageSource", index: int, n: int) -> None:
+    line = f"{os.getpid()}\t{n}\t{source.relpath(source.paths[index])}\n".encode("utf-8", "backslashreplace")
+    fd = os.open(_TRACE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -101,11 +117,32 @@ class ImageSource:
     def read(self, index: int) -> bytes:
         """The bytes of image ``index`` (see ``data.read``); :class:`Unreadable` says why not."""
         if self.collection is not None:
-            return self.collection.read(index)
+            data = self.collection.read(index)
+        else:
+            path = self.paths[index]
+            if undecodable(path):
+                raise Unreadable("bad file name: not valid UTF-8")
+            data = read_file(path)
+        if _TRACE:
+            _trace(self, index, len(data))
+        return data
+
+    def stat(self, index: int) -> tuple[int, int, int]:
+        """``(size, mtime_ns, ctime_ns)`` of file ``index`` (symlinks followed, as ``read`` does),
+        without reading it; :data:`NO_STAT` for an array item, a name that is not UTF-8, a file
+        that cannot be stat'ed or is not regular (see ``jobs.update``: what an unchanged file is)."""
+        if self.collection is not None:
+            return NO_STAT
         path = self.paths[index]
         if undecodable(path):
-            raise Unreadable("bad file name: not valid UTF-8")
-        return read_file(path)
+            return NO_STAT
+        try:
+            st = os.stat(path)
+        except OSError:
+            return NO_STAT
+        if not stat.S_ISREG(st.st_mode):
+            return NO_STAT
+        return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def label(self, index: int) -> str | None:
         """The collection's label of image ``index`` (None: the source has no labels)."""

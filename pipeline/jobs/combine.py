@@ -49,6 +49,8 @@ from .unitstats import union_stats
 CONTENT_OK = ("ok", "duplicate")
 POOLED = "pooled_"  # /images/pooled_<layer>: (N, 2, C) float16 per image, see mining.pooled
 COLUMNS = ("path", "sha256", "key", "status", "width", "height")
+STAT_COLUMNS = ("size", "mtime_ns", "ctime_ns")  # the file when listed (jobs.update); -1: unknown
+NO_STAT = (-1, -1, -1)
 LABEL = "label"  # optional column: an array/Dataset source's labels
 
 
@@ -121,7 +123,7 @@ def part_from_store(store, layers: list[str]) -> Part:
     """A finished store as a part; its kept pixels serve finalize (no source files needed)."""
     images = store.images()
     table = {c: (np.array([as_str(v) for v in images[c]], dtype=object) if images[c].dtype.kind in "OSU"
-                 else images[c]) for c in (*COLUMNS, LABEL) if c in images}
+                 else images[c]) for c in (*COLUMNS, LABEL, *STAT_COLUMNS) if c in images}
     kept_row = {int(k): i for i, k in enumerate(store.kept_keys())}
 
     def record_of(key: int) -> dict:
@@ -175,15 +177,18 @@ def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
     """(common root, images table of the union) -- see the module docstring."""
     common = os.path.commonpath([p.root for p in parts])
     rows: dict[tuple[str, int], tuple] = {}
+    meta: dict[tuple[str, int], tuple[int, int, int]] = {}  # the last part's file metadata wins (the newest)
     for part in parts:
         t = part.table
+        has_meta = all(c in t for c in STAT_COLUMNS)
         for j in range(len(t["path"])):
             ident = (_reroot(as_str(t["path"][j]), part.root, common), int(t["key"][j]))
             if ident not in rows:
                 label = as_str(t[LABEL][j]) if LABEL in t else None
                 rows[ident] = (as_str(t["sha256"][j]), as_str(t["status"][j]), int(t["width"][j]), int(t["height"][j]),
                                label or None)
-    table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h, label)
+            meta[ident] = tuple(int(t[c][j]) for c in STAT_COLUMNS) if has_meta else NO_STAT
+    table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h, label, meta[(path, key)])
                           for (path, key), (sha, st, w, h, label) in sorted(rows.items())])
     return common, table
 

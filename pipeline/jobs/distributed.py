@@ -8,18 +8,25 @@ NCCL for CUDA tensors plus gloo for host objects on GPU runs) and returns the ra
 
 Who does what (the hooks in ``run.py`` are marked "distributed"):
 
-* **Share by content.** Rank r mines the images whose key (first 63 bits of the file's
-  sha256) satisfies ``key % world == r``. The key is only known once the file is read, so
-  every rank reads and hashes every file (in its loader workers) but decodes and runs
-  through the network only its own share; the others become ``other-rank`` records. The
-  trade-off: each file is read ``world`` times (on one node the page cache serves all but
-  the first read; across nodes that is world x the collection's bytes from the shared
-  storage; hashing runs at ~1 GB/s per worker, far above decoding), in exchange for a split
-  that depends on content only: not on file order or names, identical copies fall to the
-  same rank (so "duplicate" is decided as in one process), and ``--update`` stays
-  incremental (known content is recognised and skipped by whichever rank reads it). The
-  loader takes ``batch_size x world`` files per batch, so each rank feeds about
-  ``batch_size`` images per forward pass.
+* **Share by name.** Rank r reads, hashes, decodes and mines only the files whose name
+  (the path relative to the images root, or an array item's ``<file>#<i>``) hashes to r:
+  ``sha256(name)[:8] % world == r`` (:func:`owner`). No file contents are needed to split,
+  so each file is read once per job (the collection's bytes, not ``world`` times that),
+  whatever the number of ranks, and the split does not depend on the order of the list.
+  ``--update`` is unchanged: each rank skips its unchanged files by their metadata and
+  its known contents by their key. Files the rank does not own are not in its loader.
+* **Duplicates across ranks.** Identical copies under two names may fall to two ranks; both
+  mine the content. The result is still the single process's: the top-k merge keeps a key
+  once, pooled vectors are united by key, and "ok"/"duplicate" is decided by path order
+  when the images table is built. The unit statistics would count the content twice, so
+  after the pass every extra copy (all but the first path of a content fed more than once)
+  is run again by the rank that owns its file and subtracted from that rank's statistics
+  (``UnitStats.merge(sign=-1)``, exact by batch invariance, as ``mine merge`` does); its
+  record becomes "duplicate" and ``images_new`` counts the content once.
+* **Kept images are read by their owner.** Finalize's fixed batches need the pixels of kept
+  images owned by other ranks: each rank reads its own kept files and sends the records to
+  the rank whose finalize batch holds them (:meth:`Dist.serve_kept`), so no rank opens a
+  file of another's share.
 * **No collective while streaming.** Ranks stream independently (a dead rank cannot hang
   the others mid-pass); progress goes through the rendezvous key-value store, so rank 0's
   bar shows the global count and rate.
@@ -42,6 +49,7 @@ Who does what (the hooks in ``run.py`` are marked "distributed"):
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import itertools
@@ -57,8 +65,6 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from ..data import image_key
-from ..data.read import Unreadable
 from ..devices import resolve_device
 from ..errors import CheckpointError, Interrupted
 from ..lock import StoreLock
@@ -164,32 +170,28 @@ def merge_pooled(states: list[dict]) -> dict:
     return out
 
 
+def owner(name: str, world: int) -> int:
+    """The rank that reads the file called ``name`` (its path relative to the images root, as the
+    store records it): stable across runs, machines and world sizes of the same name, and needs
+    no file contents."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big") % world
+
+
+def owners(source, world: int) -> np.ndarray:
+    """(N,) int: the rank of every file of ``source`` (see :func:`owner`)."""
+    return np.fromiter((owner(source.relpath(p), world) for p in source.paths), dtype=np.int64,
+                       count=len(source.paths))
+
+
 class RankShare(SkipKnown):
-    """The loader's view for one rank: every file is read and hashed; the files of other
-    ranks come back as ``ok=False, reason=other-rank`` records without being decoded."""
+    """The loader's view for one rank: only the files of ``indices`` that it owns (by name, see
+    :func:`owner`); they are read once each (``meter`` counts the bytes)."""
 
-    def __init__(self, source, prep, indices, known, rank: int, world: int) -> None:
-        super().__init__(source, prep, indices, known)
+    def __init__(self, source, prep, indices, known, rank: int, world: int, meter=None, owned=None) -> None:  # noqa: PLR0913
+        owned = owners(source, world) if owned is None else owned
+        indices = range(len(source.paths)) if indices is None else indices
+        super().__init__(source, prep, [i for i in indices if owned[i] == rank], known, meter)
         self.rank, self.world = rank, world
-        self._blank = torch.zeros((prep.size, prep.size, 3), dtype=torch.uint8)
-
-    def owner(self, index: int) -> tuple[int, str, int]:
-        path = self.source.paths[index]
-        try:
-            digest = hashlib.sha256(self.source.read(index)).hexdigest()
-            sha = digest
-        except Unreadable:
-            digest, sha = hashlib.sha256(("unreadable:" + self.source.relpath(path)).encode()).hexdigest(), ""
-        key = image_key(digest)
-        return key % self.world, sha, key
-
-    def __getitem__(self, i: int) -> dict:
-        index = self.indices[i]
-        rank, sha, key = self.owner(index)
-        if rank != self.rank:
-            return {"index": index, "key": key, "sha256": sha, "ok": False, "reason": OTHER,
-                    "pixels": self._blank, "width": 0, "height": 0}
-        return super().__getitem__(i)
 
 
 class _Progress:
@@ -237,6 +239,8 @@ class Dist:
     device: torch.device
     t0: float = field(default_factory=time.perf_counter)
     ranks: list[dict] = field(default_factory=list)
+    _owned: tuple | None = None  # (source, owners(source)) cached
+    _todo: set = field(default_factory=set)  # this rank's files streamed by this invocation
 
     # --- collectives that turn a lost peer into one clear error -----------------------
     def _call(self, fn, *args):
@@ -335,16 +339,48 @@ class Dist:
             remove_checkpoints(store)
 
     # --- streaming -----------------------------------------------------------------------
-    def dataset(self, source, prep, todo, known) -> RankShare:
-        return RankShare(source, prep, todo, known, self.rank, self.world)
+    def owners(self, source) -> np.ndarray:
+        if self._owned is None or self._owned[0] is not source:
+            self._owned = (source, owners(source, self.world))
+        return self._owned[1]
+
+    def owns(self, source, index: int) -> bool:
+        return int(self.owners(source)[index]) == self.rank
+
+    def dataset(self, source, prep, todo, known, meter=None) -> RankShare:
+        ds = RankShare(source, prep, todo, known, self.rank, self.world, meter, self.owners(source))
+        self._todo = set(ds.indices)
+        return ds
 
     def progress(self, state: StreamState, total: int, initial: int, enabled: bool) -> _Progress:
         return _Progress(self, state, total, initial, enabled)
 
-    def combine_stream(self, state: StreamState, stats) -> None:
+    def combine_stream(self, state: StreamState, stats, source=None, prep=None, net=None,
+                       precision: str = "fp32") -> None:
         """Every rank ends with the global state: top-k merged exactly, records of all ranks,
-        and rank 0 knows every rank's throughput (for the run record)."""
+        a content fed by several ranks counted once (see the module docstring; ``source``,
+        ``prep``, ``net`` run those copies again), and rank 0 knows every rank's throughput
+        (for the run record)."""
         seconds = time.perf_counter() - self.t0
+        own = [r for r in state.records.values() if r.reason != OTHER]
+        records: dict[int, ImageRecord] = {}
+        for recs in self.gather_all(own):
+            for r in recs:
+                records.setdefault(r.index, r)
+        fed: dict[int, list[int]] = {}
+        for i in sorted(records):
+            if records[i].ok:
+                fed.setdefault(records[i].key, []).append(i)
+        extra = sorted(i for idx in fed.values() for i in idx[1:])  # every copy but the first path's
+        again = [i for i in extra if source is not None and self.owns(source, i)]
+        if again and state.stats is not None and net is not None:
+            lost = self._uncount(state, again, {i: records[i].key for i in again}, source, prep, net, precision)
+            if lost:
+                log.warning("rank %d: %d duplicate image(s) changed since they were mined; the unit statistics "
+                            "count them twice", self.rank, lost)
+        for i in extra:
+            records[i] = dataclasses.replace(records[i], ok=False, reason="duplicate")
+        fed_twice_now = sum(i in self._todo for i in again)
         for name, t in state.tops.items():
             merged = RunningTopK(t.channels, t.k, t.values.device)
             gathered = {}
@@ -364,21 +400,85 @@ class Dist:
                 p.load_state_dict(merged_pooled[name])
         # unit statistics: every rank's contributions (its own and those it restored), united
         state.rebase_stats(unite_contributions(self.gather_all(state.stats_parts())))
-        own = [r for r in state.records.values() if r.reason != OTHER]
+        new = state.fed - fed_twice_now
         info = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
-                "images_new": state.fed, "seconds": round(seconds, 3),
-                "images_per_s": round(state.fed / seconds, 3) if seconds > 0 else None}
-        everything: list = [None] * self.world
-        self._call(tdist.all_gather_object, everything, (own, info))
-        records: dict[int, ImageRecord] = {}
-        for recs, _ in everything:
-            for r in recs:
-                records.setdefault(r.index, r)
+                "images_new": new, "bytes_read": stats.bytes_read, "seconds": round(seconds, 3),
+                "images_per_s": round(new / seconds, 3) if seconds > 0 else None}
         state.records = records
         state.seen_keys = {r.key for r in records.values() if r.ok}
-        self.ranks = [i for _, i in everything]
+        self.ranks = self.gather_all(info)
         stats.images_new = sum(i["images_new"] for i in self.ranks)
+        stats.bytes_read = sum(i["bytes_read"] or 0 for i in self.ranks)
         stats.ranks = self.ranks
+
+    def _uncount(self, state: StreamState, indices: list[int], keys: dict[int, int], source, prep, net,  # noqa: PLR0913
+                 precision: str) -> int:
+        """Subtract the statistics of the images ``indices`` (this rank's files) once; how many could
+        not be (their file no longer holds the content mined)."""
+        from ..data import ImageDataset
+        from .unitstats import stream_stats
+
+        ds = ImageDataset(source, prep, indices)
+
+        def fetch(j: int):
+            def get() -> dict:
+                rec = ds[j]
+                if int(rec["key"]) != keys[indices[j]]:
+                    rec.update(ok=False, reason="changed")
+                return rec
+            return get
+
+        again = stream_stats([fetch(j) for j in range(len(indices))], net, list(state.tops), prep, self.device,
+                              precision)
+        first = next(iter(again.values()))
+        for n, s in again.items():
+            state.stats[n].merge(s, sign=-1)
+        return len(indices) - int(first.images)
+
+    def serve_kept(self, parts, layers: list[str], k: int, net, source, prep) -> None:
+        """Before finalize: the kept images that the last part (this pass) provides are read by
+        the ranks that own their files and sent to the rank whose finalize batch holds them; the
+        part's ``record_of`` serves them from memory (and reads the file only for a kept image
+        this exchange missed). Mirrors ``mining.finalize``'s assignment: kept keys sorted, no
+        capture, fixed batches of ``FINAL_BATCH``, batch j on rank ``j % world``."""
+        from ..data import ImageDataset
+        from ..mining.finalize import FINAL_BATCH
+
+        fresh = parts[-1]
+        tops = {n: RunningTopK(net.layers[n].channels, k) for n in layers}
+        for part in parts:
+            for n in layers:
+                tops[n].merge(part.tops[n])
+        keys = torch.cat([tops[n].result()["keys"].flatten() for n in layers])
+        kept = torch.unique(keys[keys >= 0]).tolist()
+        served = {key for key in kept if not any(key in p.pixel_keys for p in parts[:-1]) and key in fresh.pixel_keys}
+        where = {key: (row // FINAL_BATCH) % self.world for row, key in enumerate(kept) if key in served}
+        owned = self.owners(source)
+        files: dict[int, list[int]] = {}  # key -> source indices holding it (the fresh table is in source order)
+        table = fresh.table
+        for i in range(len(table["key"])):
+            if str(table["status"][i]) in ("ok", "duplicate") and int(table["key"][i]) in served:
+                files.setdefault(int(table["key"][i]), []).append(i)
+        ds = ImageDataset(source, prep)
+        outgoing: list[dict] = [{} for _ in range(self.world)]
+        for key, idx in files.items():
+            if int(owned[idx[0]]) != self.rank:  # the first file's owner reads it (or a copy it owns)
+                continue
+            rec = None
+            for i in [j for j in idx if int(owned[j]) == self.rank]:
+                rec = ds[i]
+                if int(rec["key"]) == key:
+                    break
+            outgoing[where[key]][key] = rec
+        received: dict[int, dict] = {}
+        for dst in range(self.world):
+            got = [None] * self.world if dst == self.rank else None
+            self._call(tdist.gather_object, outgoing[dst], got, dst)
+            if got is not None:
+                for part in got:
+                    received.update(part)
+        read = fresh.record_of
+        fresh.record_of = lambda key: received[key] if key in received else read(key)
 
     # --- finalize --------------------------------------------------------------------------
     def share(self, n_batches: int) -> list[int]:

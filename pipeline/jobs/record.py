@@ -27,9 +27,12 @@ Fields (all always present; ``null`` where unknown)::
     images_new          images decoded and mined by this invocation
     images_known        images skipped because the store already held their content (--update)
     images_resumed      images restored from a checkpoint instead of being mined again
+    bytes_read          bytes of image files read by the streaming pass of this invocation (all
+                        ranks; each rank's own in ``ranks``): --update reads only new or changed
+                        files, a torchrun rank only its share
     seconds, images_per_s   wall time of this invocation; images_new / seconds
     world_size, ranks   processes of a torchrun job and, per rank, its rank, host, pid, device,
-                        images_new, seconds (its streaming pass) and images_per_s; ranks is null
+                        images_new, bytes_read, seconds (its streaming pass) and images_per_s; ranks is null
                         for a single process
     version, host, pid
 """
@@ -78,6 +81,7 @@ class JobStats:
     images_new: int = 0
     images_known: int = 0
     images_resumed: int = 0
+    bytes_read: int | None = None  # image bytes the streaming pass read (all ranks)
     ranks: list[dict] | None = None  # torchrun jobs: one entry per process (see jobs.distributed)
     start: str = field(default_factory=now_iso)
 
@@ -102,6 +106,7 @@ def make_record(stats: JobStats, exit_code: int, error: str | None, seconds: flo
         "images_new": stats.images_new,
         "images_known": stats.images_known,
         "images_resumed": stats.images_resumed,
+        "bytes_read": stats.bytes_read,
         "seconds": round(seconds, 3),
         "images_per_s": round(stats.images_new / seconds, 3) if seconds > 0 else None,
         "world_size": len(stats.ranks) if stats.ranks else 1,

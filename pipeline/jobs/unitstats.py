@@ -85,7 +85,7 @@ def union_stats(parts, layers: list[str], net: Network, root: str, table: dict, 
     lost = 0
     for mult in sorted(set(extra.values())):
         keys = sorted(k for k, m in extra.items() if m == mult)
-        again = _stream_stats([_fetcher(k, parts, paths, prep) for k in keys], net, layers, prep, device, precision)
+        again = stream_stats([_fetcher(k, parts, paths, prep) for k in keys], net, layers, prep, device, precision)
         lost += (len(keys) - again[layers[0]].images) * mult
         for n in layers:
             for _ in range(mult):
@@ -96,7 +96,7 @@ def union_stats(parts, layers: list[str], net: Network, root: str, table: dict, 
     return {n: s.result() for n, s in total.items()}
 
 
-def _stream_stats(fetch: list, net: Network, layers: list[str], prep: Preprocessing, device: torch.device,
+def stream_stats(fetch: list, net: Network, layers: list[str], prep: Preprocessing, device: torch.device,
                   precision: str) -> dict[str, UnitStats]:
     state = new_state(net, layers, 1, device)
     if fetch:

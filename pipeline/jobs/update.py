@@ -2,9 +2,28 @@
 
 Known content is recognised by its key (from the file's SHA-256), never by name,
 so renamed or copied files are not mined twice and an edited file is mined anew.
-Each file is still read and hashed (that is what tells new from known), but known
-files are neither decoded nor run through the network: on a nightly job over a
-growing collection that is most of the cost saved.
+Known files are neither decoded nor run through the network.
+
+**A file is not even read when its metadata says it is unchanged.** The store records
+each file's size, mtime and ctime (ns, ``/images/size``, ``mtime_ns``, ``ctime_ns``,
+taken when the file was listed, *before* it was read). A file whose path has a used row
+in the base store with the same three values is known without being opened
+(:func:`unchanged`); every other file is read and hashed as before; ``--rehash`` reads
+every file. Why ctime too: a user or a tool (``touch -r``, ``rsync -t``, ``cp -p``, an
+unpacked archive) can set mtime back to an old value after rewriting a file, but not
+ctime, which the kernel sets on every write, rename into place or metadata change; the
+inode number is not used (moving the collection to another disk would re-hash it all
+anyway, since ctime changes too). The trade: a rewrite that leaves size, mtime and ctime
+as they were is not seen; that takes a clock set back, or a file system whose
+timestamps are coarser than the rewrite was quick. For the latter a row whose file changed
+within a clock tick (:func:`racy`: 10 ms, 2 s on a file system with whole-second stamps)
+before the base store's job started (``created`` less ``seconds``: every listing came
+after) is not trusted ("racy", as git calls it) and the file is re-hashed. (The check is made
+when the store is used, not when it is written, so a store's contents do not depend on
+timing. For rows a ``mine merge`` brought in, the merge's start is later than their listing:
+the guard is weaker there.) Rows restored from a checkpoint have no metadata (-1; it would
+be this run's, not that of the read): they are re-hashed once. Array items and Datasets
+have no file metadata: always read.
 
 Semantics, because a top-k cannot forget: an updated store covers every image
 content ever mined into it. A file deleted from the collection, or the old
@@ -14,16 +33,66 @@ top-k. Start a fresh store (``--force``) to drop them.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import numpy as np
 import torch
 
 from ..data import ImageDataset, image_key
 from ..data.read import Unreadable
+from ..mining.stream import ImageRecord
 from ..store.schema import as_str
-from .combine import CONTENT_OK
+from .combine import CONTENT_OK, STAT_COLUMNS
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
+RACY_NS = 10_000_000  # a file changed less than this before it was listed: its metadata is not trusted
+RACY_COARSE_NS = 2_000_000_000  # the same for whole-second time stamps (ext3, HFS+, FAT: 2 s)
+
+
+def racy(meta: tuple[int, int, int], now: int) -> bool:
+    """Changed so shortly before ``now`` that a rewrite right after could keep every time stamp:
+    within :data:`RACY_NS` (the kernel stamps files from a coarse clock, 1-10 ms a tick), or
+    :data:`RACY_COARSE_NS` when the stamps are whole seconds (a coarse file system)."""
+    coarse = meta[1] % 1_000_000_000 == 0 and meta[2] % 1_000_000_000 == 0
+    return max(meta[1], meta[2]) >= now - (RACY_COARSE_NS if coarse else RACY_NS)
+
+
+def list_stats(source, indices) -> dict[int, tuple[int, int, int]]:
+    """``index -> (size, mtime_ns, ctime_ns)`` of ``indices``, taken now (before any is read)."""
+    return {i: source.stat(i) for i in indices}
+
+
+def listed_since(attrs: dict) -> int | None:
+    """A time (ns) before which every file of the store was listed: its job's start (``created``,
+    whole seconds, less ``seconds``); None if unknown."""
+    try:
+        created = datetime.fromisoformat(str(attrs["created"])).timestamp()
+        return int((created - float(attrs["seconds"])) * 1e9)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np.ndarray],
+              base_attrs: dict) -> dict[int, ImageRecord]:
+    """Records (reason "known") of the files among ``stats`` that need not be read: the base
+    store has a used row of the same path whose size, mtime and ctime are theirs, and that file
+    had not changed just before the base store's job listed it (:func:`racy`)."""
+    since = listed_since(base_attrs)
+    if since is None or not all(c in base for c in STAT_COLUMNS):
+        return {}  # a store written before it kept file metadata: every file is hashed once
+    by_path: dict[tuple[str, tuple[int, int, int]], tuple[int, str]] = {}
+    for j, (p, st) in enumerate(zip(base["path"], base["status"])):
+        meta = tuple(int(base[c][j]) for c in STAT_COLUMNS)
+        if as_str(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0 and not racy(meta, since):
+            by_path[(as_str(p), meta)] = (int(base["key"][j]), as_str(base["sha256"][j]))
+    out = {}
+    for i, meta in stats.items():
+        if meta[0] < 0:
+            continue
+        hit = by_path.get((source.relpath(source.paths[i]), meta))
+        if hit is not None:
+            out[i] = ImageRecord(i, hit[0], hit[1], False, KNOWN, 0, 0)
+    return out
 
 
 def known_keys(table: dict[str, np.ndarray]) -> set[int]:
@@ -34,25 +103,31 @@ def known_keys(table: dict[str, np.ndarray]) -> set[int]:
 
 class SkipKnown(ImageDataset):
     """``ImageDataset`` that returns ``ok=False, reason="known"`` for known content
-    without decoding it (the stream pass then neither feeds nor counts it as seen)."""
+    without decoding it (the stream pass then neither feeds nor counts it as seen).
+    Each file is read once; ``meter`` (a ``multiprocessing.Value("q")``, shared with the
+    loader's workers) counts the bytes read."""
 
-    def __init__(self, source, prep, indices=None, known: set[int] = frozenset()) -> None:
+    def __init__(self, source, prep, indices=None, known: set[int] = frozenset(), meter=None) -> None:
         super().__init__(source, prep, indices)
-        self.known = known
+        self.known, self.meter = known, meter
 
     def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        try:
+            data = self.source.read(index)
+        except Unreadable as e:
+            return self.record(index, e)  # records the unreadable file (or bad name) as usual
+        if self.meter is not None:
+            with self.meter.get_lock():
+                self.meter.value += len(data)
         if self.known:
-            index = self.indices[i]
-            try:
-                digest = hashlib.sha256(self.source.read(index)).hexdigest()
-            except Unreadable:
-                return super().__getitem__(i)  # records the unreadable file (or bad name) as usual
+            digest = hashlib.sha256(data).hexdigest()
             key = image_key(digest)
             if key in self.known:
                 s = self.prep.size
                 return {"index": index, "key": key, "sha256": digest, "ok": False, "reason": KNOWN,
                         "pixels": torch.zeros((s, s, 3), dtype=torch.uint8), "width": 0, "height": 0}
-        return super().__getitem__(i)
+        return self.record(index, data)
 
 
 def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

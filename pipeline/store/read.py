@@ -3,7 +3,9 @@
 ``Store`` is what notebooks, ``mine info``/``mine top`` and ``mine render`` use.
 Opening validates the whole schema (``validate``: format, status, attributes,
 groups, datasets, shapes, dtypes, index ranges), so a truncated, half-written,
-damaged or foreign file is one clear ``StoreError`` and never a traceback.
+damaged or foreign file is one clear ``StoreError`` and never a traceback. Opening
+reads no /images rows but the kept ones, so it takes the same time for any number of
+images; ``images()`` reads (and checks) the whole table.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from ..mining import stats as unit_stats
 from ..models.geometry import Geometry, pad_crop
 from ..models.layers import select_layers
 from .schema import StoreError
-from .validate import plain, validate
+from .validate import Damaged, check_table, plain, rows, validate
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class UnitSummary:
     @property
     def dead(self) -> list[int]:
         return [int(c) for c in np.flatnonzero(self.fired == 0)]
+
+
+def _column(ds: h5py.Dataset) -> np.ndarray:
+    try:
+        return ds[()]
+    except OSError as e:
+        why = "its checksum does not match the data (flipped bits?)" if ds.fletcher32 else str(e).splitlines()[0]
+        raise Damaged(f"{ds.name} cannot be read: {why}") from None
 
 
 def live_units(arrays: dict) -> np.ndarray:
@@ -148,8 +158,9 @@ class Store:
             self.layers: list[str] = list(self.attrs["layers"])
             self.k = int(self.attrs["k"])
             self.size = int(self.attrs["input_size"])
-            self._paths = [p.decode() if isinstance(p, bytes) else p for p in self.f["images/path"][()]]
+            self.n_images = int(self.f["images/path"].shape[0])
             self._kept_image = self.f["kept/image"][()]
+            self._kept_paths: list[str] | None = None  # read on first use: the kept rows only
         except StoreError:
             self.f.close()
             raise
@@ -283,11 +294,35 @@ class Store:
 
     # --- images --------------------------------------------------------------
     def kept_path(self, kept: int) -> str:
-        return self._paths[int(self._kept_image[kept])]
+        """The path of kept image ``kept``: the paths of every kept row are read once, on first use
+        (``rows``: only the chunks of /images/path that hold them, not the whole table)."""
+        if self._kept_paths is None:
+            try:
+                self._kept_paths = [plain(p) for p in rows(self.f["images/path"], self._kept_image)]
+            except Damaged as e:
+                raise StoreError(f"{self.path} is damaged: {e}") from None
+        return self._kept_paths[int(kept)]
 
     def images(self) -> dict[str, np.ndarray]:
-        """The per-file columns (path, sha256, key, status, width, height[, label]); not the pooled vectors."""
-        return {k: self.f["images"][k][()] for k in self.f["images"] if not k.startswith("pooled_")}
+        """The per-file columns (path, sha256, key, status, width, height[, label][, size, mtime_ns,
+        ctime_ns]); not the pooled vectors. Reads the whole table (and checks its values)."""
+        try:
+            cols = {k: _column(self.f["images"][k]) for k in self.f["images"] if not k.startswith("pooled_")}
+            check_table(cols)
+        except Damaged as e:
+            raise StoreError(f"{self.path} is damaged: {e}") from None
+        return cols
+
+    def image_counts(self) -> dict[str, int]:
+        """files, used ("ok"), skipped, duplicate: from the attributes (no row read) when the store
+        has ``images_duplicate``, else from /images/status."""
+        a, n = self.attrs, self.n_images
+        if "images_duplicate" in a and "images_skipped" in a:
+            dup, skipped = int(a["images_duplicate"]), int(a["images_skipped"])
+        else:
+            st = [plain(x) for x in self.images()["status"]]
+            dup, skipped = st.count("duplicate"), sum(x.startswith("skipped") for x in st)
+        return {"files": n, "ok": n - dup - skipped, "skipped": skipped, "duplicate": dup}
 
     def pooled(self, layer: str) -> np.ndarray:
         """(N, 2, C) float16 per /images row: spatial mean [0] and max [1] of ``layer``, NaN where the

@@ -7,7 +7,7 @@
                            mode custom adds channels 1 | 3, mean and std per
                            channel on pixels in [0, 1]; /kept/pixels stay RGB,
                            grey for one channel)
-                           created, images_seen, images_skipped, seconds,
+                           created, images_seen, images_skipped, images_duplicate, seconds,
                            inputs_id (sha256 of the configuration, the image
                            list and, for --update/merge, the input stores: equal
                            ids mean equal results; lets a resumed job see that
@@ -17,6 +17,10 @@
     /images/key            (N,) int64 stable image id (from the hash)
     /images/status         (N,) str   "ok", "duplicate", or "skipped: <reason>"
     /images/width, height  (N,) int32 original size (0 when unreadable)
+    /images/size, mtime_ns, ctime_ns  (N,) int64 the file when listed, before it was read
+                           (bytes, ns): ``--update`` does not read a file whose three
+                           values match; -1 unknown (array items, resumed rows,
+                           jobs/update.py). Optional: older stores have none
     /images/label          (N,) str   only for an array/Dataset source with labels (.npz
                            ``labels``, MNIST's labels file, a Dataset's (image, label)
                            items): the item's label, "" where unknown; ``mine embed``'s

@@ -6,8 +6,11 @@ dataset missing, a wrong shape or dtype, an index out of range, an attribute tha
 not valid JSON, NaN where a value must be, ``k = 0``) would otherwise end in a
 traceback, a misleading exit code, or, worse, be merged silently into a new store.
 
-``validate`` reads the small parts of a store -- attributes, ``/images``, the ``/kept``
-keys, every ``/layers`` array, the shapes of pooled vectors and embeddings -- and checks each against ``schema.py``; the big
+``validate`` reads the small parts of a store -- attributes, the ``/kept`` keys and the
+``/images`` rows they name, every ``/layers`` array, the shapes of ``/images`` columns,
+pooled vectors and embeddings -- and checks each against ``schema.py``, in a time that does
+not grow with the number of images; the values of the whole ``/images`` table are checked
+when it is read (``check_table``, by ``Store.images``: ``--update``, ``merge``, ``embed``); the big
 compressed datasets (pixels, switches) are checked by shape and dtype only (zlib's
 checksum catches a flipped bit in them when they are read). A flipped bit in an
 uncompressed numeric dataset is caught by HDF5's fletcher32 checksum, which
@@ -27,6 +30,7 @@ from .schema import COMPLETE, FORMAT, SCHEMA_VERSION, StoreError
 JSON_ATTRS = ("preprocessing", "layers", "versions", "pooled")  # pooled: `mine run --pooled`
 PRECISIONS = ("fp32", "bf16", "fp16")
 IMAGE_COLUMNS = {"path": "str", "sha256": "str", "key": "int", "status": "str", "width": "int", "height": "int"}
+FILE_COLUMNS = ("size", "mtime_ns", "ctime_ns")  # optional: the file's metadata when listed (jobs.update)
 LAYER_ARRAYS = {"value": "float", "kept": "int", "key": "int", "y": "int", "x": "int", "box": "int"}
 
 
@@ -101,7 +105,7 @@ def _check_attrs(a: dict) -> None:
         raise Damaged(f"attribute preprocessing has size {prep.size} but input_size is {a['input_size']}")
     may("precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
     may("versions", lambda v: isinstance(v, dict), "a JSON object")
-    for name in ("images_seen", "images_skipped"):
+    for name in ("images_seen", "images_skipped", "images_duplicate"):
         may(name, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     for name in ("created", "inputs_id"):
         may(name, text, "text")
@@ -143,9 +147,15 @@ def _read(ds: h5py.Dataset) -> np.ndarray:
         raise Damaged(f"{ds.name} cannot be read: {why}") from None
 
 
-def _check_images(f: h5py.File, a: dict) -> np.ndarray:
-    cols = {c: _read(_dataset(f, f"images/{c}", kind, (None,))) for c, kind in IMAGE_COLUMNS.items()}
-    n = {c: len(v) for c, v in cols.items()}
+def _check_images(f: h5py.File, a: dict) -> int:
+    """The /images columns by their metadata only (present, kind, one length, the same as
+    images_seen): no rows are read, so opening costs the same for 100 or 10 million images.
+    Their values are checked where they are read (:func:`check_table`, the kept rows in
+    :func:`_check_kept`)."""
+    n = {c: _dataset(f, f"images/{c}", kind, (None,)).shape[0] for c, kind in IMAGE_COLUMNS.items()}
+    for c in FILE_COLUMNS:  # optional (stores written before mine kept file metadata have none)
+        if f"images/{c}" in f:
+            n[c] = _dataset(f, f"images/{c}", "int", (None,)).shape[0]
     if len(set(n.values())) != 1:
         raise Damaged(f"/images columns differ in length: {n}")
     if "images_seen" in a and a["images_seen"] != n["path"]:
@@ -154,26 +164,47 @@ def _check_images(f: h5py.File, a: dict) -> np.ndarray:
         labels = _dataset(f, "images/label", "str", (n["path"],))
         if len(labels) != n["path"]:
             raise Damaged(f"/images/label has {len(labels)} rows but /images has {n['path']}")
-    bad = [s for s in cols["status"] if plain(s) not in ("ok", "duplicate") and not plain(s).startswith("skipped")]
-    if bad:
-        raise Damaged(f"/images/status holds {plain(bad[0])!r}; expected ok, duplicate or skipped: <reason>")
-    if (cols["key"] < 0).any():
+    return n["path"]
+
+
+def check_table(cols: dict) -> None:
+    """The values of /images columns read in full (``Store.images``): status and keys."""
+    if "status" in cols:
+        bad = [s for s in cols["status"] if plain(s) not in ("ok", "duplicate") and not plain(s).startswith("skipped")]
+        if bad:
+            raise Damaged(f"/images/status holds {plain(bad[0])!r}; expected ok, duplicate or skipped: <reason>")
+    if "key" in cols and (np.asarray(cols["key"]) < 0).any():
         raise Damaged("/images/key holds negative keys")
-    return cols["key"]
 
 
-def _check_kept(f: h5py.File, image_keys: np.ndarray, size: int) -> np.ndarray:
+def rows(ds: h5py.Dataset, index: np.ndarray) -> np.ndarray:
+    """``ds[index]`` for any int array (repeats, any order), reading only the chunks that hold
+    those rows (h5py wants increasing, distinct indices)."""
+    index = np.asarray(index, dtype=np.int64)
+    if not len(index):
+        return ds[:0]
+    unique, back = np.unique(index, return_inverse=True)
+    try:
+        if len(unique) > len(ds) // 4:  # most of the table: one plain read is faster
+            return ds[()][index]
+        return ds[unique][back]
+    except OSError as e:
+        why = "its checksum does not match the data (flipped bits?)" if ds.fletcher32 else str(e).splitlines()[0]
+        raise Damaged(f"{ds.name} cannot be read: {why}") from None
+
+
+def _check_kept(f: h5py.File, n_images: int, size: int) -> np.ndarray:
     image = _read(_dataset(f, "kept/image", "int", (None,)))
     keys = _read(_dataset(f, "kept/key", "int", (None,)))
     m = len(image)
     if len(keys) != m:
         raise Damaged(f"/kept/key has {len(keys)} rows, /kept/image {m}")
     _dataset(f, "kept/pixels", "uint8", (m, size, size, 3))
-    if m and (image.min() < 0 or image.max() >= len(image_keys)):
-        raise Damaged(f"/kept/image holds rows outside 0..{len(image_keys) - 1} of /images")
+    if m and (image.min() < 0 or image.max() >= n_images):
+        raise Damaged(f"/kept/image holds rows outside 0..{n_images - 1} of /images")
     if m and (np.diff(keys) <= 0).any():
         raise Damaged("/kept/key is not strictly increasing")
-    if m and (image_keys[image] != keys).any():
+    if m and (rows(f["images/key"], image) != keys).any():
         raise Damaged("/kept/key differs from the keys of the /images rows that /kept/image names")
     for name, obj in _group(f, "switches").items():
         if not isinstance(obj, h5py.Dataset) or obj.dtype != np.uint8 or obj.ndim != 4 or obj.shape[0] != m:
@@ -246,10 +277,10 @@ def validate(f: h5py.File, path, require_complete: bool = True) -> dict:
         attrs = read_attrs(f)
         check_header(path, attrs, require_complete)
         _check_attrs(attrs)
-        image_keys = _check_images(f, attrs)
-        kept_keys = _check_kept(f, image_keys, attrs["input_size"])
-        _check_pooled(f, attrs, len(image_keys))
-        _check_embed(f, attrs, len(image_keys))
+        n_images = _check_images(f, attrs)
+        kept_keys = _check_kept(f, n_images, attrs["input_size"])
+        _check_pooled(f, attrs, n_images)
+        _check_embed(f, attrs, n_images)
         _group(f, "layers")
         for name in attrs["layers"]:
             _check_layer(f, name, attrs["k"], attrs["input_size"], kept_keys)

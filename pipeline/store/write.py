@@ -37,12 +37,11 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
             f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION})
             for k, v in attrs.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+            status = images["status"]
+            f.attrs["images_duplicate"] = int(sum(s == "duplicate" for s in status))  # `mine info` reads no rows
             g = f.create_group("images")
             for col, arr in images.items():
-                if arr.dtype == object:  # variable-length strings take no HDF5 filters
-                    g.create_dataset(col, data=arr, dtype=STR)
-                else:
-                    g.create_dataset(col, data=arr, **CHECKED)
+                _write_column(g, col, arr)
             kept = f.create_group("kept")
             kept.create_dataset("image", data=fin.kept_index, **CHECKED)  # source index == /images row
             kept.create_dataset("key", data=fin.kept_keys, **CHECKED)
@@ -74,6 +73,25 @@ def write_store(path: Path, net: Network, attrs: dict, images: dict[str, np.ndar
     return path
 
 
+#: Rows per chunk of the /images columns (at most ~1 MiB a chunk): a reader of a few rows
+#: (``mine top``'s kept paths) decompresses a few chunks, never the whole table.
+IMAGE_CHUNK = 16384
+
+
+def _write_column(g: h5py.Group, col: str, arr: np.ndarray) -> None:
+    """One /images column, chunked by :data:`IMAGE_CHUNK` rows. Numbers are compressed (gzip
+    with the byte shuffle: keys and times compress to about half, widths, heights and sizes
+    far more) and checksummed; variable-length strings are chunked only (HDF5 compresses
+    just their heap references, which does not pay)."""
+    rows = min(len(arr), IMAGE_CHUNK, max(1, 2**20 // max(1, arr[:1].nbytes)))  # pooled rows: ~1 MiB a chunk
+    chunks = (rows, *arr.shape[1:]) if len(arr) else None
+    if arr.dtype == object:
+        g.create_dataset(col, data=arr, dtype=STR, chunks=chunks)
+    else:
+        g.create_dataset(col, data=arr, chunks=chunks, **({"compression": "gzip", "compression_opts": 4,
+                                                           "shuffle": True} if chunks else {}), **CHECKED)
+
+
 def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
     images = {int(r["images"]) for r in stats.values()}
     if len(images) != 1:  # every layer sees the same images
@@ -90,8 +108,9 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
 
 
 def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
-    """The /images columns from rows (path, sha256, key, status, width, height[, label]) in
-    path order.
+    """The /images columns from rows (path, sha256, key, status, width, height[, label[, file]])
+    in path order; ``file`` is (size, mtime_ns, ctime_ns) as listed (``jobs.update``), -1 where
+    unknown.
 
     ``status`` None marks a file whose content was used; among such files with equal
     content the first path is "ok" and the rest "duplicate", whatever order they were
@@ -103,6 +122,8 @@ def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
     status = [r[3] if r[3] is not None else ("ok" if first.setdefault(r[2], i) == i else "duplicate")
               for i, r in enumerate(rows)]
     labels = [r[6] if len(r) > 6 else None for r in rows]
+    meta = np.array([r[7] if len(r) > 7 and r[7] is not None else (-1, -1, -1) for r in rows],
+                    dtype=np.int64).reshape(len(rows), 3)
     return {
         "path": np.array([r[0] for r in rows], dtype=object),
         "sha256": np.array([r[1] for r in rows], dtype=object),
@@ -112,4 +133,5 @@ def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
         "height": np.array([r[5] for r in rows], dtype=np.int32),
         **({"label": np.array(["" if v is None else v for v in labels], dtype=object)}
            if any(v is not None for v in labels) else {}),
+        "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2],
     }
