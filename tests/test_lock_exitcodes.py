@@ -137,7 +137,7 @@ def test_run_record_lines(images, tmp_path):
     r1, r2, r3 = records(store.parent)
     assert set(r1) == {"start", "end", "command", "status", "exit_code", "error", "mode", "store", "images_seen",
                        "images_skipped", "images_new", "images_known", "images_resumed", "seconds",
-                       "images_per_s", "world_size", "ranks", "version", "host", "pid"}
+                       "images_per_s", "world_size", "ranks", "version", "host", "pid", "bytes_read"}
     assert (r1["world_size"], r1["ranks"]) == (1, None)  # a single process (torchrun: see test_distributed)
     assert (r1["status"], r1["mode"], r1["images_seen"], r1["images_new"], r1["images_skipped"]) == \
         ("ok", "fresh", 8, 7, 1)
