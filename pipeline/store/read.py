@@ -20,7 +20,7 @@ from ..mining import stats as unit_stats
 from ..models.geometry import Geometry, pad_crop
 from ..models.layers import select_layers
 from .schema import StoreError
-from .validate import Damaged, check_table, plain, rows, validate
+from .validate import Damaged, check_table, plain, read_column, rows, validate
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ class UnitSummary:
     @property
     def dead(self) -> list[int]:
         return [int(c) for c in np.flatnonzero(self.fired == 0)]
-
-
-def _column(ds: h5py.Dataset) -> np.ndarray:
-    try:
-        return ds[()]
-    except OSError as e:
-        why = "its checksum does not match the data (flipped bits?)" if ds.fletcher32 else str(e).splitlines()[0]
-        raise Damaged(f"{ds.name} cannot be read: {why}") from None
 
 
 def live_units(arrays: dict) -> np.ndarray:
@@ -307,7 +299,7 @@ class Store:
         """The per-file columns (path, sha256, key, status, width, height[, label][, size, mtime_ns,
         ctime_ns]); not the pooled vectors. Reads the whole table (and checks its values)."""
         try:
-            cols = {k: _column(self.f["images"][k]) for k in self.f["images"] if not k.startswith("pooled_")}
+            cols = {k: read_column(self.f["images"][k]) for k in self.f["images"] if not k.startswith("pooled_")}
             check_table(cols)
         except Damaged as e:
             raise StoreError(f"{self.path} is damaged: {e}") from None

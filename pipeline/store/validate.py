@@ -139,7 +139,8 @@ def _group(f: h5py.File, name: str) -> h5py.Group:
     return obj
 
 
-def _read(ds: h5py.Dataset) -> np.ndarray:
+def read_column(ds: h5py.Dataset) -> np.ndarray:
+    """A dataset's values, or ``Damaged`` naming it (a checksum mismatch says so)."""
     try:
         return ds[()]
     except OSError as e:
@@ -194,8 +195,8 @@ def rows(ds: h5py.Dataset, index: np.ndarray) -> np.ndarray:
 
 
 def _check_kept(f: h5py.File, n_images: int, size: int) -> np.ndarray:
-    image = _read(_dataset(f, "kept/image", "int", (None,)))
-    keys = _read(_dataset(f, "kept/key", "int", (None,)))
+    image = read_column(_dataset(f, "kept/image", "int", (None,)))
+    keys = read_column(_dataset(f, "kept/key", "int", (None,)))
     m = len(image)
     if len(keys) != m:
         raise Damaged(f"/kept/key has {len(keys)} rows, /kept/image {m}")
@@ -224,7 +225,7 @@ def _check_layer(f: h5py.File, name: str, k: int, size: int, kept_keys: np.ndarr
             raise Damaged(f"/layers/{name} attribute {attr} = {v!r} is not a valid integer")
         info[attr] = v
     c, w = info["channels"], info["out_size"]
-    arr = {n: _read(_dataset(f, f"layers/{name}/{n}", kind, (c, k, 4) if n == "box" else (c, k)))
+    arr = {n: read_column(_dataset(f, f"layers/{name}/{n}", kind, (c, k, 4) if n == "box" else (c, k)))
            for n, kind in LAYER_ARRAYS.items()}
     where = f"/layers/{name}"
     kept, value = arr["kept"], arr["value"]
