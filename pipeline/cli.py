@@ -378,13 +378,13 @@ def info(store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP)) ->
 
 
 def _echo_border_units(s, w: int) -> None:
-    """``mine info``'s border lines: per layer, the units whose top entries all sit at one edge position."""
-    from .store.read import border_units
+    """``mine info``'s border lines: per layer, the units whose top entries sit at one edge position."""
+    from .store.read import border_places
 
     for name in s.layers:
-        a = s.arrays(name)
-        units = [c for c, b in enumerate(border_units(a, int(s.layer_info(name)["out_size"]))) if b]
-        shown = ", ".join(f"{c} at ({a['y'][c, 0]}, {a['x'][c, 0]})" for c in units[:8]) + (", ..." if len(units) > 8 else "")
+        places = border_places(s.arrays(name), int(s.layer_info(name)["out_size"]))
+        units = sorted(places)
+        shown = ", ".join(f"{c} at ({places[c][0]}, {places[c][1]})" for c in units[:8]) + (", ..." if len(units) > 8 else "")
         typer.echo(f"border units {name:<{w}} {len(units):>4}" + (f"  ({shown})" if len(units) else ""))
 
 
@@ -432,7 +432,7 @@ def top(
 ) -> None:
     """List a channel's kept entries (rank, value, image, position, receptive-field box); says when the unit
     is dead or a border unit."""
-    from .store.read import Store, border_units, live_units
+    from .store.read import Store, border_places, live_units
 
     with guarded(Store, store) as s:
         name = guarded(s.layer_name, layer)
@@ -447,9 +447,11 @@ def top(
             typer.echo(f"unit {feature} of {name} is dead: " + (
                 f"every kept value is <= 0, so the {len(entries)} images below are ties, not what the unit sees"
                 if entries else "it kept no entry"))
-        elif border_units(a, int(s.layer_info(name)["out_size"]))[feature]:
-            typer.echo(f"unit {feature} of {name} is a border unit: every entry at (y, x) = ({entries[0].y}, "
-                       f"{entries[0].x}) on the map's edge, a response to the image border more than to the images")
+        elif feature in (places := border_places(a, int(s.layer_info(name)["out_size"]))):
+            y, x, there, n = places[feature]
+            which = "every entry" if there == n else f"{there} of {n} entries"
+            typer.echo(f"unit {feature} of {name} is a border unit: {which} at (y, x) = ({y}, {x}) on the map's "
+                       f"edge, a response to the image border more than to the images")
         for e in entries:
             typer.echo(f"{e.rank:>3} {e.value:>12.5g}  y={e.y:<3} x={e.x:<3} box={list(e.box)}  {e.path}")
 

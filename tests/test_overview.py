@@ -63,6 +63,18 @@ def test_live_and_border_units_by_hand():
     assert strongest_channels(HAND, 20) == [0, 1, 2, 4, 5, 7, 8, 9], "dead units are never among the strongest"
 
 
+def test_two_thirds_at_one_edge_position_is_a_border_unit():
+    """MobileNetV2 features.11 unit 84 keeps eight of nine at (0, 13) and one at (0, 0): a padding
+    responder, though not every entry sits at one place."""
+    two_thirds = arrays([
+        [(2, 80, 6, 6), (1.5, 81, 6, 6), (1, 82, 0, 0)],  # border: two of three at (6, 6)
+        [(2, 90, 6, 6), (1.5, 91, 6, 6), (1, 92, 3, 3), (0.5, 93, 0, 0)],  # half at (6, 6): not two thirds
+        [(2, 95, 3, 3), (1.5, 96, 3, 3), (1, 97, 0, 0)],  # two thirds at (3, 3), inside the map
+        [(1, 98, 0, 5), (2, 99, 0, 5), (3, 99, 6, 0)],  # best entry elsewhere; two of three at (0, 5)
+    ])
+    assert border_units(two_thirds, 7).tolist() == [True, False, False, True]
+
+
 @pytest.mark.parametrize("n,picked", [
     (1, [0]), (2, [0, 2]), (6, [0, 2, 5, 7, 8, 9]),
     (7, [0, 2, 5, 7, 8, 9, 4]),  # then the border unit (new images)
@@ -125,8 +137,11 @@ def odd_units(store) -> tuple[set[int], set[int]]:
         slots = [(a["value"][c, r], a["y"][c, r], a["x"][c, r]) for r in range(K) if a["kept"][c, r] >= 0]
         if all(v <= 0 for v, _, _ in slots):
             dead.add(c)
-        elif len({(y, x) for _, y, x in slots}) == 1 and len(slots) > 1 and {slots[0][1], slots[0][2]} & {0, SIZE - 1}:
-            border.add(c)
+        elif len(slots) > 1:  # two thirds or more of the slots at one position on the edge
+            places = [(y, x) for _, y, x in slots]
+            top = max(sorted(set(places)), key=places.count)
+            if 3 * places.count(top) >= 2 * len(slots) and set(top) & {0, SIZE - 1}:
+                border.add(c)
     return dead, border
 
 

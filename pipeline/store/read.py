@@ -81,21 +81,36 @@ def live_units(arrays: dict) -> np.ndarray:
     return ((arrays["kept"] >= 0) & (arrays["value"] > 0)).any(axis=1)
 
 
-def border_units(arrays: dict, size: int) -> np.ndarray:
-    """(C,) bool: a live unit whose filled slots (two or more) all sit at one (y, x) on the edge of
-    its ``size`` x ``size`` map.
+def border_places(arrays: dict, size: int) -> dict[int, tuple[int, int, int, int]]:
+    """Border units -> (y, x, entries there, filled entries): each live unit with two or more
+    filled slots, at least two thirds of them at one (y, x) on the edge of its ``size`` x ``size``
+    map (ties between positions: the smaller y * size + x).
 
     Such a unit answers to the zero padding at that border (MobileNetV2 features.14: 30 of 160
-    units have all nine at one position), not to what its images show, so its top images
-    repeat other units' and its patches are mostly padding. Maps without an interior
-    (``size`` < 3) have no border units.
+    units have all nine at one position; features.11 unit 84 has eight of nine at (0, 13) and one
+    at (0, 0)), not to what its images show, so its top images repeat other units' and its
+    patches are mostly padding. Maps without an interior (``size`` < 3) have no border units.
     """
-    filled = arrays["kept"] >= 0
-    y = np.where(filled, arrays["y"], arrays["y"][:, :1])  # empty slots copy the first: they do not count
-    x = np.where(filled, arrays["x"], arrays["x"][:, :1])
-    one_place = (y == y[:, :1]).all(axis=1) & (x == x[:, :1]).all(axis=1)
-    edge = np.isin(y[:, 0], (0, size - 1)) | np.isin(x[:, 0], (0, size - 1))
-    return (size >= 3) & live_units(arrays) & (filled.sum(axis=1) >= 2) & one_place & edge
+    if size < 3:
+        return {}
+    live = live_units(arrays)
+    out = {}
+    for c, (kept, ys, xs) in enumerate(zip(arrays["kept"], arrays["y"], arrays["x"])):
+        got = (ys * size + xs)[kept >= 0]
+        if len(got) < 2 or not live[c]:
+            continue
+        where, count = np.unique(got, return_counts=True)
+        y, x = divmod(int(where[np.argmax(count)]), size)
+        if 3 * count.max() >= 2 * len(got) and (y in (0, size - 1) or x in (0, size - 1)):
+            out[c] = (y, x, int(count.max()), len(got))
+    return out
+
+
+def border_units(arrays: dict, size: int) -> np.ndarray:
+    """(C,) bool: the units :func:`border_places` finds."""
+    out = np.zeros(len(arrays["kept"]), bool)
+    out[list(border_places(arrays, size))] = True
+    return out
 
 
 def strongest_channels(arrays: dict, n: int) -> list[int]:
