@@ -9,7 +9,7 @@ Python API (the CLI is a thin layer over it)::
             print(e.rank, e.value, e.path, e.box)
 """
 from .config import RunConfig
-from .run import RunResult, run
+from .runner import RunResult, run
 from .store.read import Entry, Store
 from .store.schema import StoreError
 from .versions import __version__

@@ -19,7 +19,7 @@ from . import exitcodes
 from .config import check_size
 from .deconv.rules import AUTO_STRIDED, DEFAULT_METHOD, METHODS
 from .models.registry import DEFAULT_MODEL, MODELS
-from .run import RunConfig
+from .runner import RunConfig
 from .store.schema import StoreError
 
 
@@ -109,7 +109,7 @@ def fail(msg: str, code: int) -> None:
 def classify(e: BaseException) -> int:
     """Exit code for a known failure, None for a bug (which should show its traceback)."""
     from .data import SourceError
-    from .errors import (
+    from .job_errors import (
         CheckpointError,
         CheckpointMismatch,
         IncompatibleError,
@@ -120,7 +120,7 @@ def classify(e: BaseException) -> int:
         WriteError,
     )
     from .mining.finalize import KeptImagesChanged, ReproduceError
-    from .models.errors import WeightsError
+    from .models.weights_error import WeightsError
 
     if isinstance(e, LockedError):
         return exitcodes.LOCKED
@@ -240,7 +240,7 @@ def run(
     """
     from .config import load_config
     from .jobs.record import JobStats
-    from .run import run as run_job
+    from .runner import run as run_job
 
     overrides = _given(ctx, dict(layer=layer, images=images, model=model, weights=weights, k=k, batch_size=batch_size,
                      workers=workers, device=device, size=size, resize=resize, limit=limit,
@@ -578,7 +578,7 @@ def visualize(
 ) -> None:
     """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation,
     shown to the network at 1-2x its size, Lucid's redirected ReLU gradient for the first 20% of steps, Adam)."""
-    from .visualize.run import visualize_layer
+    from .visualize.layer import visualize_layer
 
     guarded(check_size, size, max(batch_size, 1))
     paths = guarded(visualize_layer, model=model, weights=weights, layer=layer, features=features,

@@ -24,7 +24,7 @@ from .data.preprocess import parse_values
 
 @dataclass
 class RunConfig:
-    """Everything ``mine run`` is told (``pipeline.run`` does it); a file's values via ``load_config``."""
+    """Everything ``mine run`` is told (``pipeline.runner`` does it); a file's values via ``load_config``."""
 
     images: str
     layer: str = "conv4_4"

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 
 from .durable import write_fsync
-from .errors import LockedError, WriteError
+from .job_errors import LockedError, WriteError
 
 log = logging.getLogger("pipeline")
 

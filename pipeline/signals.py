@@ -33,7 +33,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from .errors import Interrupted
+from .job_errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 3.0  # longest wait for the current batch after the first signal

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pipeline.render import render_store
-from pipeline.render.project import Renderer, load_store_network
+from pipeline.render.renderer import Renderer, load_store_network
 from pipeline.store.read import Store
 
 

@@ -151,7 +151,7 @@ def crash_in_stream(monkeypatch, after_batches: int, exc: BaseException | None =
     batches, like an out-of-memory error in the next forward pass would)."""
     import sys
 
-    run_module = sys.modules["pipeline.run"]  # the package attribute "run" is the function
+    run_module = sys.modules["pipeline.runner"]  # the package attribute "run" is the function
     count = {"n": 0}
 
     def fake_pause(name, until=None):

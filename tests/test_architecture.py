@@ -17,13 +17,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # before it, never one after it.
 LAYERS = [
     ["pipeline.durable", "pipeline.devices", "pipeline.exitcodes", "pipeline.versions", "pipeline.allocator",
-     "pipeline.errors", "pipeline.faults", "pipeline.lock", "pipeline.signals"],
+     "pipeline.job_errors", "pipeline.faults", "pipeline.lock", "pipeline.signals"],
     ["pipeline.pictures"],
     ["pipeline.data"],
     ["pipeline.models"],
     ["pipeline.mining"],
     ["pipeline.store"],
-    ["pipeline.run", "pipeline.config", "pipeline.jobs"],
+    ["pipeline.runner", "pipeline.config", "pipeline.jobs"],
     ["pipeline.deconv"],
     ["pipeline.visualize"],
     ["pipeline.render"],
@@ -179,3 +179,13 @@ def test_the_map_in_the_docs_names_every_layer():
         for p in prefixes:
             short = p.removeprefix("pipeline.").replace(".", "/")
             assert short == "pipeline" or short in doc, f"{short} is not in docs/architecture.md's map"
+
+
+def test_no_two_modules_share_a_name():
+    """A name says what a module is: two ``project.py`` or two ``run.py`` make a reader ask which one is meant."""
+    root = Path(__file__).resolve().parents[1] / "pipeline"
+    seen: dict[str, list[str]] = {}
+    for p in sorted(root.rglob("*.py")):
+        if p.name not in ("__init__.py", "__main__.py"):
+            seen.setdefault(p.name, []).append(str(p.relative_to(root)))
+    assert {n: ps for n, ps in seen.items() if len(ps) > 1} == {}

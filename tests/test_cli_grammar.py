@@ -21,7 +21,7 @@ from pipeline import exitcodes
 from pipeline.cli import app
 from pipeline.deconv.rules import METHODS
 from pipeline.models.registry import MODELS
-from pipeline.run import RunConfig
+from pipeline.runner import RunConfig
 
 cli = CliRunner()
 COMMANDS = typer.main.get_command(app).commands
@@ -174,7 +174,7 @@ def test_default_model_missing_offline_names_what_works_offline(images, tmp_path
 
 def test_summaries_say_one_thing_and_rates_keep_their_digits(tmp_path):
     from pipeline.render.render import RenderResult
-    from pipeline.run import RunResult
+    from pipeline.runner import RunResult
 
     one = RunResult(tmp_path / "s.h5", images_seen=1, images_skipped=0, seconds=2.0, images_new=1)
     assert one.summary().startswith("1 image seen, 0 skipped, 1 mined")

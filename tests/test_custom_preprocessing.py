@@ -192,7 +192,7 @@ def test_resolve_layers_and_store_records():
 def test_store_network_uses_the_store_preprocessing(colour_pngs, trained, tmp_path):
     """A plain one-channel model mined with --channels 1 rebuilds from its store (render, occlude, merge)
     without the option: the store's record is what the network is traced with."""
-    from pipeline.render.project import load_store_network
+    from pipeline.render.renderer import load_store_network
 
     _, weights = trained
     out = tmp_path / "p.h5"

@@ -173,7 +173,7 @@ def test_capture_path_equals_rerun_path(images, tmp_path, monkeypatch):
 
     from pipeline import run
 
-    run_module = sys.modules["pipeline.run"]  # the package attribute "run" is the function
+    run_module = sys.modules["pipeline.runner"]  # the package attribute "run" is the function
     from pipeline.mining.capture import batch_invariant
     from pipeline.models.weights import load_network
 

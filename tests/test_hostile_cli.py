@@ -169,7 +169,7 @@ def test_out_of_memory_is_one_line(mined, tmp_path, monkeypatch, command, error)
 
     def oom(*a, **kw):
         raise error
-    where = {"run": ("pipeline.run", "run"), "visualize": ("pipeline.visualize.run", "visualize_layer"),
+    where = {"run": ("pipeline.runner", "run"), "visualize": ("pipeline.visualize.layer", "visualize_layer"),
              "reconstruct": ("pipeline.analyses.reconstruct", "reconstruct_images"),
              "occlude": ("pipeline.analyses.occlude", "occlude_images")}[command]
     monkeypatch.setattr(importlib.import_module(where[0]), where[1], oom)

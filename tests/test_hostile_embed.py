@@ -201,7 +201,7 @@ def test_update_cannot_slip_between_embeds_read_and_write(store, monkeypatch):
     assert tried[0].exit_code == exitcodes.LOCKED, tried[0].output
     assert embed_rows_match(store)
     # The other order: the update holds the lock (paused at its first batch), embed is refused.
-    run_mod = sys.modules["pipeline.run"]
+    run_mod = sys.modules["pipeline.runner"]
     embeds = []
 
     def embed_meanwhile(name, until=None):

@@ -33,7 +33,7 @@ from pipeline.cli import app
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
 
 cli = CliRunner()
-run_module = sys.modules["pipeline.run"]
+run_module = sys.modules["pipeline.runner"]
 
 
 @pytest.fixture

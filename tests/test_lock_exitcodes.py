@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from pipeline import exitcodes, run
 from pipeline.cli import app
-from pipeline.errors import LockedError, WriteError
+from pipeline.job_errors import LockedError, WriteError
 from pipeline.jobs.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.jobs.record import LOG_NAME
 from pipeline.lock import StoreLock, _proc_start, lock_path

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from pipeline import RunConfig, Store, run
 from pipeline.cli import app
-from pipeline.models.errors import WeightsError
 from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import build_model, load_network
+from pipeline.models.weights_error import WeightsError
 from pipeline.pictures.montage import BACKGROUND, GAP, LABEL_H, PAIR_GAP, display_side, grid, overview, side_by_side, to_display
 from pipeline.render import Renderer, feature_files, layer_files, load_store_network, parse_features, render_store
 from pipeline.render.index_html import EntryView, LayerView, SiteMeta, UnitView, write_site

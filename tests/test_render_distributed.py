@@ -139,7 +139,7 @@ def test_one_forward_per_image_gives_the_maps_and_masks_of_separate_passes(store
 
     from pipeline.data import normalize
     from pipeline.render.forward import Forwards
-    from pipeline.render.project import Renderer, load_store_network
+    from pipeline.render.renderer import Renderer, load_store_network
     from pipeline.store.read import Store
 
     with Store(store) as s:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from pipeline import exitcodes
 from pipeline.cli import app
-from pipeline.errors import Interrupted
+from pipeline.job_errors import Interrupted
 from pipeline.render import feature_files, render_store
 from pipeline.render import render as render_mod
 from pipeline.render.manifest import LOCK, MANIFEST, RENDER_VERSION, render_lock

@@ -122,7 +122,7 @@ def test_failure_mid_stream_saves_progress_and_resume_may_change_batch_size(imag
     """A job that dies of an error between batches (here a fake out-of-memory raised after
     the 2nd batch) checkpoints what it folded; it may resume with a smaller batch, since
     the top-k does not depend on the order or grouping of images."""
-    run_module = sys.modules["pipeline.run"]  # (the package attribute "run" is the function)
+    run_module = sys.modules["pipeline.runner"]  # (the package attribute "run" is the function)
 
     def oom_after_two(name, until=None):
         if name == "stream" and oom_after_two.batches == 1:

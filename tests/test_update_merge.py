@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline import run
 from pipeline.cli import app
 from pipeline.data import Preprocessing, resolve_images
-from pipeline.errors import IncompatibleError, StoreExistsError
+from pipeline.job_errors import IncompatibleError, StoreExistsError
 from pipeline.jobs.merge import merge_stores
 from pipeline.jobs.update import KNOWN, SkipKnown
 

@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..data.read import Unreadable, read_file
+from ..data.safe_read import Unreadable, read_file
 from ..durable import write_atomically
 from ..faults import pause_point
 from ..jobs.combine import CONTENT_OK

@@ -213,7 +213,7 @@ def occlude_store(store_path: str | Path, out: Path | None = None, weights: str 
     ``<stem>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
     links it from the unit."""
     from ..pictures.names import default_out_dir
-    from ..render.project import load_store_network
+    from ..render.renderer import load_store_network
     from ..store.read import Store
 
     with Store(store_path) as s:

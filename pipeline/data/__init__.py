@@ -16,7 +16,7 @@ from .preprocess import (
     pad_color,
     to_pixels,
 )
-from .read import MAX_FILE_BYTES, Unreadable, read_file
+from .safe_read import MAX_FILE_BYTES, Unreadable, read_file
 from .sources import (
     DATA_ROOT_ENV,
     IMAGE_EXTENSIONS,

@@ -30,7 +30,7 @@ knows their contents by key, but the old names stay in the table as a renamed fi
 
 What makes a collection unusable as a whole (no ``images`` array, a dtype or rank we do not
 take, labels of another length, an IDX file with a bad magic number or cut short) raises
-:class:`~pipeline.data.errors.SourceError` with one line naming the file and what is wrong.
+:class:`~pipeline.data.source_error.SourceError` with one line naming the file and what is wrong.
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ import numpy as np
 from PIL import Image
 
 from .decode import to_rgb
-from .errors import SourceError
-from .read import MAX_FILE_BYTES, Unreadable, read_file
+from .safe_read import MAX_FILE_BYTES, Unreadable, read_file
+from .source_error import SourceError
 
 __all__ = ["ARRAY_SUFFIXES", "Collection", "encode_png", "open_collection", "to_uint8"]
 

@@ -11,7 +11,7 @@ Why these choices:
   resumes and merges depend on it. A file that could not even be read has no content, so its
   key hashes ``"unreadable:" + relative path`` instead (still a stable int63, never equal to
   a content key in practice) and its ``sha256`` is ``""``. Files are read by
-  :func:`~pipeline.data.read.read_file` (regular files only, bounded size, never blocking);
+  :func:`~pipeline.data.safe_read.read_file` (regular files only, bounded size, never blocking);
   a file whose name is not UTF-8 is not read at all. An array or Dataset item is read from its
   collection as PNG bytes (``data.arrays``), so the same rules hold for it.
 * **uint8 out of the workers.** Pixels leave the loader as uint8 NHWC; normalisation happens on
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .decode import BadImage, decode_with_size
 from .preprocess import Preprocessing, to_pixels
-from .read import Unreadable
+from .safe_read import Unreadable
 from .sources import ImageSource
 
 __all__ = ["ImageDataset", "collate", "image_key", "make_loader"]

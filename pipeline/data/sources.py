@@ -32,7 +32,7 @@ bad images instead of silently dropping them. Only when *none* of the listed fil
 an error (almost always a list written on another machine).
 
 Files that are not regular (FIFOs, devices, sockets, also behind symlinks) are listed like any
-other file and recorded as skipped when read (``data.read``), never opened blocking. A file name
+other file and recorded as skipped when read (``data.safe_read``), never opened blocking. A file name
 that is not valid UTF-8 (the OS hands it over with surrogate escapes) is listed too: it is stored
 with its bad bytes written as ``\\xNN`` escapes (:func:`printable`) and recorded as skipped, never
 fatal; :func:`undecodable` tells such a path.
@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Iterable
 
 from .arrays import Collection, item_names, open_collection
-from .errors import SourceError
-from .read import Unreadable, read_file
+from .safe_read import Unreadable, read_file
+from .source_error import SourceError
 
 __all__ = [
     "CALTECH_DIRNAME",
@@ -115,7 +115,7 @@ class ImageSource:
         return len(self.paths)
 
     def read(self, index: int) -> bytes:
-        """The bytes of image ``index`` (see ``data.read``); :class:`Unreadable` says why not."""
+        """The bytes of image ``index`` (see ``data.safe_read``); :class:`Unreadable` says why not."""
         if self.collection is not None:
             data = self.collection.read(index)
         else:

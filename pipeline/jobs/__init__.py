@@ -12,6 +12,6 @@ Each module is one guarantee:
 
 Below every stage, beside ``durable.py``, because render and embed need them too:
 ``pipeline.lock`` (one writer per store; a dead writer's lock is taken over), ``pipeline.signals``
-(SIGINT/SIGTERM end a job at a consistent point), ``pipeline.errors`` (the job failures, each
+(SIGINT/SIGTERM end a job at a consistent point), ``pipeline.job_errors`` (the job failures, each
 mapped to an exit code by the CLI) and ``pipeline.faults`` (test-only pause points).
 """

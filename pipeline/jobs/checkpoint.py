@@ -13,7 +13,7 @@ out-of-memory error may resume with a smaller batch.
 
 Fingerprint: model, weights hash, preprocessing, k, layers, streaming precision,
 the image list (root, count and a hash of the relative paths) and, for
-``--update``, the identity of the base store. ``run.py`` refuses a checkpoint whose
+``--update``, the identity of the base store. ``runner.py`` refuses a checkpoint whose
 configuration differs (someone changed the command) and starts over, with a
 warning, when only the image list changed (new files arrived after a crash; the
 top-k cannot forget images, so the old state is unusable but nothing is wrong).
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..durable import write_atomically
-from ..errors import CheckpointError
+from ..job_errors import CheckpointError
 from ..mining.stats import BINS_VERSION, NBINS
 from ..mining.stream import ImageRecord
 from .output import write_error

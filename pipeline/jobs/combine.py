@@ -36,8 +36,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.preprocess import Preprocessing
-from ..errors import IncompatibleError
 from ..faults import pause_point
+from ..job_errors import IncompatibleError
 from ..mining.finalize import Finalized, finalize
 from ..mining.stats import UnitStats
 from ..mining.topk import RunningTopK

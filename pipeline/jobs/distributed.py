@@ -6,7 +6,7 @@ environment (RANK, WORLD_SIZE, LOCAL_RANK), opens the process group (gloo for CP
 NCCL for CUDA tensors plus gloo for host objects on GPU runs) and returns the rank's
 ``Dist``; outside torchrun (or with one process) it returns None and nothing changes.
 
-Who does what (the hooks in ``run.py`` are marked "distributed"):
+Who does what (the hooks in ``runner.py`` are marked "distributed"):
 
 * **Share by name.** Rank r reads, hashes, decodes and mines only the files whose name
   (the path relative to the images root, or an array item's ``<file>#<i>``) hashes to r:
@@ -66,7 +66,7 @@ import torch
 import torch.distributed as tdist
 
 from ..devices import resolve_device
-from ..errors import CheckpointError, Interrupted
+from ..job_errors import CheckpointError, Interrupted
 from ..lock import StoreLock
 from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
@@ -130,7 +130,7 @@ def remove_checkpoints(store: Path) -> None:
 def merge_checkpoints(cks: list[Checkpoint]) -> Checkpoint | None:
     """One checkpoint equal to the union of ``cks`` (top-k merged exactly, real records by
     image; merging is idempotent, so overlapping checkpoints are fine); ``complete`` when
-    every image of the list has a record. ``run.py`` then compares its fingerprint."""
+    every image of the list has a record. ``runner.py`` then compares its fingerprint."""
     if not cks:
         return None
     for ck in cks[1:]:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from ..data.preprocess import Preprocessing
 from ..devices import resolve_device
-from ..errors import StoreExistsError
+from ..job_errors import StoreExistsError
 from ..lock import StoreLock
-from ..models.errors import WeightsError
 from ..models.weights import load_network
+from ..models.weights_error import WeightsError
 from ..store.read import Store
 from ..store.write import write_store
 from ..versions import versions

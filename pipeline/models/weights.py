@@ -17,10 +17,10 @@ from typing import Mapping
 import torch
 
 from ..data.preprocess import Preprocessing, resolve
-from .errors import WeightsError
 from .layers import chain_aliases
 from .network import Network, weights_hash
 from .registry import ModelSpec, spec_of
+from .weights_error import WeightsError
 
 BUNDLED = ("hed",)
 MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"

@@ -6,8 +6,8 @@ pairs, overview, PNG writing), ``manifest`` (what is up to date), ``index_html``
 page) and ``render`` (the `mine render` pipeline over a store).
 """
 from ..pictures.names import default_out_dir, feature_files, layer_files, parse_features, safe_name
-from .project import Renderer, load_store_network
 from .render import RenderConfig, RenderResult, render_store
+from .renderer import Renderer, load_store_network
 
 __all__ = ["RenderConfig", "RenderResult", "Renderer", "default_out_dir", "feature_files", "layer_files", "load_store_network",
            "parse_features", "render_store", "safe_name"]

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data import normalize
 from ..models.hooks import hooked, run_to
-from .project import MAPS_BATCH, Renderer, never_one
+from .renderer import MAPS_BATCH, Renderer, never_one
 
 MASK_BYTES = 512 << 20  # packed ReLU masks kept for the whole render
 MAPS_BYTES = 512 << 20  # unit maps computed per forward pass group

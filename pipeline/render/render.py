@@ -73,8 +73,8 @@ from .forward import Forwards
 from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .normalise import CONTRASTS, display, scales
-from .project import Renderer, load_store_network
 from .ranks import One
+from .renderer import Renderer, load_store_network
 from .writer import Writer, write_jpeg, write_npy, write_png
 
 __all__ = ["RenderConfig", "RenderResult", "SHOWS", "render_store"]

@@ -31,8 +31,8 @@ from .config import RunConfig, check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .data.preprocess import options
 from .devices import resolve_device
-from .errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
 from .faults import pause_point
+from .job_errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
 from .jobs import distributed
 from .jobs.checkpoint import (
     Checkpoint,

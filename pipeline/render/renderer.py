@@ -26,11 +26,11 @@ from ..data import normalize
 from ..data.preprocess import Preprocessing
 from ..deconv import METHODS, Deconvnet, auto_method, graph_entry_bytes, project_graph
 from ..deconv.tiles import shift_crop
-from ..models.errors import WeightsError
 from ..models.geometry import crop_tiles
 from ..models.hooks import hooked, run_to
 from ..models.network import Network
 from ..models.weights import BUNDLED, load_network
+from ..models.weights_error import WeightsError
 from ..store.read import Store
 from ..store.schema import StoreError
 from .normalise import to_rgb
