@@ -10,8 +10,13 @@
 #   demo_reconstruct_vgg16_hed.jpg / demo_reconstruct_mobilenet_v2.jpg   mine reconstruct sheets
 #   demo_occlude_conv5_3.png    mine occlude of the strongest conv5_3 unit
 #   demo_embed_mobilenet_v2.png mine embed's thumbnail map of MobileNetV2 features.18
+#   mobilenet_features11_visualize.png  scripts/figure_visualize.py: MobileNetV2 features.11 units 0-3,
+#                               mine visualize's image (128 px, 128 steps) beside the top-9 patches
 #   viewer_unit_page.png        headless Chromium screenshot of conv3_3 unit 37's page of OUT/render
-#   digits_*.png                made by scripts/digits_demo.py itself (copied into docs/img there)
+#   digits_cnn_conv2_overview.png, digits_ae_up1_overview.png   mine render overviews of scripts/digits_demo.py's
+#                               digit CNN conv2 and autoencoder up1 (OUT/digits/render-cnn, render-ae)
+#   digits_ae_outputs.png       digits_demo.py's held-out digits, codes and outputs (OUT/digits/ae_outputs.png)
+#   digits_ae_code_tsne.png     mine embed's map of the autoencoder's code (OUT/digits/embed/code_map.png)
 #   OUT=out/demo scripts/readme_figures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +36,12 @@ to_jpg "$OUT/reconstruct/vgg16-hed/sheet.png" "$IMG/demo_reconstruct_vgg16_hed.j
 to_jpg "$OUT/reconstruct/mobilenet_v2/sheet.png" "$IMG/demo_reconstruct_mobilenet_v2.jpg"
 cp "$(ls "$OUT"/render/occlude/conv5_3_occ_*.png | head -1)" "$IMG/demo_occlude_conv5_3.png"
 cp "$OUT/embed/features.18_map.png" "$IMG/demo_embed_mobilenet_v2.png"
+"$PY" scripts/figure_visualize.py "$OUT/mobilenet.h5" --layer features.11 --units 0,1,2,3 \
+  --out "$IMG/mobilenet_features11_visualize.png"
+cp "$OUT/digits/render-cnn/conv2_overview.png" "$IMG/digits_cnn_conv2_overview.png"
+cp "$OUT/digits/render-ae/up1_overview.png" "$IMG/digits_ae_up1_overview.png"
+cp "$OUT/digits/ae_outputs.png" "$IMG/digits_ae_outputs.png"
+cp "$OUT/digits/embed/code_map.png" "$IMG/digits_ae_code_tsne.png"
 if command -v chromium >/dev/null 2>&1; then
   page="$OUT/render/conv3_3_unit_37.html"
   chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1500 \

@@ -148,3 +148,15 @@ def test_readme_gives_the_one_test_command_and_stays_short():
     readme = (ROOT / "README.md").read_text()
     assert "scripts/test.sh" in readme
     assert len(readme.splitlines()) <= 220, "README grows: move reference material to docs/"
+
+
+def test_every_figure_is_made_by_a_script():
+    """Each picture README.md or docs/ shows is remade by scripts/readme_figures.sh or scripts/digits_demo.py (which
+    name it), and no picture sits in docs/img unused."""
+    shown = set()
+    for doc in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        shown.update(Path(m).name for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", doc.read_text()))
+    makers = (ROOT / "scripts" / "readme_figures.sh").read_text() + (ROOT / "scripts" / "digits_demo.py").read_text()
+    made = {name for name in shown if name in makers or (name.startswith("digits_") and "docs/img" in makers)}
+    assert shown - made == set(), "figures no script makes"
+    assert {p.name for p in (DOCS / "img").iterdir()} == shown, "docs/img holds exactly the figures shown"
