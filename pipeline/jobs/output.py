@@ -119,34 +119,49 @@ def write_isolated(path: Path, writer: Callable[[], object], kept: str) -> None:
         return
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: write, report, never return into the parent's code
-        code = 1
-        try:
-            os.close(r)
-            for s in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(s, signal.SIG_DFL)
-            faulthandler.disable()  # a crash is reported by the parent, in one line
-            null = os.open(os.devnull, os.O_WRONLY)  # HDF5's dealloc noise after a failure
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            writer()
-            code = 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            info = {"errno": error_code_of(e), "message": str(e)[:2000], "type": type(e).__name__,
-                    "io": isinstance(e, (OSError, RuntimeError)), "traceback": traceback.format_exc()[-6000:]}
-            try:
-                os.write(w, json.dumps(info).encode())
-            except BaseException:  # noqa: BLE001
-                pass
-        finally:
-            os._exit(code)
+    if pid == 0:
+        _write_in_child(writer, r, w)
     os.close(w)
+    status, report = _wait_for_writer(path, pid, r)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return
+    path.with_name(f".{path.name}.tmp-{pid}").unlink(missing_ok=True)
+    raise _writer_failure(path, status, report, kept)
+
+
+def _write_in_child(writer: Callable[[], object], r: int, w: int) -> None:
+    """The child: write, report a failure through the pipe ``w``, never return into the parent's code."""
+    code = 1
+    try:
+        os.close(r)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        faulthandler.disable()  # a crash is reported by the parent, in one line
+        null = os.open(os.devnull, os.O_WRONLY)  # HDF5's dealloc noise after a failure
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        writer()
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        info = {"errno": error_code_of(e), "message": str(e)[:2000], "type": type(e).__name__,
+                "io": isinstance(e, (OSError, RuntimeError)), "traceback": traceback.format_exc()[-6000:]}
+        try:
+            os.write(w, json.dumps(info).encode())
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+def _wait_for_writer(path: Path, pid: int, r: int) -> tuple[int, bytes]:
+    """The child's exit status and what it reported; interrupted while waiting: stop the writer,
+    drop its temp file, re-raise."""
     chunks = []
     try:
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
         _, status = os.waitpid(pid, 0)
-    except BaseException:  # interrupted while waiting: stop the writer, drop its temp file
+    except BaseException:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -156,18 +171,20 @@ def write_isolated(path: Path, writer: Callable[[], object], kept: str) -> None:
         raise
     finally:
         os.close(r)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        return
-    path.with_name(f".{path.name}.tmp-{pid}").unlink(missing_ok=True)
-    info = json.loads(b"".join(chunks) or b"null")
+    return status, b"".join(chunks)
+
+
+def _writer_failure(path: Path, status: int, report: bytes, kept: str) -> Exception:
+    """The one-line error for a writer that failed (``report``) or died without a word."""
+    info = json.loads(report or b"null")
     if info is None:
         how = (f"signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
                else f"exit code {os.WEXITSTATUS(status)}")
         note = _space_note(path.parent)
-        raise WriteError(f"cannot write {path}: the HDF5 writer died ({how}), as it does when a write fails "
-                         f"(disk full? file size limit?){'; ' + note if note else ''}; {kept}; free some space "
-                         f"and re-run the same command")
+        return WriteError(f"cannot write {path}: the HDF5 writer died ({how}), as it does when a write fails "
+                          f"(disk full? file size limit?){'; ' + note if note else ''}; {kept}; free some space "
+                          f"and re-run the same command")
     if not info["io"]:  # a bug, not the disk: show where
-        raise RuntimeError(f"writing {path} failed:\n{info['traceback']}")
+        return RuntimeError(f"writing {path} failed:\n{info['traceback']}")
     e = OSError(info["errno"], info["message"]) if info["errno"] else RuntimeError(info["message"])
-    raise write_error(path, e, kept)
+    return write_error(path, e, kept)
