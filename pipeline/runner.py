@@ -25,29 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .config import RunConfig, check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .data.preprocess import options
-from .devices import resolve_device
 from .faults import pause_point
 from .job_errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
-from .jobs import distributed
-from .jobs.checkpoint import (
-    Checkpoint,
-    checkpoint_path,
-    differences,
-    fingerprint_id,
-    image_list_id,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .jobs.combine import Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
-from .jobs.output import remove_stale_temps, store_target, write_isolated
+from .jobs.checkpoint import Checkpoint, differences, fingerprint_id, image_list_id, save_checkpoint
+from .jobs.combine import Combined, Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
+from .jobs.distributed import Dist, leave
+from .jobs.output import store_target, write_isolated
 from .jobs.record import JobStats
-from .jobs.update import KNOWN, SkipKnown, known_keys, list_stats, resolve_known_rows, unchanged
-from .lock import StoreLock
+from .jobs.strategy import Solo, join
+from .jobs.update import KNOWN, known_keys, list_stats, resolve_known_rows, unchanged
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
 from .mining.stream import DTYPES, ImageRecord, StreamState, new_state, stream
@@ -207,197 +197,313 @@ def run(cfg: RunConfig, net: Network | None = None, stats: JobStats | None = Non
         raise ValueError("--update and --force exclude each other: --update extends a store, --force replaces it")
     every = parse_every(cfg.checkpoint_every)
     try:
-        return _run_job(cfg, net, stats, t0, every)
+        return _run_job(cfg, net, _Tally(stats, t0, every))
     finally:
-        distributed.leave()
+        leave()
 
 
-def _run_job(cfg: RunConfig, net, stats: JobStats, t0: float, every) -> RunResult:
+@dataclass(frozen=True)
+class _Tally:
+    """How far the job got (``stats``, for the run record), since when, and how often to checkpoint."""
+
+    stats: JobStats
+    t0: float
+    every: tuple[int | None, float | None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run, resolved: what every step below works on (the images, the network, the store,
+    this process's part in the job)."""
+
+    cfg: RunConfig
+    net: Network
+    layers: list[str]
+    pooled: list[str]
+    prep: Preprocessing
+    source: object  # a data.sources image source
+    path: Path  # the store (a symlink's target)
+    strategy: Solo | Dist  # alone, or one rank of torchrun (jobs.strategy)
+    guard: InterruptGuard
+    tally: _Tally
+
+    @property
+    def stats(self) -> JobStats:
+        return self.tally.stats
+
+    @property
+    def ck_path(self) -> Path:
+        return self.strategy.checkpoint_path(self.path)
+
+    def result(self) -> RunResult:
+        s = self.stats
+        return RunResult(self.path, len(self.source.paths), s.images_skipped, time.perf_counter() - self.tally.t0,
+                         self.layers, s.images_new, s.images_known, s.images_resumed, s.mode)
+
+
+def _run_job(cfg: RunConfig, net, tally: _Tally) -> RunResult:
+    """Resolve the images and model, take the lock, run."""
     # Signals end the run at once until the streaming pass, which stops them at a batch boundary.
     with InterruptGuard(graceful=False) as guard:
-        dist = distributed.join(cfg.device)  # distributed: None outside torchrun
-        if dist is not None:  # every rank the same arguments, before any work; the record lists every rank
-            dist.check_same_arguments(dataclasses.asdict(cfg), stats)
-        device = dist.device if dist else resolve_device(cfg.device)
-        path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else None
-        if path is not None and store_target(path).is_dir():
-            raise ValueError(f"{path} is a folder; name the store file, e.g. {path / 'store.h5'}")
-        source = resolve_images(cfg.images, cfg.data_root)
-        wanted = preprocessing_options(cfg)
-        if net is not None and wanted:
-            raise ValueError("run(cfg, net): give the preprocessing to load_network, not to RunConfig")
-        net = net or load_network(cfg.model, cfg.weights, cfg.size, wanted)
-        layers = net.select(cfg.layer)
-        check_k(cfg.k, sum(net.layers[n].channels for n in layers))
-        pooled = net.select(cfg.pooled) if cfg.pooled else []
-        prep = net.prep(cfg.size, cfg.resize)
-        if cfg.limit:
-            source = source.head(cfg.limit)
-        path = store_target(path or default_store_path(cfg, layers))
-        stats.store = str(path)
-        if dist is not None:  # distributed: rank 0 holds the lock for every rank
-            with dist.store_lock(path):
-                return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled,
-                                   dist)
-        with StoreLock(path):
-            remove_stale_temps(path)
-            return _run_locked(cfg, net, layers, prep, source, device, path, every, stats, t0, guard, pooled)
+        strategy = join(cfg.device)  # one process, or this rank of a torchrun job
+        # every rank the same arguments, before any work; the record lists every rank
+        strategy.check_same_arguments(dataclasses.asdict(cfg), tally.stats)
+        job = _resolve(cfg, net, strategy, guard, tally)
+        with strategy.store_lock(job.path):  # torchrun: rank 0 holds the lock for every rank
+            return _run_locked(job)
 
 
-def _run_locked(cfg, net, layers, prep, source, device, path: Path, every, stats: JobStats, t0,  # noqa: PLR0913, C901
-                guard: InterruptGuard, pooled: list[str] = (), dist=None) -> RunResult:
-    ck_path = checkpoint_path(path) if dist is None else dist.checkpoint_path(path)
-    ck = None
-    if dist is not None:  # distributed: every rank reads every rank's checkpoint
-        ck = dist.load_checkpoints(path, cfg.discard_checkpoint)
-    elif distributed.rank_checkpoints(path):  # a torchrun job's, resumed by one process
-        ck = distributed.load_all(path, cfg.discard_checkpoint)
-    elif ck_path.exists():
-        if cfg.discard_checkpoint:
-            _warn(f"deleting the checkpoint {ck_path} (--discard-checkpoint)")
-            ck_path.unlink()
-        else:
-            ck = load_checkpoint(ck_path)
-    base_path = store_target(Path(cfg.update)) if cfg.update else None
-    run_config = config_of_run(net, prep, cfg.k, layers, cfg.precision, pooled)
+def _resolve(cfg: RunConfig, net, strategy, guard: InterruptGuard, tally: _Tally) -> Job:
+    """The images, the network and its layers, the store path: everything checked before the lock."""
+    path = Path(cfg.out) if cfg.out else Path(cfg.update) if cfg.update else None
+    if path is not None and store_target(path).is_dir():
+        raise ValueError(f"{path} is a folder; name the store file, e.g. {path / 'store.h5'}")
+    source = resolve_images(cfg.images, cfg.data_root)
+    wanted = preprocessing_options(cfg)
+    if net is not None and wanted:
+        raise ValueError("run(cfg, net): give the preprocessing to load_network, not to RunConfig")
+    net = net or load_network(cfg.model, cfg.weights, cfg.size, wanted)
+    layers = net.select(cfg.layer)
+    check_k(cfg.k, sum(net.layers[n].channels for n in layers))
+    pooled = net.select(cfg.pooled) if cfg.pooled else []
+    prep = net.prep(cfg.size, cfg.resize)
+    if cfg.limit:
+        source = source.head(cfg.limit)
+    path = store_target(path or default_store_path(cfg, layers))
+    tally.stats.store = str(path)
+    return Job(cfg, net, layers, pooled, prep, source, path, strategy, guard, tally)
+
+
+def _run_locked(job: Job) -> RunResult:
+    """Resume or start, stream with checkpoints, finalize, write the store atomically, remove the
+    checkpoint."""
+    ck = job.strategy.load_checkpoints(job.path, job.cfg.discard_checkpoint)  # every rank reads every one
+    run_config = config_of_run(job.net, job.prep, job.cfg.k, job.layers, job.cfg.precision, job.pooled)
+    source = job.source
     fingerprint = {**run_config, "images": image_list_id(str(source.root), [source.relpath(p) for p in source.paths]),
                    "base": None}
-    if (ck is not None and not cfg.force and path.exists() and _store_inputs_id(path) == fingerprint_id(ck.fingerprint)
-            and set(differences(ck.fingerprint, fingerprint)) <= {"base"}):
-        # Killed after the store was written but before the checkpoint was removed. (For an
-        # in-place --update the base is that new store now, hence "base" may differ.)
-        if dist is not None:
-            dist.barrier()
-        if dist is None or dist.rank == 0:
-            distributed.remove_checkpoints(path)
-        ck_path.unlink(missing_ok=True)
-        stats.mode = "already-complete"
-        with Store(path) as s:
-            return RunResult(path, len(source.paths), int(s.attrs["images_skipped"]),
-                             time.perf_counter() - t0, layers, mode=stats.mode)
-
-    if base_path is not None and not base_path.exists():
-        _warn(f"--update {base_path}: no such store yet; mining every image into a new one")
-        base_path = None
-    base, base_part, known = None, None, set()
+    if _already_complete(job, ck, fingerprint):
+        return _finish_complete(job)
+    base = _Base.open(job, run_config, fingerprint)
     try:
-        if base_path is not None:
-            base = Store(base_path)
-            check_compatible(config_of_store(base.attrs), str(base_path), run_config, "this run")
-            base_part = part_from_store(base, layers)
-            known = known_keys(base_part.table)
-            fingerprint["base"] = {"path": str(base_path.resolve()),
-                                   "id": base.attrs.get("inputs_id") or base.attrs.get("created")}
-
-        state = new_state(net, layers, cfg.k, device, pooled)
-        if dist is None:  # finalize: capture pixels, and switches where that is exact (mining.capture)
-            state.capture = new_capture(net, layers, prep, device, cfg)
-        complete = False
-        if ck is not None:
-            diff = differences(ck.fingerprint, fingerprint)
-            if diff == ["images"]:
-                was, now = ck.fingerprint["images"]["count"], fingerprint["images"]["count"]
-                _warn(f"the image list changed since {ck_path} was written ({was} files then, {now} now); "
-                      f"its progress cannot be reused, starting over")
-                ck = None
-            elif diff:
-                raise CheckpointMismatch(
-                    f"{ck_path} belongs to a run with a different {', '.join(diff)}; re-run that command to "
-                    f"finish it, or pass --discard-checkpoint to delete it and start over")
-            else:
-                state.restore(ck.records, ck.tops, ck.pooled, ck.stats)
-                if ck.stats is None:
-                    _warn(f"{ck_path} was written before mine kept unit statistics; the store will have none "
-                          f"(re-run with --force to get them)")
-                state.batches = ck.batches
-                complete = ck.complete
-        if ck is None and path.exists() and not cfg.force and not (base_path and base_path.resolve() == path.resolve()):
-            why = _store_state(path)
-            if why == "complete":
-                raise StoreExistsError(f"{path} already exists and is complete; pass --update {path} to add new "
-                                       f"images to it, or --force to replace it")
-            raise StoreExistsError(f"{path} exists but is not a usable store ({why}); pass --force to replace it")
-        stats.mode = ("update" if base_part else "fresh") if ck is None else ("update-resume" if base_part else "resume")
-        stats.images_resumed = len(state.records)
-        stats.images_seen = len(source.paths)  # streamed from here on: a run refused above saw none
-        # File metadata of what this invocation reads (this rank's share), taken before any read;
-        # rows restored from a checkpoint get none (jobs.update).
-        listed = list_stats(source, [i for i in range(len(source.paths)) if i not in state.records
-                                     and (dist is None or dist.owns(source, i))])
-        skip = unchanged(source, listed, base_part.table, base.attrs) if base_part is not None and not cfg.rehash else {}
-
-        for attempt in (1, 2):
-            for i, r in skip.items():  # --update: unchanged files are known without being read
-                state.records.setdefault(i, r)
-            _stream_with_checkpoints(cfg, net, state, prep, source, device, known, ck_path, fingerprint,
-                                     every, complete, stats, guard, dist)
-            if dist is not None:  # distributed: every rank gets the global top-k and records
-                dist.combine_stream(state, stats, source, prep, net, cfg.precision)
-            # The checkpoint is complete from here on: a signal stops at once (guard.graceful is off).
-            guard.hint = f"the streaming pass is saved in {ck_path}; re-run the same command to finish"
-            if dist is None or dist.rank == 0:
-                _warn_skipped(source, state.records)
-            table = images_table(source, state.records,
-                                 listed if dist is None else {i: m for p in dist.gather_all(listed) for i, m in p.items()})
-            stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
-            stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
-            if base_part is not None:
-                table = resolve_known_rows(table, base_part.table)
-            parts = ([base_part] if base_part else []) + [fresh_part(cfg.images, source, prep, state, table)]
-            if dist is not None:  # each kept image read by the rank that owns its file, sent where finalize needs it
-                dist.serve_kept(parts, layers, cfg.k, net, source, prep)
-            try:
-                combined = combine(parts, net, layers, cfg.k, prep, device, cfg.precision, dist=dist)
-                break
-            except KeptImagesChanged as e:
-                # The mined state describes file contents that are gone: it cannot be finalized, and
-                # a resume from it never could. Drop it and mine the files as they are now.
-                # (Distributed: every rank gets the error and drops its own checkpoint.)
-                ck_path.unlink(missing_ok=True)
-                if dist is None or dist.rank == 0:
-                    distributed.remove_checkpoints(path)  # every rank's too
-                if dist is not None:
-                    dist.barrier()
-                if attempt == 2:
-                    raise SourceChanged(
-                        f"{e}; they changed again while being mined: stop whatever writes to them and re-run "
-                        f"(the checkpoint was deleted, the next run mines from the start)") from None
-                if dist is None or dist.rank == 0:
-                    _warn(f"{e}; mining all images again from the start")
-                state, complete, guard.hint = new_state(net, layers, cfg.k, device, pooled), False, ""
-                if dist is None:
-                    state.capture = new_capture(net, layers, prep, device, cfg)
-                stats.mode, stats.images_resumed = ("update" if base_part else "fresh"), 0
-        if base is not None:
-            base.close()  # the output may replace it
-            base = None
-        attrs = {
-            "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
-            "preprocessing": prep.to_dict(),
-            "k": cfg.k, "input_size": cfg.size, "images_spec": combined.spec, "images_root": combined.root,
-            "layers": layers, "versions": versions(), "precision": cfg.precision,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
-            "seconds": time.perf_counter() - t0, "inputs_id": fingerprint_id(fingerprint),
-            **({"pooled": list(pooled)} if pooled else {}),
-        }
-        if dist is None or dist.rank == 0:  # distributed: rank 0 writes the one store
-            write_isolated(path, lambda: write_store(path, net, attrs, combined.table, combined.fin,
-                                                          combined.stats),
-                           f"the previous store (if any) and the checkpoint {ck_path.name} are unchanged")
-            guard.hint = f"the store {path} is complete"  # not "re-run to finish" from here on
-        if dist is not None:  # the others wait for the outcome
-            dist.agree(None)
-            guard.hint = f"the store {path} is complete"
-        pause_point("store-written")
-        ck_path.unlink(missing_ok=True)
-        if dist is None or dist.rank == 0:
-            distributed.remove_checkpoints(path)
+        state, complete = _resume_or_start(job, ck, fingerprint, base)
+        combined = _mine(job, _Pass(fingerprint, base, state, complete))
+        base.close()  # the output may replace it
+        _write(job, combined, fingerprint)
+        _remove_checkpoints(job)
     finally:
-        if base is not None:
+        base.close()
+    return job.result()
+
+
+def _already_complete(job: Job, ck: Checkpoint | None, fingerprint: dict) -> bool:
+    """Killed after the store was written but before the checkpoint was removed? (For an in-place
+    --update the base is that new store now, hence "base" may differ.)"""
+    return (ck is not None and not job.cfg.force and job.path.exists()
+            and _store_inputs_id(job.path) == fingerprint_id(ck.fingerprint)
+            and set(differences(ck.fingerprint, fingerprint)) <= {"base"})
+
+
+def _finish_complete(job: Job) -> RunResult:
+    """The store is already written: remove the checkpoints, report the store's counts."""
+    job.strategy.barrier()
+    job.strategy.remove_checkpoints(job.path)
+    job.ck_path.unlink(missing_ok=True)
+    job.stats.mode = "already-complete"
+    with Store(job.path) as s:
+        return RunResult(job.path, len(job.source.paths), int(s.attrs["images_skipped"]),
+                         time.perf_counter() - job.tally.t0, job.layers, mode=job.stats.mode)
+
+
+@dataclass
+class _Base:
+    """The store ``--update`` extends (all None / empty without one)."""
+
+    store: Store | None = None
+    part: Part | None = None
+    known: set = field(default_factory=set)  # the keys of the contents it holds
+    path: Path | None = None
+
+    @classmethod
+    def open(cls, job: Job, run_config: dict, fingerprint: dict) -> "_Base":
+        """Open and check ``--update``'s store; its identity goes into ``fingerprint["base"]``."""
+        path = store_target(Path(job.cfg.update)) if job.cfg.update else None
+        if path is not None and not path.exists():
+            _warn(f"--update {path}: no such store yet; mining every image into a new one")
+            path = None
+        if path is None:
+            return cls()
+        base = cls(Store(path), path=path)
+        try:
+            check_compatible(config_of_store(base.store.attrs), str(path), run_config, "this run")
+            base.part = part_from_store(base.store, job.layers)
+        except BaseException:
             base.close()
-    return RunResult(path, len(source.paths), stats.images_skipped, time.perf_counter() - t0, layers,
-                     stats.images_new, stats.images_known, stats.images_resumed, stats.mode)
+            raise
+        base.known = known_keys(base.part.table)
+        fingerprint["base"] = {"path": str(path.resolve()),
+                               "id": base.store.attrs.get("inputs_id") or base.store.attrs.get("created")}
+        return base
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _new_state(job: Job) -> StreamState:
+    """An empty streaming state; one process captures what finalize needs (``mining.capture``)."""
+    state = new_state(job.net, job.layers, job.cfg.k, job.strategy.device, job.pooled)
+    state.capture = job.strategy.capture(lambda: new_capture(job.net, job.layers, job.prep, job.strategy.device,
+                                                             job.cfg))
+    return state
+
+
+def _resume_or_start(job: Job, ck: Checkpoint | None, fingerprint: dict, base: _Base) -> tuple[StreamState, bool]:
+    """The state to stream into: restored from ``ck`` when it belongs to this run, else empty;
+    whether its streaming pass was complete. Refuses to overwrite an existing store unasked."""
+    state, complete, ck = _new_state(job), False, _usable(job, ck, fingerprint)
+    if ck is not None:
+        state.restore(ck.records, ck.tops, ck.pooled, ck.stats)
+        if ck.stats is None:
+            _warn(f"{job.ck_path} was written before mine kept unit statistics; the store will have none "
+                  f"(re-run with --force to get them)")
+        state.batches = ck.batches
+        complete = ck.complete
+    path = job.path
+    if (ck is None and path.exists() and not job.cfg.force
+            and not (base.path and base.path.resolve() == path.resolve())):
+        why = _store_state(path)
+        if why == "complete":
+            raise StoreExistsError(f"{path} already exists and is complete; pass --update {path} to add new "
+                                   f"images to it, or --force to replace it")
+        raise StoreExistsError(f"{path} exists but is not a usable store ({why}); pass --force to replace it")
+    job.stats.mode = (("update" if base.part else "fresh") if ck is None
+                      else ("update-resume" if base.part else "resume"))
+    job.stats.images_resumed = len(state.records)
+    job.stats.images_seen = len(job.source.paths)  # streamed from here on: a run refused above saw none
+    return state, complete
+
+
+def _usable(job: Job, ck: Checkpoint | None, fingerprint: dict) -> Checkpoint | None:
+    """``ck`` if it belongs to this run; None (with a warning) if only the image list changed;
+    ``CheckpointMismatch`` if the command did."""
+    if ck is None:
+        return None
+    diff = differences(ck.fingerprint, fingerprint)
+    if diff == ["images"]:
+        was, now = ck.fingerprint["images"]["count"], fingerprint["images"]["count"]
+        _warn(f"the image list changed since {job.ck_path} was written ({was} files then, {now} now); "
+              f"its progress cannot be reused, starting over")
+        return None
+    if diff:
+        raise CheckpointMismatch(
+            f"{job.ck_path} belongs to a run with a different {', '.join(diff)}; re-run that command to "
+            f"finish it, or pass --discard-checkpoint to delete it and start over")
+    return ck
+
+
+@dataclass
+class _Pass:
+    """The streaming pass of this run: its fingerprint, the base store, the state it streams into,
+    and whether that state is complete already (restored from a complete checkpoint)."""
+
+    fingerprint: dict
+    base: _Base
+    state: StreamState
+    complete: bool
+
+
+def _mine(job: Job, mined: _Pass) -> Combined:
+    """Stream with checkpoints, gather the ranks, finalize; once more from the start if kept images
+    changed meanwhile."""
+    source, base = job.source, mined.base
+    # File metadata of what this invocation reads (this rank's share), taken before any read;
+    # rows restored from a checkpoint get none (jobs.update).
+    listed = list_stats(source, [i for i in range(len(source.paths)) if i not in mined.state.records
+                                 and job.strategy.owns(source, i)])
+    skip = (unchanged(source, listed, base.part.table, base.store.attrs)
+            if base.part is not None and not job.cfg.rehash else {})
+    for attempt in (1, 2):
+        for i, r in skip.items():  # --update: unchanged files are known without being read
+            mined.state.records.setdefault(i, r)
+        _Streaming(job, mined).run()
+        # every rank gets the global top-k and records
+        job.strategy.combine_stream(mined.state, job.stats, source, job.prep, job.net, job.cfg.precision)
+        # The checkpoint is complete from here on: a signal stops at once (guard.graceful is off).
+        job.guard.hint = f"the streaming pass is saved in {job.ck_path}; re-run the same command to finish"
+        parts = _parts(job, mined, listed)
+        try:
+            return combine(parts, job.net, job.layers, job.cfg.k, job.prep, job.strategy.device, job.cfg.precision,
+                           dist=job.strategy.peers)
+        except KeptImagesChanged as e:
+            _start_over(job, e, attempt)
+            mined.state, mined.complete, job.guard.hint = _new_state(job), False, ""
+            job.stats.mode, job.stats.images_resumed = ("update" if base.part else "fresh"), 0
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _parts(job: Job, mined: _Pass, listed: dict) -> list[Part]:
+    """The base store (--update) and this pass as parts for ``combine``; the images table counted."""
+    source, state, strategy = job.source, mined.state, job.strategy
+    if strategy.rank == 0:
+        _warn_skipped(source, state.records)
+    table = images_table(source, state.records, {i: m for p in strategy.gather_all(listed) for i, m in p.items()})
+    job.stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
+    job.stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
+    base = mined.base.part
+    if base is not None:
+        table = resolve_known_rows(table, base.table)
+    parts = ([base] if base else []) + [fresh_part(job.cfg.images, source, job.prep, state, table)]
+    # torchrun: each kept image read by the rank that owns its file, sent where finalize needs it
+    strategy.serve_kept(parts, job.layers, job.cfg.k, job.net, source, job.prep)
+    return parts
+
+
+def _start_over(job: Job, e: KeptImagesChanged, attempt: int) -> None:
+    """The mined state describes file contents that are gone: it cannot be finalized, and a resume
+    from it never could. Drop it (torchrun: every rank got the error and drops its own checkpoint)
+    and mine the files as they are now, once."""
+    job.ck_path.unlink(missing_ok=True)
+    job.strategy.remove_checkpoints(job.path)  # every rank's too
+    job.strategy.barrier()
+    if attempt == 2:
+        raise SourceChanged(
+            f"{e}; they changed again while being mined: stop whatever writes to them and re-run "
+            f"(the checkpoint was deleted, the next run mines from the start)") from None
+    if job.strategy.rank == 0:
+        _warn(f"{e}; mining all images again from the start")
+
+
+def _store_attrs(job: Job, combined: Combined, fingerprint: dict) -> dict:
+    net, cfg = job.net, job.cfg
+    return {
+        "model": net.arch, "weights": net.weights_name, "weights_hash": net.weights_hash,
+        "preprocessing": job.prep.to_dict(),
+        "k": cfg.k, "input_size": cfg.size, "images_spec": combined.spec, "images_root": combined.root,
+        "layers": job.layers, "versions": versions(), "precision": cfg.precision,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "images_seen": combined.images_seen, "images_skipped": combined.images_skipped,
+        "seconds": time.perf_counter() - job.tally.t0, "inputs_id": fingerprint_id(fingerprint),
+        **({"pooled": list(job.pooled)} if job.pooled else {}),
+    }
+
+
+def _write(job: Job, combined: Combined, fingerprint: dict) -> None:
+    """The store, atomically, in a forked writer (torchrun: by rank 0, the others wait for the outcome)."""
+    path, attrs = job.path, _store_attrs(job, combined, fingerprint)
+    if job.strategy.rank == 0:
+        write_isolated(path, lambda: write_store(path, job.net, attrs, combined.table, combined.fin, combined.stats),
+                       f"the previous store (if any) and the checkpoint {job.ck_path.name} are unchanged")
+        job.guard.hint = f"the store {path} is complete"  # not "re-run to finish" from here on
+    job.strategy.agree(None)
+    job.guard.hint = f"the store {path} is complete"
+    pause_point("store-written")
+
+
+def _remove_checkpoints(job: Job) -> None:
+    job.ck_path.unlink(missing_ok=True)
+    job.strategy.remove_checkpoints(job.path)  # every rank's (torchrun: by rank 0)
 
 
 def new_capture(net: Network, layers: list[str], prep: Preprocessing, device, cfg: RunConfig) -> Capture | None:
@@ -443,78 +549,91 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
                 {r.key for r in state.records.values() if r.ok}, captured)
 
 
-def _stream_with_checkpoints(cfg, net, state: StreamState, prep, source, device, known, ck_path: Path,  # noqa: PLR0913
-                             fingerprint: dict, every, complete: bool, stats: JobStats,
-                             guard: InterruptGuard, dist=None) -> None:
+class _Streaming:
     """The streaming pass over the images without a record, checkpointed; on return the
     checkpoint is complete and later signals interrupt at once (see ``pipeline.signals``)."""
-    total = len(source.paths)
-    todo = [i for i in range(total) if i not in state.records]
 
-    def save(done: bool) -> None:
-        save_checkpoint(ck_path, Checkpoint(fingerprint, done, state.batches, state.records,
-                                            {n: t.state_dict() for n, t in state.tops.items()},
-                                            {n: p.state_dict() for n, p in state.pooled.items()},
-                                            state.stats_parts()))
+    def __init__(self, job: Job, mined: _Pass) -> None:
+        self.job, self.mined, self.state = job, mined, mined.state
+        self.total = len(job.source.paths)
+        self.todo = [i for i in range(self.total) if i not in self.state.records]
+        self.saved_at = self.state.batches
+        self.meter, self.bytes0 = None, 0
+        self.schedule = _Schedule(job.tally.every)
+        self.bar = None
 
-    def stopped(sig: str) -> Interrupted:
-        return Interrupted(f"interrupted by {sig}: progress saved to {ck_path} ({len(state.records)} of {total} "
-                           f"images); re-run the same command to resume")
+    def run(self) -> None:
+        guard = self.job.guard
+        self.job.net.to(self.job.strategy.device)  # also for finalize, when resuming from a complete checkpoint
+        if not self.mined.complete:
+            self._stream()
+        guard.graceful = False
+        if guard.requested:  # a signal arrived after the last batch
+            raise self.stopped(guard.requested)
 
-    net.to(device)  # also for finalize, when resuming from a complete checkpoint
-    channels_last = cfg.channels_last or device.type == "cuda"  # faster convs on tensor cores
-    if not complete:
-        guard.graceful = True  # a signal now stops at the next batch boundary (or after GRACE_S)
+    def _stream(self) -> None:
+        job, cfg, device = self.job, self.job.cfg, self.job.strategy.device
+        channels_last = cfg.channels_last or device.type == "cuda"  # faster convs on tensor cores
+        job.guard.graceful = True  # a signal now stops at the next batch boundary (or after GRACE_S)
         if channels_last:
-            net.model.to(memory_format=torch.channels_last)
-        meter = multiprocessing.Value("q", 0)  # bytes read, by this process and its loader workers
-        bytes0 = stats.bytes_read or 0
-        dataset = (SkipKnown(source, prep, todo, known, meter) if dist is None
-                   else dist.dataset(source, prep, todo, known, meter))  # distributed: this rank's files only
+            job.net.model.to(memory_format=torch.channels_last)
+        self.meter = multiprocessing.Value("q", 0)  # bytes read, by this process and its loader workers
+        self.bytes0 = job.stats.bytes_read or 0
+        # torchrun: this rank's files only
+        dataset = job.strategy.dataset(job.source, job.prep, self.todo, self.mined.base.known, self.meter)
         loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
-        schedule = _Schedule(every)
-        saved_at = state.batches
-        bar = (tqdm(total=total, initial=total - len(todo), unit="img", desc="mining",
-                    disable=not cfg.progress, smoothing=0.1) if dist is None
-               else dist.progress(state, total, total - len(todo), cfg.progress))
-
-        def on_batch(n: int, bad: int) -> None:
-            nonlocal saved_at
-            bar.update(n)
-            stats.images_new, stats.bytes_read = state.fed, bytes0 + meter.value
-            pause_point("stream", until=lambda: guard.requested is not None)
-            if guard.requested:
-                save(False)
-                saved_at = state.batches
-                raise stopped(guard.requested)
-            if schedule.due():
-                save(False)
-                saved_at = state.batches
-                schedule.reset()
-
+        self.saved_at = self.state.batches
+        self.bar = job.strategy.progress(self.state, self.total, self.total - len(self.todo), cfg.progress)
         try:
-            with bar:
-                stream(net, state, loader, prep, device, DTYPES[cfg.precision], channels_last,
-                       on_batch=on_batch)
+            with self.bar:
+                stream(job.net, self.state, loader, job.prep, device, DTYPES[cfg.precision], channels_last,
+                       on_batch=self.on_batch)
         except WriteError:  # a failed checkpoint write is not retried
             raise
-        except BaseException as e:
-            # Out of memory, a dead loader worker (Ctrl-C reaches them too), a signal whose batch
-            # did not end in time, a bug: keep what was folded so far, then report the error.
-            # (Between batches the state is consistent; ``dirty`` marks the commit in between.)
-            saved = state.batches == saved_at and ck_path.exists()
-            if not saved and not state.dirty and (state.batches > saved_at or guard.requested):
-                try:
-                    save(False)
-                    saved = True
-                except BaseException as e2:  # noqa: BLE001 - the first error is the one to report
-                    _warn(f"could not save a checkpoint after the failure: {e2}")
-            if guard.requested and saved:
-                raise stopped(guard.requested) from None
-            raise e
-        stats.images_new = state.fed
-        stats.bytes_read = bytes0 + meter.value
-        save(True)
-    guard.graceful = False
-    if guard.requested:  # a signal arrived after the last batch
-        raise stopped(guard.requested)
+        except BaseException:
+            if self._saved_after_failure() and job.guard.requested:
+                raise self.stopped(job.guard.requested) from None
+            raise
+        job.stats.images_new = self.state.fed
+        job.stats.bytes_read = self.bytes0 + self.meter.value
+        self.save(True)
+
+    def on_batch(self, n: int, bad: int) -> None:
+        guard, stats = self.job.guard, self.job.stats
+        self.bar.update(n)
+        stats.images_new, stats.bytes_read = self.state.fed, self.bytes0 + self.meter.value
+        pause_point("stream", until=lambda: guard.requested is not None)
+        if guard.requested:
+            self.save(False)
+            self.saved_at = self.state.batches
+            raise self.stopped(guard.requested)
+        if self.schedule.due():
+            self.save(False)
+            self.saved_at = self.state.batches
+            self.schedule.reset()
+
+    def _saved_after_failure(self) -> bool:
+        """Out of memory, a dead loader worker (Ctrl-C reaches them too), a signal whose batch did
+        not end in time, a bug: keep what was folded so far (the error is reported after). Between
+        batches the state is consistent; ``dirty`` marks the commit in between. Whether a checkpoint
+        holds every batch folded."""
+        state = self.state
+        saved = state.batches == self.saved_at and self.job.ck_path.exists()
+        if not saved and not state.dirty and (state.batches > self.saved_at or self.job.guard.requested):
+            try:
+                self.save(False)
+                saved = True
+            except BaseException as e2:  # noqa: BLE001 - the first error is the one to report
+                _warn(f"could not save a checkpoint after the failure: {e2}")
+        return saved
+
+    def save(self, done: bool) -> None:
+        state = self.state
+        save_checkpoint(self.job.ck_path, Checkpoint(self.mined.fingerprint, done, state.batches, state.records,
+                                                     {n: t.state_dict() for n, t in state.tops.items()},
+                                                     {n: p.state_dict() for n, p in state.pooled.items()},
+                                                     state.stats_parts()))
+
+    def stopped(self, sig: str) -> Interrupted:
+        return Interrupted(f"interrupted by {sig}: progress saved to {self.job.ck_path} ({len(self.state.records)} "
+                           f"of {self.total} images); re-run the same command to resume")

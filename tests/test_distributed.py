@@ -149,11 +149,11 @@ def test_rank_share_reads_only_its_own_files(images, tmp_path):
     """Unit check of the split: every image has exactly one owner, by name (tests/test_rank_share.py
     runs real jobs)."""
     from pipeline.data import ImageDataset, Preprocessing, resolve_images
-    from pipeline.jobs.distributed import RankShare, owner
+    from pipeline.jobs.distributed import RankShare, Share, owner
 
     src = resolve_images(str(list_file(tmp_path / "l.txt", all_images(images))))
     prep = Preprocessing("torchvision", 32)
-    shares = [RankShare(src, prep, None, set(), r, 3) for r in range(3)]
+    shares = [RankShare(src, prep, None, set(), Share(r, 3)) for r in range(3)]
     owners = {}
     for r, ds in enumerate(shares):
         for i in range(len(ds)):

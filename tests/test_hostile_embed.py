@@ -24,7 +24,7 @@ from pipeline import RunConfig, Store, exitcodes, run
 from pipeline.analyses import embed as embed_mod
 from pipeline.cli import app
 from pipeline.data import ImageDataset, ImageSource, Preprocessing, image_key
-from pipeline.jobs.distributed import RankShare
+from pipeline.jobs.distributed import RankShare, Share
 from pipeline.mining.pooled import F16_MAX, PooledVectors, pool
 from pipeline.store.schema import StoreError
 
@@ -87,7 +87,7 @@ def test_rank_share_refuses_fifo_and_dev_zero_like_one_process(tmp_path):
     src = ImageSource("t", tmp_path, tuple(sorted(tmp_path.iterdir())))
     prep = Preprocessing("torchvision", 32)
     single = [ImageDataset(src, prep)[i] for i in range(3)]
-    shares = [RankShare(src, prep, None, set(), r, 2) for r in range(2)]
+    shares = [RankShare(src, prep, None, set(), Share(r, 2)) for r in range(2)]
     recs = within(20, lambda: [[ds[i] for i in range(len(ds))] for ds in shares])  # hung forever / ate memory before
     got = [rec for r in recs for rec in r]
     assert sorted(rec["index"] for rec in got) == [0, 1, 2]  # each file read by exactly one rank

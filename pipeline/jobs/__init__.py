@@ -8,6 +8,7 @@ Each module is one guarantee:
 - ``update``     skip images a store already holds, by content hash.
 - ``merge``      ``mine merge A B -o C``.
 - ``output``     the output folder: stale temp files, write errors explained.
+- ``strategy``   one process (``Solo``) or a torchrun rank (``distributed.Dist``): one run path for both.
 - ``record``     one JSON line per job appended to a log, for cron wrappers.
 
 Below every stage, beside ``durable.py``, because render and embed need them too:

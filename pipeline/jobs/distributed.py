@@ -4,9 +4,11 @@ Launched by ``torchrun`` (``torchrun --nproc-per-node 8 -m pipeline run ...``, o
 ``--nnodes`` and a rendezvous endpoint across machines). ``join()`` reads the torchrun
 environment (RANK, WORLD_SIZE, LOCAL_RANK), opens the process group (gloo for CPU runs;
 NCCL for CUDA tensors plus gloo for host objects on GPU runs) and returns the rank's
-``Dist``; outside torchrun (or with one process) it returns None and nothing changes.
+``Dist``; outside torchrun (or with one process) it returns None and ``jobs.strategy.join``
+runs the job as ``Solo``.
 
-Who does what (the hooks in ``runner.py`` are marked "distributed"):
+Who does what (``Dist``'s methods are the steps of ``runner.py`` where a rank differs from
+one process; ``jobs.strategy.Solo`` has the same methods for one process):
 
 * **Share by name.** Rank r reads, hashes, decodes and mines only the files whose name
   (the path relative to the images root, or an array item's ``<file>#<i>``) hashes to r:
@@ -183,15 +185,27 @@ def owners(source, world: int) -> np.ndarray:
                        count=len(source.paths))
 
 
-class RankShare(SkipKnown):
-    """The loader's view for one rank: only the files of ``indices`` that it owns (by name, see
-    :func:`owner`); they are read once each (``meter`` counts the bytes)."""
+@dataclass(frozen=True)
+class Share:
+    """Which files rank ``rank`` of ``world`` reads: those whose name hashes to it (:func:`owner`).
+    ``Dist`` is one too (with the owners of a source cached)."""
 
-    def __init__(self, source, prep, indices, known, rank: int, world: int, meter=None, owned=None) -> None:  # noqa: PLR0913
-        owned = owners(source, world) if owned is None else owned
+    rank: int
+    world: int
+
+    def owners(self, source) -> np.ndarray:
+        return owners(source, self.world)
+
+
+class RankShare(SkipKnown):
+    """The loader's view for one rank: only the files of ``indices`` that ``share`` owns (a
+    ``Share`` or a ``Dist``); they are read once each (``meter`` counts the bytes)."""
+
+    def __init__(self, source, prep, indices, known, share: Share | Dist, meter=None) -> None:
+        owned = share.owners(source)
         indices = range(len(source.paths)) if indices is None else indices
-        super().__init__(source, prep, [i for i in indices if owned[i] == rank], known, meter)
-        self.rank, self.world = rank, world
+        super().__init__(source, prep, [i for i in indices if owned[i] == share.rank], known, meter)
+        self.rank, self.world = share.rank, share.world
 
 
 class _Progress:
@@ -348,12 +362,17 @@ class Dist:
         return int(self.owners(source)[index]) == self.rank
 
     def dataset(self, source, prep, todo, known, meter=None) -> RankShare:
-        ds = RankShare(source, prep, todo, known, self.rank, self.world, meter, self.owners(source))
+        ds = RankShare(source, prep, todo, known, self, meter)
         self._todo = set(ds.indices)
         return ds
 
     def progress(self, state: StreamState, total: int, initial: int, enabled: bool) -> _Progress:
         return _Progress(self, state, total, initial, enabled)
+
+    def capture(self, make):
+        """None: finalize's batches are split across the ranks, so the pixels one rank captured
+        would mostly be needed on another (``mining.capture``)."""
+        return None
 
     def combine_stream(self, state: StreamState, stats, source=None, prep=None, net=None,
                        precision: str = "fp32") -> None:
@@ -374,7 +393,7 @@ class Dist:
         extra = sorted(i for idx in fed.values() for i in idx[1:])  # every copy but the first path's
         again = [i for i in extra if source is not None and self.owns(source, i)]
         if again and state.stats is not None and net is not None:
-            lost = self._uncount(state, again, {i: records[i].key for i in again}, source, prep, net, precision)
+            lost = self._uncount(state, {i: records[i].key for i in again}, source, prep, net, precision)
             if lost:
                 log.warning("rank %d: %d duplicate image(s) changed since they were mined; the unit statistics "
                             "count them twice", self.rank, lost)
@@ -411,13 +430,13 @@ class Dist:
         stats.bytes_read = sum(i["bytes_read"] or 0 for i in self.ranks)
         stats.ranks = self.ranks
 
-    def _uncount(self, state: StreamState, indices: list[int], keys: dict[int, int], source, prep, net,  # noqa: PLR0913
-                 precision: str) -> int:
-        """Subtract the statistics of the images ``indices`` (this rank's files) once; how many could
-        not be (their file no longer holds the content mined)."""
+    def _uncount(self, state: StreamState, keys: dict[int, int], source, prep, net, precision: str) -> int:
+        """Subtract the statistics of the images ``keys`` (this rank's files: index -> key mined) once;
+        how many could not be (their file no longer holds the content mined)."""
         from ..data import ImageDataset
         from .unitstats import stream_stats
 
+        indices = list(keys)
         ds = ImageDataset(source, prep, indices)
 
         def fetch(j: int):
@@ -481,6 +500,11 @@ class Dist:
         fresh.record_of = lambda key: received[key] if key in received else read(key)
 
     # --- finalize --------------------------------------------------------------------------
+    @property
+    def peers(self) -> "Dist":
+        """Finalize splits its batches across the ranks (``mining.finalize``'s ``dist``)."""
+        return self
+
     def share(self, n_batches: int) -> list[int]:
         """Finalize batches this rank re-runs."""
         return list(range(self.rank, n_batches, self.world))
