@@ -370,8 +370,8 @@ class Dist:
         return _Progress(self, state, total, initial, enabled)
 
     def capture(self, make):
-        """None: finalize's batches are split across the ranks, so the pixels one rank captured
-        would mostly be needed on another (``mining.capture``)."""
+        """None: the capture (``mining.capture``) is single-process only; in a torchrun job finalize
+        re-runs every kept image, split across the ranks in fixed batches."""
         return None
 
     def combine_stream(self, state: StreamState, stats, source=None, prep=None, net=None,

@@ -14,7 +14,7 @@ resume from            ``STORE.ckpt`` (or the union    the union of every checkp
                        of a torchrun job's)
 files read             every file                      the files whose name hashes to the rank
 progress bar           this process's                  rank 0's, fed by every rank
-kept pixels captured   yes (finalize need not re-read) no (finalize is split by fixed batches)
+kept pixels captured   yes (finalize need not re-read) no (finalize re-runs every kept image)
 after the pass         nothing to gather               top-k, records, statistics gathered
 finalize               every batch                     batches r, r + world, ... (``peers``)
 the store              written here                    written by rank 0, the others told
