@@ -189,3 +189,11 @@ def test_no_two_modules_share_a_name():
         if p.name not in ("__init__.py", "__main__.py"):
             seen.setdefault(p.name, []).append(str(p.relative_to(root)))
     assert {n: ps for n, ps in seen.items() if len(ps) > 1} == {}
+
+
+def test_every_module_says_why():
+    """Each module opens with a docstring: a newcomer reads why it exists before reading how."""
+    root = Path(__file__).resolve().parents[1] / "pipeline"
+    missing = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+               if p.stat().st_size and not ast.get_docstring(ast.parse(p.read_text()))]
+    assert missing == []
