@@ -31,16 +31,17 @@ from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .data.preprocess import options
 from .faults import pause_point
 from .job_errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
-from .jobs.checkpoint import Checkpoint, differences, fingerprint_id, image_list_id, save_checkpoint
+from .jobs.checkpoint import Checkpoint, checkpoint_of, differences, fingerprint_id, image_list_id, save_checkpoint
 from .jobs.combine import Combined, Part, check_compatible, combine, config_of_run, config_of_store, part_from_store
 from .jobs.distributed import Dist, leave
 from .jobs.output import store_target, write_isolated
 from .jobs.record import JobStats
 from .jobs.strategy import Solo, join
+from .jobs.unitstats import MiningSetup
 from .jobs.update import KNOWN, known_keys, list_stats, resolve_known_rows, unchanged
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
-from .mining.stream import DTYPES, ImageRecord, StreamState, new_state, stream
+from .mining.stream import DTYPES, ImageRecord, PassOptions, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .signals import InterruptGuard
@@ -434,8 +435,8 @@ def _mine(job: Job, mined: _Pass) -> Combined:
         job.guard.hint = f"the streaming pass is saved in {job.ck_path}; re-run the same command to finish"
         parts = _parts(job, mined, listed)
         try:
-            return combine(parts, job.net, job.layers, job.cfg.k, job.prep, job.strategy.device, job.cfg.precision,
-                           dist=job.strategy.peers)
+            return combine(parts, MiningSetup(job.net, job.layers, job.cfg.k, job.prep, job.strategy.device,
+                                              job.cfg.precision), dist=job.strategy.peers)
         except KeptImagesChanged as e:
             _start_over(job, e, attempt)
             mined.state, mined.complete, job.guard.hint = _new_state(job), False, ""
@@ -545,7 +546,7 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
 
     captured = {k: v for k, v in cap.items.items() if v[1] is not None} if cap is not None else {}
     return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files),
-                {n: p.as_dict() for n, p in state.pooled.items()}, state.total_stats(),
+                dict(state.pooled), state.total_stats(),
                 {r.key for r in state.records.values() if r.ok}, captured)
 
 
@@ -586,8 +587,8 @@ class _Streaming:
         self.bar = job.strategy.progress(self.state, self.total, self.total - len(self.todo), cfg.progress)
         try:
             with self.bar:
-                stream(job.net, self.state, loader, job.prep, device, DTYPES[cfg.precision], channels_last,
-                       on_batch=self.on_batch)
+                stream(job.net, self.state, loader, job.prep, device,
+                       PassOptions(DTYPES[cfg.precision], channels_last, self.on_batch))
         except WriteError:  # a failed checkpoint write is not retried
             raise
         except BaseException:
@@ -629,10 +630,7 @@ class _Streaming:
 
     def save(self, done: bool) -> None:
         state = self.state
-        save_checkpoint(self.job.ck_path, Checkpoint(self.mined.fingerprint, done, state.batches, state.records,
-                                                     {n: t.state_dict() for n, t in state.tops.items()},
-                                                     {n: p.state_dict() for n, p in state.pooled.items()},
-                                                     state.stats_parts()))
+        save_checkpoint(self.job.ck_path, checkpoint_of(self.mined.fingerprint, done, state))
 
     def stopped(self, sig: str) -> Interrupted:
         return Interrupted(f"interrupted by {sig}: progress saved to {self.job.ck_path} ({len(self.state.records)} "

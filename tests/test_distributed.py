@@ -216,11 +216,12 @@ def test_pooled_under_torchrun_equals_single_process(images, net, tmp_path):
 
 
 def test_merge_checkpoints_keeps_pooled_vectors():
-    from pipeline.jobs.distributed import merge_pooled
+    from pipeline.mining.pooled import PooledVectors
+    from pipeline.mining.statistic import merge_layer_states
 
     a = {"l": {"keys": torch.tensor([1, 5]), "rows": torch.ones(2, 2, 3, dtype=torch.float16)}}
     b = {"l": {"keys": torch.tensor([3, 5]), "rows": torch.full((2, 2, 3), 2.0, dtype=torch.float16)}}
-    m = merge_pooled([a, b])["l"]
+    m = merge_layer_states(PooledVectors, [a, b])["l"]
     assert m["keys"].tolist() == [1, 3, 5]
     assert m["rows"][:, 0, 0].tolist() == [1.0, 2.0, 1.0]
 
@@ -246,7 +247,7 @@ def test_statistics_of_overlapping_checkpoints_count_every_image_once(tmp_path):
         return s
 
     def saved(state: StreamState, name: str) -> Checkpoint:
-        ck = Checkpoint(fp, False, 1, {}, {"l": state.tops["l"].state_dict()}, {}, state.stats_parts())
+        ck = Checkpoint(fp, False, 1, {}, {"l": state.tops["l"].state()}, {}, state.stats_parts())
         save_checkpoint(tmp_path / name, ck)
         return load_checkpoint(tmp_path / name)
 

@@ -325,7 +325,7 @@ def test_pooled_float16_overflow_is_clipped_with_one_warning(caplog):
     pv.add(torch.tensor([7]), rows)
     with caplog.at_level("WARNING", logger="pipeline"):
         pv.result()
-        pv.state_dict()
+        pv.state()
     warns = [r.getMessage() for r in caplog.records]
     assert len(warns) == 1 and "pooled vectors of conv9: 3 of 6 values are beyond float16's range" in warns[0]
 

@@ -81,11 +81,10 @@ def test_merge_equals_single_pass_and_dedups_overlap():
         assert torch.equal(a.result()[name], whole.result()[name])
 
 
-def test_state_dict_roundtrip():
+def test_state_roundtrip():
     t = RunningTopK(3, 2)
     t.add(torch.rand(4, 3), torch.arange(4), torch.zeros(4, 3, dtype=torch.long))
-    u = RunningTopK(3, 2)
-    u.load_state_dict(t.state_dict())
+    u = RunningTopK.from_state(t.state())
     assert all(torch.equal(t.result()[n], u.result()[n]) for n in ("values", "keys", "pos"))
 
 
@@ -132,7 +131,7 @@ def test_may_enter_is_whether_the_candidate_alone_would_enter():
         ckeys = torch.randperm(10000, generator=g)[:30] * 2
         got = t.may_enter(cand, ckeys)
         r = t.result()
-        before = {n: v.clone() for n, v in t.state_dict().items()}
+        before = {n: v.clone() for n, v in t.state().items()}
         for i in range(30):
             for ch in range(c):  # by hand: sort the kept entries and the candidate, empty slots last
                 kept = [(float(r["values"][ch, j]), int(r["keys"][ch, j])) for j in range(k)]
@@ -140,7 +139,6 @@ def test_may_enter_is_whether_the_candidate_alone_would_enter():
                 v = float(cand[i, ch])
                 mine = (float("-inf") if v != v else v, int(ckeys[i]))  # NaN ranks as -inf
                 assert bool(got[i, ch]) == (sorted(kept + [mine], key=order).index(mine) < k), (i, ch)
-            one = RunningTopK(c, k)
-            one.load_state_dict(t.state_dict())
+            one = RunningTopK.from_state(t.state())
             one.add(cand[i:i + 1], ckeys[i:i + 1], torch.zeros(1, c, dtype=torch.int64))
-        assert all(torch.equal(before[n], v) for n, v in t.state_dict().items())  # add() never writes in place
+        assert all(torch.equal(before[n], v) for n, v in t.state().items())  # add() never writes in place

@@ -229,8 +229,8 @@ def test_a_checkpoint_counted_by_another_bins_version_gives_no_statistics(tmp_pa
 
     st = UnitStats(3)
     st.add(torch.randn(2, 3, 8, 8))
-    ck = Checkpoint({"images": {"count": 2}}, False, 1, {}, {"l": RunningTopK(3, 2).state_dict()}, {},
-                    {"part": {"l": st.state_dict()}})
+    ck = Checkpoint({"images": {"count": 2}}, False, 1, {}, {"l": RunningTopK(3, 2).state()}, {},
+                    {"part": {"l": st.state()}})
     save_checkpoint(tmp_path / "ck", ck)
     assert load_checkpoint(tmp_path / "ck").stats["part"]["l"]["images"] == 2
     with np.load(tmp_path / "ck") as z:

@@ -42,8 +42,10 @@ import torch
 
 from ..durable import write_atomically
 from ..job_errors import CheckpointError
-from ..mining.stats import BINS_VERSION, NBINS
-from ..mining.stream import ImageRecord
+from ..mining.pooled import PooledVectors
+from ..mining.stats import BINS_VERSION, NBINS, UnitStats
+from ..mining.stream import ImageRecord, StreamState
+from ..mining.topk import RunningTopK
 from .output import write_error
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,16 @@ class Checkpoint:
     complete: bool  # the streaming pass had finished (a crash came in finalize or later)
     batches: int
     records: dict[int, ImageRecord]
-    tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state_dict()
-    pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> PooledVectors.state_dict()
-    stats: dict[str, dict[str, dict[str, torch.Tensor]]] | None = None  # id -> layer -> UnitStats.state_dict()
+    tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state()
+    pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> PooledVectors.state()
+    stats: dict[str, dict[str, dict[str, torch.Tensor]]] | None = None  # id -> layer -> UnitStats.state()
+
+
+def checkpoint_of(fingerprint: dict, complete: bool, state: StreamState) -> Checkpoint:
+    """What ``state`` has learnt so far: the ``state()`` of every statistic of each layer."""
+    families = {family: {n: s.state() for n, s in layers.items()} for family, layers in state.statistics().items()}
+    return Checkpoint(fingerprint, complete, state.batches, state.records, families["tops"], families["pooled"],
+                      state.stats_parts())
 
 
 def image_list_id(root: str, relpaths: list[str]) -> dict:
@@ -124,22 +133,28 @@ def _unpack(packed: np.ndarray) -> np.ndarray:
     return np.frombuffer(zlib.decompress(packed.tobytes()), "<i8").reshape(-1, NBINS).copy()
 
 
+def _encode(prefix: str, fields: tuple[str, ...], state: dict) -> dict[str, np.ndarray]:
+    """The arrays of one statistic's ``state()``: ``prefix + field``, histograms packed."""
+    return {prefix + n: _pack(np.asarray(state[n])) if n == "hist" else np.asarray(state[n]) for n in fields}
+
+
+def _decode(z, prefix: str, fields: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A statistic's ``state()`` from the arrays ``_encode`` wrote (copies: the file closes)."""
+    return {n: torch.from_numpy(_unpack(z[prefix + n]) if n == "hist" else np.array(z[prefix + n])) for n in fields}
+
+
 def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """Atomic replace of ``path``; on failure the previous checkpoint is untouched."""
     meta = {"format": FORMAT, "version": VERSION, "fingerprint": ck.fingerprint,
             "complete": ck.complete, "batches": ck.batches, "layers": list(ck.tops), "pooled": list(ck.pooled),
             "stats": ck.stats is not None, "stat_parts": list(ck.stats or {}), "bins_version": BINS_VERSION}
     arrays = {"meta": np.array(json.dumps(meta)), **_records_to_arrays(ck.records)}
-    for j, (layer, sd) in enumerate(ck.tops.items()):
-        for n in ("values", "keys", "pos"):
-            arrays[f"top{j}_{n}"] = sd[n].cpu().numpy()
+    for j, layer in enumerate(ck.tops):  # each layer's top-k, then its statistics contributions
+        arrays.update(_encode(f"top{j}_", RunningTopK.FIELDS, ck.tops[layer]))
         for i, part in enumerate((ck.stats or {}).values()):
-            arrays[f"stat{i}_{j}_hist"] = _pack(np.asarray(part[layer]["hist"]))
-            for n in ("fired", "images"):
-                arrays[f"stat{i}_{j}_{n}"] = np.asarray(part[layer][n])
+            arrays.update(_encode(f"stat{i}_{j}_", UnitStats.FIELDS, part[layer]))
     for j, sd in enumerate(ck.pooled.values()):
-        for n in ("keys", "rows"):
-            arrays[f"pooled{j}_{n}"] = sd[n].cpu().numpy()
+        arrays.update(_encode(f"pooled{j}_", PooledVectors.FIELDS, sd))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -160,9 +175,7 @@ def _load_stats(z, meta: dict, path: Path) -> dict | None:
         return None
 
     def part(prefix: str) -> dict:
-        return {layer: {"hist": torch.from_numpy(_unpack(z[f"{prefix}{j}_hist"])),
-                        **{n: torch.from_numpy(np.array(z[f"{prefix}{j}_{n}"])) for n in ("fired", "images")}}
-                for j, layer in enumerate(meta["layers"])}
+        return {layer: _decode(z, f"{prefix}{j}_", UnitStats.FIELDS) for j, layer in enumerate(meta["layers"])}
 
     if "stat_parts" not in meta:  # the first format: one total
         return {"first-format": part("stat")}
@@ -177,9 +190,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
                 raise CheckpointError(f"{path} is not a mine checkpoint of version {VERSION}; {hint}")
             records = _records_from_arrays(z)
-            tops = {layer: {n: torch.from_numpy(z[f"top{j}_{n}"].copy()) for n in ("values", "keys", "pos")}
-                    for j, layer in enumerate(meta["layers"])}
-            pooled = {layer: {n: torch.from_numpy(z[f"pooled{j}_{n}"].copy()) for n in ("keys", "rows")}
+            tops = {layer: _decode(z, f"top{j}_", RunningTopK.FIELDS) for j, layer in enumerate(meta["layers"])}
+            pooled = {layer: _decode(z, f"pooled{j}_", PooledVectors.FIELDS)
                       for j, layer in enumerate(meta.get("pooled", []))}
             stats = _load_stats(z, meta, path)
     except CheckpointError:

@@ -14,11 +14,15 @@ Why the result equals one run over the union of the images:
   decided again by path order (the first path of each content is "ok").
 * unit statistics: sums of counts, see ``unitstats`` (images shared by parts are
   subtracted again, so each counts once).
+* pooled vectors: rows by content key, the union of the parts' rows.
 * values, switches, pixels: ``finalize`` runs once over the union's kept images,
   in key order and fixed batches, from the same uint8 pixels a single run would
   read, so float32 values and switches are those of a single run bit for bit.
   (Copying values out of the parts would not be: a float32 convolution can round
   differently depending on which images share its batch.)
+
+Top-k, unit statistics and pooled vectors are united alike: each layer's statistics of
+the parts merged into one (the protocol of ``mining.statistic``).
 
 Paths of parts with different roots are re-rooted at their common folder: shards
 ``photos/a`` and ``photos/b`` merge into paths ``a/...`` and ``b/...`` under
@@ -38,13 +42,15 @@ from torch.utils.data import Dataset
 from ..data.preprocess import Preprocessing
 from ..faults import pause_point
 from ..job_errors import IncompatibleError
-from ..mining.finalize import Finalized, finalize
+from ..mining.finalize import Finalized, FinalizeOptions, finalize
+from ..mining.pooled import PooledVectors
+from ..mining.statistic import merge_all, merge_states
 from ..mining.stats import UnitStats
 from ..mining.topk import RunningTopK
 from ..models.network import Network
 from ..store.schema import as_str
 from ..store.write import images_table
-from .unitstats import union_stats
+from .unitstats import MiningSetup, union_stats
 
 CONTENT_OK = ("ok", "duplicate")
 POOLED = "pooled_"  # /images/pooled_<layer>: (N, 2, C) float16 per image, see mining.pooled
@@ -68,7 +74,7 @@ class Part:
     tops: dict[str, RunningTopK]
     record_of: Callable[[int], dict]
     pixel_keys: set[int] = field(default_factory=set)  # keys ``record_of`` can serve
-    pooled: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # ``--pooled``: layer -> key -> (2, C)
+    pooled: dict[str, PooledVectors] = field(default_factory=dict)  # ``--pooled``: layer -> rows by key
     stats: dict[str, UnitStats] | None = None
     counted: set[int] = field(default_factory=set)
     captured: dict = field(default_factory=dict)  # key -> (pixels, switches) from the streaming pass
@@ -110,13 +116,7 @@ def check_compatible(ref: dict, ref_name: str, other: dict, other_name: str) -> 
 # --- parts --------------------------------------------------------------------------------
 
 def tops_from_store(store, layers: list[str]) -> dict[str, RunningTopK]:
-    out = {}
-    for name in layers:
-        st = store.topk_state(name)
-        t = RunningTopK(st["values"].shape[0], st["values"].shape[1])
-        t.load_state_dict({n: torch.from_numpy(v) for n, v in st.items()})
-        out[name] = t
-    return out
+    return {name: RunningTopK.from_state(store.topk_state(name)) for name in layers}
 
 
 def part_from_store(store, layers: list[str]) -> Part:
@@ -137,26 +137,25 @@ def part_from_store(store, layers: list[str]) -> Part:
                 stats, counted)
 
 
-def pooled_from_store(store, table: dict) -> dict[str, dict[int, np.ndarray]]:
+def pooled_from_store(store, table: dict) -> dict[str, PooledVectors]:
     """A store's pooled vectors by image key (the rows of used contents)."""
-    out = {}
-    for layer in store.attrs.get("pooled") or []:
-        rows = store.pooled(layer)
-        out[layer] = {int(k): rows[j] for j, (k, s) in enumerate(zip(table["key"], table["status"]))
-                      if as_str(s) in CONTENT_OK}
-    return out
+    used = np.array([as_str(s) in CONTENT_OK for s in table["status"]], bool)
+    keys = np.asarray(table["key"], np.int64)[used]
+    return {layer: PooledVectors.from_state({"keys": keys, "rows": store.pooled(layer)[used]}, name=layer, warn=False)
+            for layer in store.attrs.get("pooled") or []}
 
 
 def pooled_columns(parts: list[Part], table: dict) -> dict[str, np.ndarray]:
     """``pooled_<layer>`` (N, 2, C) float16 columns of the union's images table: each used row
-    gets the vector of its content from whichever part computed it, skipped rows NaN."""
+    gets the vector of its content from whichever part computed it (the last part that did),
+    skipped rows NaN."""
     cols = {}
     for layer in parts[0].pooled if parts else []:
-        by_key: dict[int, np.ndarray] = {}
-        for p in parts:
-            by_key.update(p.pooled.get(layer, {}))
-        c = next(iter(by_key.values())).shape[-1] if by_key else 0
-        col = np.full((len(table["key"]), 2, c), np.nan, np.float16)
+        union = merge_states(PooledVectors(parts[0].pooled[layer].channels, layer, warn=False),
+                             (p.pooled[layer].state() for p in reversed(parts) if layer in p.pooled))
+        keys, rows = union.result()
+        by_key = dict(zip(keys.tolist(), rows))
+        col = np.full((len(table["key"]), 2, rows.shape[-1] if len(keys) else 0), np.nan, np.float16)
         for j, (k, s) in enumerate(zip(table["key"], table["status"])):
             if as_str(s) in CONTENT_OK and int(k) in by_key:
                 col[j] = by_key[int(k)]
@@ -229,35 +228,44 @@ class Combined:
         return int(sum(not s.startswith(CONTENT_OK) for s in self.table["status"]))
 
 
-def combine(parts: list[Part], net: Network, layers: list[str], k: int, prep: Preprocessing,  # noqa: PLR0913
-            device: torch.device, precision: str, dist=None) -> Combined:
+def union_tops(parts: list[Part], layers: list[str], net: Network, k: int) -> dict[str, RunningTopK]:
+    """Each layer's top-k of the union: the parts' top-k merged (a key in several parts kept once)."""
+    return {n: merge_all(RunningTopK(net.layers[n].channels, k), (p.tops[n] for p in parts)) for n in layers}
+
+
+def combine(parts: list[Part], setup: MiningSetup, dist=None) -> Combined:
     """Union of ``parts`` finalized into what ``write_store`` writes (``dist``: finalize is
     split across the ranks and ``fin`` is None except on rank 0)."""
     root, table = union_table(parts)
-    stats = union_stats(parts, layers, net, root, table, prep, device, precision)
-    tops = {n: RunningTopK(net.layers[n].channels, k) for n in layers}
-    for part in parts:
-        for n in layers:
-            tops[n].merge(part.tops[n])
+    stats = union_stats(parts, setup, root, table)
+    tops = union_tops(parts, setup.layers, setup.net, setup.k)
     key_to_index: dict[int, int] = {}
     for i, st in enumerate(table["status"]):
         if st == "ok":
             key_to_index.setdefault(int(table["key"][i]), i)
-    providers: dict[int, Part] = {}
-    for n in layers:
-        for key in tops[n].keys.flatten().tolist():
-            if key >= 0 and key not in providers:
-                owner = next((p for p in parts if key in p.pixel_keys), None)
-                if owner is None:  # cannot happen: every kept key comes from some part's top-k
-                    raise RuntimeError(f"no part holds the pixels of kept image key {key}")
-                providers[key] = owner
+    providers = _providers(parts, tops)
 
     def describe(layer, c, rank, key):
         return f"{layer} feature {c} rank {rank} ({table['path'][key_to_index[key]]})"
 
     captured = {key: item for p in parts for key, item in p.captured.items()}
-    fin = finalize(net, tops, key_to_index, lambda rows: _KeptImages(rows, table, providers, prep.size), prep,
-                   device, precision, workers=0, describe=describe, name_of=lambda row: table["path"][row],
-                   dist=dist, captured=captured)
+    fin = finalize(setup.net, tops, key_to_index,
+                   lambda rows: _KeptImages(rows, table, providers, setup.prep.size),
+                   FinalizeOptions(setup.prep, setup.device, setup.precision, describe=describe,
+                                   name_of=lambda row: table["path"][row], dist=dist),
+                   captured)
     specs = list(dict.fromkeys(p.spec for p in parts))
     return Combined(root, " + ".join(specs), {**table, **pooled_columns(parts, table)}, fin, stats)
+
+
+def _providers(parts: list[Part], tops: dict[str, RunningTopK]) -> dict[int, Part]:
+    """The part that serves the pixels of each kept image key (the first that holds them)."""
+    providers: dict[int, Part] = {}
+    for t in tops.values():
+        for key in t.keys.flatten().tolist():
+            if key >= 0 and key not in providers:
+                owner = next((p for p in parts if key in p.pixel_keys), None)
+                if owner is None:  # cannot happen: every kept key comes from some part's top-k
+                    raise RuntimeError(f"no part holds the pixels of kept image key {key}")
+                providers[key] = owner
+    return providers

@@ -32,9 +32,9 @@ one process; ``jobs.strategy.Solo`` has the same methods for one process):
 * **No collective while streaming.** Ranks stream independently (a dead rank cannot hang
   the others mid-pass); progress goes through the rendezvous key-value store, so rank 0's
   bar shows the global count and rate.
-* **Exact combination.** After the pass, every rank all-gathers the (channels, k) top-k
-  states of every layer (NCCL/gloo ``all_gather``) and folds them with
-  ``RunningTopK.merge`` (exact, associative, a key seen twice kept once), all-gathers
+* **Exact combination.** After the pass, every rank all-gathers the ``state()`` of every
+  statistic of each layer (top-k, pooled vectors) and merges them (``mining.statistic``:
+  exact, associative, a key seen twice kept once; :meth:`Dist.merge_statistics`), all-gathers
   the image records and the unit statistics (integer counts: contributions by process,
   united by id, see ``StreamState``). Every rank then holds the state one process would
   have had.
@@ -70,9 +70,12 @@ import torch.distributed as tdist
 from ..devices import resolve_device
 from ..job_errors import CheckpointError, Interrupted
 from ..lock import StoreLock
+from ..mining.pooled import PooledVectors
+from ..mining.statistic import merge_layer_states, merge_states
 from ..mining.stream import ImageRecord, StreamState, unite_contributions
 from ..mining.topk import RunningTopK
 from .checkpoint import Checkpoint, checkpoint_path, differences, load_checkpoint
+from .combine import union_tops
 from .output import remove_stale_temps
 from .update import SkipKnown
 
@@ -141,35 +144,15 @@ def merge_checkpoints(cks: list[Checkpoint]) -> Checkpoint | None:
             raise CheckpointError(f"the checkpoints of this store belong to different runs ({diff} differ); "
                                   f"pass --discard-checkpoint to delete them and start over")
     records: dict[int, ImageRecord] = {}
-    tops: dict[str, RunningTopK] = {}
     for ck in cks:
         for i, r in ck.records.items():
             if r.reason != OTHER:
                 records.setdefault(i, r)
-        for name, sd in ck.tops.items():
-            t = RunningTopK(*sd["values"].shape)
-            t.load_state_dict(sd)
-            if name in tops:
-                tops[name].merge(t)
-            else:
-                tops[name] = t
     complete = len(records) == int(cks[0].fingerprint["images"]["count"])
     return Checkpoint(cks[0].fingerprint, complete, max(ck.batches for ck in cks), records,
-                      {n: t.state_dict() for n, t in tops.items()}, merge_pooled([ck.pooled for ck in cks]),
+                      merge_layer_states(RunningTopK, [ck.tops for ck in cks]),
+                      merge_layer_states(PooledVectors, [ck.pooled for ck in cks]),
                       unite_contributions([ck.stats for ck in cks]))
-
-
-def merge_pooled(states: list[dict]) -> dict:
-    """Union of ``PooledVectors.state_dict()``s by layer (rows are keyed by content, so an
-    image in several of them is kept once)."""
-    out = {}
-    for name in dict.fromkeys(n for sd in states for n in sd):
-        parts = [sd[name] for sd in states if name in sd]
-        keys = torch.cat([torch.as_tensor(p["keys"]) for p in parts]).numpy()
-        rows = torch.cat([torch.as_tensor(p["rows"]) for p in parts]).numpy()
-        keys, first = np.unique(keys, return_index=True)
-        out[name] = {"keys": torch.from_numpy(keys.astype(np.int64)), "rows": torch.from_numpy(rows[first])}
-    return out
 
 
 def owner(name: str, world: int) -> int:
@@ -400,25 +383,7 @@ class Dist:
         for i in extra:
             records[i] = dataclasses.replace(records[i], ok=False, reason="duplicate")
         fed_twice_now = sum(i in self._todo for i in again)
-        for name, t in state.tops.items():
-            merged = RunningTopK(t.channels, t.k, t.values.device)
-            gathered = {}
-            for part in ("values", "keys", "pos"):
-                mine = getattr(t, part).contiguous()
-                bufs = [torch.empty_like(mine) for _ in range(self.world)]
-                self._call(tdist.all_gather, bufs, mine)
-                gathered[part] = bufs
-            for r in range(self.world):
-                other = RunningTopK(t.channels, t.k, t.values.device)
-                other.values, other.keys, other.pos = (gathered[p][r] for p in ("values", "keys", "pos"))
-                merged.merge(other)
-            state.tops[name] = merged
-        if state.pooled:  # pooled vectors of every rank's images
-            merged_pooled = merge_pooled(self.gather_all({n: p.state_dict() for n, p in state.pooled.items()}))
-            for name, p in state.pooled.items():
-                p.load_state_dict(merged_pooled[name])
-        # unit statistics: every rank's contributions (its own and those it restored), united
-        state.rebase_stats(unite_contributions(self.gather_all(state.stats_parts())))
+        self.merge_statistics(state)
         new = state.fed - fed_twice_now
         info = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
                 "images_new": new, "bytes_read": stats.bytes_read, "seconds": round(seconds, 3),
@@ -429,6 +394,17 @@ class Dist:
         stats.images_new = sum(i["images_new"] for i in self.ranks)
         stats.bytes_read = sum(i["bytes_read"] or 0 for i in self.ranks)
         stats.ranks = self.ranks
+
+    def merge_statistics(self, state: StreamState) -> None:
+        """Every rank's statistics of each layer in every rank's ``state``: the other ranks' top-k and
+        pooled vectors merged into this rank's, in rank order (``mining.statistic``: exact, a key
+        seen twice kept once), and the unit statistics' contributions of every rank united by id."""
+        every = self.gather_all({family: {n: s.state() for n, s in layers.items()}
+                                 for family, layers in state.statistics().items()})
+        for family, layers in state.statistics().items():
+            for name, s in layers.items():
+                merge_states(s, [every[r][family][name] for r in range(self.world) if r != self.rank])
+        state.rebase_stats(unite_contributions(self.gather_all(state.stats_parts())))
 
     def _uncount(self, state: StreamState, keys: dict[int, int], source, prep, net, precision: str) -> int:
         """Subtract the statistics of the images ``keys`` (this rank's files: index -> key mined) once;
@@ -464,10 +440,7 @@ class Dist:
         from ..mining.finalize import FINAL_BATCH
 
         fresh = parts[-1]
-        tops = {n: RunningTopK(net.layers[n].channels, k) for n in layers}
-        for part in parts:
-            for n in layers:
-                tops[n].merge(part.tops[n])
+        tops = union_tops(parts, layers, net, k)
         keys = torch.cat([tops[n].result()["keys"].flatten() for n in layers])
         kept = torch.unique(keys[keys >= 0]).tolist()
         served = {key for key in kept if not any(key in p.pixel_keys for p in parts[:-1]) and key in fresh.pixel_keys}

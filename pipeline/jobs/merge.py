@@ -37,6 +37,7 @@ from .checkpoint import fingerprint_id
 from .combine import check_compatible, combine, config_of_run, config_of_store, part_from_store
 from .output import remove_stale_temps, store_target, write_isolated
 from .record import JobStats
+from .unitstats import MiningSetup
 
 
 @dataclass
@@ -95,7 +96,7 @@ def merge_stores(inputs: list[str | Path], out: str | Path, weights: str | None 
                 raise WeightsError(f"the network rebuilt from {ref.path} does not match its attributes")
             net.to(dev)
             parts = [part_from_store(s, layers) for s in stores]
-            combined = combine(parts, net, layers, ref.k, prep, dev, a.get("precision", "fp32"))
+            combined = combine(parts, MiningSetup(net, layers, ref.k, prep, dev, a.get("precision", "fp32")))
             ids = sorted(str(s.attrs.get("inputs_id") or s.attrs.get("created")) for s in stores)
         finally:
             for s in stores:

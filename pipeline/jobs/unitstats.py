@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,8 +30,9 @@ from torch.utils.data import Dataset
 from ..data import ImageDataset, make_loader
 from ..data.preprocess import Preprocessing
 from ..data.sources import ImageSource
+from ..mining.statistic import merge_all
 from ..mining.stats import UnitStats
-from ..mining.stream import DTYPES, new_state, stream
+from ..mining.stream import DTYPES, PassOptions, new_state, stream
 from ..models.network import Network
 
 log = logging.getLogger(__name__)
@@ -64,18 +66,29 @@ def _fetcher(key: int, parts, paths: dict[int, Path], prep: Preprocessing):
     return from_file
 
 
-def union_stats(parts, layers: list[str], net: Network, root: str, table: dict, prep: Preprocessing,  # noqa: PLR0913
-                device: torch.device, precision: str) -> dict[str, dict] | None:
-    """layer -> ``UnitStats.result()`` of the union of ``parts``, None if some part has none."""
+@dataclass(frozen=True)
+class MiningSetup:
+    """What a union is mined and finalized with: the network, its mined ``layers``, ``k``, the
+    preprocessing, the device and the streaming pass's precision (one per run, merge or update)."""
+
+    net: Network
+    layers: list[str]
+    k: int
+    prep: Preprocessing
+    device: torch.device
+    precision: str
+
+
+def union_stats(parts, setup: MiningSetup, root: str, table: dict) -> dict[str, dict] | None:
+    """layer -> ``UnitStats.result()`` of the union of ``parts`` (``root`` and ``table``: the
+    union's images table), None if some part has none."""
     missing = [p.name for p in parts if p.stats is None]
     if missing:
         log.warning("%s has no unit statistics (written before mine kept them); the result has none either: "
                     "re-run with --force to get them", ", ".join(missing))
         return None
-    total = {n: UnitStats(net.layers[n].channels) for n in layers}
-    for part in parts:
-        for n in layers:
-            total[n].merge(part.stats[n])
+    layers = setup.layers
+    total = {n: merge_all(UnitStats(setup.net.layers[n].channels), (p.stats[n] for p in parts)) for n in layers}
     times = Counter(k for part in parts for k in part.counted)
     extra = {k: m - 1 for k, m in times.items() if m > 1}
     paths = {}
@@ -85,7 +98,8 @@ def union_stats(parts, layers: list[str], net: Network, root: str, table: dict, 
     lost = 0
     for mult in sorted(set(extra.values())):
         keys = sorted(k for k, m in extra.items() if m == mult)
-        again = stream_stats([_fetcher(k, parts, paths, prep) for k in keys], net, layers, prep, device, precision)
+        again = stream_stats([_fetcher(k, parts, paths, setup.prep) for k in keys], setup.net, layers, setup.prep,
+                             setup.device, setup.precision)
         lost += (len(keys) - again[layers[0]].images) * mult
         for n in layers:
             for _ in range(mult):
@@ -104,6 +118,6 @@ def stream_stats(fetch: list, net: Network, layers: list[str], prep: Preprocessi
         if channels_last:
             net.model.to(memory_format=torch.channels_last)
         loader = make_loader(_Records(fetch), BATCH, 0, device.type == "cuda")
-        stream(net, state, loader, prep, device, DTYPES[precision], channels_last)
+        stream(net, state, loader, prep, device, PassOptions(DTYPES[precision], channels_last))
     return state.stats
 

@@ -1,10 +1,11 @@
 """Pooled vectors per image (``mine run --pooled L``): global average and max of a layer.
 
-One small running statistic in the style of ``topk.RunningTopK`` (``add`` / ``result`` /
-``state_dict`` / ``load_state_dict`` / ``merge``), but it keeps one row per image, not a top-k:
+One statistic of the protocol of ``statistic.py`` (``add`` / ``merge`` / ``state`` /
+``from_state`` / ``result``), as ``topk.RunningTopK``, but it keeps one row per image, not a top-k:
 ``(2, C)`` float16 per image, [0] the spatial mean, [1] the spatial max of the map (not
 rectified: for a layer after its ReLU both are >= 0 anyway). Rows are keyed by image key, so
-an image whose content was already seen is not stored twice, and a duplicate file, an
+an image whose content was already seen is not stored twice (the first row added or merged of a
+key is the one kept), and a duplicate file, an
 ``--update`` and a ``mine merge`` find its vector by content. float16 halves the store and is
 ample for embeddings and nearest neighbours (relative error 5e-4). Its range is not: a value
 beyond +-65504 would become ``inf`` (a model with activations near 1e10 stored ``inf`` in most
@@ -36,9 +37,12 @@ def pool(out: torch.Tensor) -> torch.Tensor:
 
 
 class PooledVectors:
-    def __init__(self, channels: int, name: str = "") -> None:
+    FIELDS = ("keys", "rows")  # the tensors of ``state()``
+
+    def __init__(self, channels: int, name: str = "", warn: bool = True) -> None:
+        """``warn`` False: never warn of clipped values (rows that were warned of where they were computed)."""
         self.channels, self.name = channels, name
-        self._warned = False
+        self._warned = not warn
         self._keys: list[torch.Tensor] = []
         self._rows: list[torch.Tensor] = []
 
@@ -71,10 +75,24 @@ class PooledVectors:
         keys, rows = self.result()
         return dict(zip(keys.tolist(), rows))
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def merge(self, other: "PooledVectors") -> None:
+        """Fold in the rows of another statistic of the same layer (a key both hold: this one's row)."""
+        if other.channels != self.channels:
+            raise ValueError("cannot merge pooled vectors of different channel counts")
+        self._keys += other._keys
+        self._rows += other._rows
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``FIELDS`` as CPU tensors: ``result()``'s keys and rows."""
         keys, rows = self.result()
         return {"keys": torch.from_numpy(keys), "rows": torch.from_numpy(rows)}
 
-    def load_state_dict(self, sd: dict) -> None:
-        self._keys = [torch.as_tensor(sd["keys"])]
-        self._rows = [torch.as_tensor(sd["rows"])]
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device | str = "cpu", name: str = "",
+                   warn: bool = True) -> "PooledVectors":
+        """The statistic ``state`` describes (tensors or arrays; rows (n, 2, C)), on the CPU
+        whatever ``device`` (rows are brought to the host for every result anyway)."""
+        rows = torch.as_tensor(state["rows"])
+        p = cls(int(rows.shape[-1]), name, warn)
+        p.add(torch.as_tensor(state["keys"]), rows)
+        return p

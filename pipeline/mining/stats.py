@@ -1,7 +1,7 @@
 """Per-unit activation statistics: an exact, mergeable histogram per channel.
 
-One running statistic in the ``add`` / ``merge`` / ``result`` / ``state_dict`` /
-``load_state_dict`` shape of ``topk.RunningTopK``. For every channel of a layer it
+One statistic of the protocol of ``statistic.py`` (``add`` / ``merge`` / ``state`` /
+``from_state`` / ``result``), as ``topk.RunningTopK``. For every channel of a layer it
 counts activations into fixed bins, and the images whose spatial maximum is
 positive ("fired"). Counts are int64, so merging is a sum: exact, associative and
 commutative. Resume, ``--update``, sharding and ``mine merge`` therefore give
@@ -160,6 +160,8 @@ class UnitStats:
     totals, ``discard()`` drops it.
     """
 
+    FIELDS = ("hist", "fired", "images")  # the tensors of ``state()``
+
     def __init__(self, channels: int, device: torch.device | str = "cpu") -> None:
         self.channels = channels
         dev = torch.device(device)
@@ -243,23 +245,21 @@ class UnitStats:
         """CPU numpy arrays: ``hist`` (C, NBINS), ``fired`` (C,), and ``images``."""
         return {"hist": self.counts().cpu().numpy(), "fired": self.fired.cpu().numpy(), "images": self.images}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state(self) -> dict[str, torch.Tensor]:
+        """CPU copies of ``FIELDS``: ``hist`` (C, NBINS), ``fired`` (C,) int64, ``images`` (a 0-d tensor)."""
         return {"hist": self.counts().cpu(), "fired": self.fired.cpu(), "images": torch.tensor(self.images)}
-
-    def load_state_dict(self, state: dict) -> None:
-        dev = self.hist.device
-        hist = torch.as_tensor(state["hist"])
-        if tuple(hist.shape) != (self.channels, NBINS):
-            raise ValueError(f"statistics of shape {tuple(hist.shape)}, expected {(self.channels, NBINS)}")
-        self.hist = hist.to(dev, torch.int64).clone()
-        self.fired = torch.as_tensor(state["fired"]).to(dev, torch.int64).clone()
-        self.images = int(state["images"])
-        self._pending = None
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device | str = "cpu") -> "UnitStats":
-        s = cls(int(np.shape(state["hist"])[0]), device)
-        s.load_state_dict(state)
+        """The statistic ``state`` describes (tensors or arrays); ``ValueError`` on a histogram of
+        other bins."""
+        hist = torch.as_tensor(state["hist"])
+        if hist.dim() != 2 or hist.shape[1] != NBINS:
+            raise ValueError(f"statistics of shape {tuple(hist.shape)}, expected (channels, {NBINS})")
+        s = cls(hist.shape[0], device)
+        s.hist = hist.to(s.hist.device, torch.int64).clone()
+        s.fired = torch.as_tensor(state["fired"]).to(s.hist.device, torch.int64).clone()
+        s.images = int(state["images"])
         return s
 
 

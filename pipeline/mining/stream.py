@@ -18,6 +18,7 @@ import torch
 from ..data.preprocess import Preprocessing, to_device
 from ..models.network import Network
 from .pooled import PooledVectors
+from .statistic import Statistic, merge_states
 from .stats import UnitStats
 from .taps import layer_stats
 from .topk import RunningTopK
@@ -72,16 +73,23 @@ class StreamState:
     stats_base: dict[str, dict[str, dict]] = field(default_factory=dict)  # id -> layer -> UnitStats state
     stats_id: str = field(default_factory=new_contribution_id)
 
+    def statistics(self) -> dict[str, dict[str, Statistic]]:
+        """The mergeable statistics of each layer by family (``tops``, ``pooled``): what a checkpoint
+        saves and resume and the torchrun gather merge. The unit statistics travel as contributions
+        (``stats_parts``), which unite by id rather than merge."""
+        return {"tops": self.tops, "pooled": self.pooled}
+
     def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None,
                 stats: dict[str, dict[str, dict]] | None = None) -> None:
-        """Load a checkpoint: records, top-k, pooled and statistics contributions (id -> layer ->
+        """Load a checkpoint into a fresh state: records, the ``state()`` of each layer's top-k and
+        pooled vectors (merged into the fresh statistics), statistics contributions (id -> layer ->
         state); seen keys follow from the records."""
         if set(tops) != set(self.tops):
             raise ValueError(f"checkpoint layers {sorted(tops)} differ from {sorted(self.tops)}")
-        for name, sd in tops.items():
-            self.tops[name].load_state_dict(sd)
-        for name, sd in (pooled or {}).items():
-            self.pooled[name].load_state_dict(sd)
+        saved = {"tops": tops, "pooled": pooled or {}}
+        for family, layers in self.statistics().items():
+            for name, sd in saved[family].items():
+                merge_states(layers[name], [sd])
         if stats is None:
             self.stats = None
         else:
@@ -93,7 +101,7 @@ class StreamState:
         """What a checkpoint saves: every contribution, this process's own included."""
         if self.stats is None:
             return None
-        return {**self.stats_base, self.stats_id: {n: s.state_dict() for n, s in self.stats.items()}}
+        return {**self.stats_base, self.stats_id: {n: s.state() for n, s in self.stats.items()}}
 
     def rebase_stats(self, parts: dict[str, dict[str, dict]] | None) -> None:
         """Take ``parts`` (every contribution, this process's own included) as the base and go
@@ -109,11 +117,8 @@ class StreamState:
         """Every contribution summed: the statistics of every image with a record."""
         if self.stats is None:
             return None
-        total = {n: UnitStats(s.channels) for n, s in self.stats.items()}
-        for part in self.stats_parts().values():
-            for n, sd in part.items():
-                total[n].merge(UnitStats.from_state(sd))
-        return total
+        parts = list(self.stats_parts().values())
+        return {n: merge_states(UnitStats(s.channels), (part[n] for part in parts)) for n, s in self.stats.items()}
 
 
 def unite_contributions(many: list[dict[str, dict[str, dict]] | None]) -> dict[str, dict[str, dict]] | None:
@@ -145,20 +150,44 @@ def _entering(top: RunningTopK, keys: torch.Tensor, into: dict, name: str, value
     return into[name]
 
 
-def stream(  # noqa: PLR0913 - the streaming pass's inputs and hooks
-    net: Network,
-    state: StreamState,
-    batches: Iterable[dict],
-    prep: Preprocessing,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    channels_last: bool = False,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> StreamState:
-    """Fold every batch into ``state``; ``on_batch(n_images, n_bad)`` drives progress/checkpoints.
+@dataclass(frozen=True)
+class PassOptions:
+    """How the streaming pass runs: ``dtype`` of the forward (bfloat16/float16 under autocast),
+    ``channels_last`` the memory format the caller put the network in, ``on_batch(n_images,
+    n_bad)`` called after every batch (progress, checkpoints)."""
 
-    ``dtype`` bfloat16/float16 runs the forward under autocast (the ranking error this
-    causes is measured by tests/test_speed_options.py); ``channels_last`` is the
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    on_batch: Callable[[int, int], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Pass:
+    net: Network
+    prep: Preprocessing
+    device: torch.device
+    options: PassOptions
+
+
+@dataclass
+class _Forward:
+    """What the forward pass of one batch found: per layer (maxima, positions) and pooled rows,
+    the batch's new keys on the device, the captured switches and pixels, ``may_enter`` masks."""
+
+    maxima: dict = field(default_factory=dict)
+    vectors: dict = field(default_factory=dict)
+    keys: torch.Tensor | None = None
+    offsets: dict = field(default_factory=dict)
+    entering: dict = field(default_factory=dict)
+    pixels: torch.Tensor | None = None
+
+
+def stream(net: Network, state: StreamState, batches: Iterable[dict], prep: Preprocessing, device: torch.device,
+           options: PassOptions = PassOptions()) -> StreamState:
+    """Fold every batch into ``state``; ``options.on_batch(n_images, n_bad)`` drives progress/checkpoints.
+
+    ``options.dtype`` bfloat16/float16 runs the forward under autocast (the ranking error this
+    causes is measured by tests/test_speed_options.py); ``options.channels_last`` is the
     memory format the caller put the network in.
 
     Each batch is computed first and committed to ``state`` last (top-k and statistics,
@@ -173,66 +202,85 @@ def stream(  # noqa: PLR0913 - the streaming pass's inputs and hooks
     does: float32 results then differ in the last bit). So a lone image (the last
     batch, a batch of mostly known or bad files) is run paired with a copy of itself.
     """
-    layers = list(state.tops)
-    cap = state.capture
+    run = _Pass(net, prep, device, options)
     for batch in batches:
-        ok = batch["ok"].clone()
-        keys = batch["key"]
-        records, new_keys = [], set()
-        for i in range(len(ok)):
-            idx, key = int(batch["index"][i]), int(keys[i])
-            good = bool(ok[i])
-            reason = batch["reason"][i]
-            if good and (key in state.seen_keys or key in new_keys):
-                good, reason = False, "duplicate"
-                ok[i] = False
-            elif good:
-                new_keys.add(key)
-            records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
-                                       int(batch["width"][i]), int(batch["height"][i])))
-        maxima, vectors, kd, offsets, entering = {}, {}, None, {}, {}
-        if ok.any():
-            pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
-            x = to_device(pixels, prep, device, channels_last)
-            n = x.shape[0]
-            if n == 1:  # never a batch of one: see ``stream``'s docstring
-                x = torch.cat([x, x])
-            kd = keys[ok].to(device, non_blocking=True)
-            offsets, handles = cap.hooks(net) if cap is not None else ({}, [])
-            observe = None if state.stats is None else lambda name, out, n=n: state.stats[name].observe(out[:n])
-            # positions only for maps that can enter a top-k (on CPU; see taps.spatial_max_above)
-            kx = kd if n > 1 else kd.repeat(2)
-            needed = {name: partial(_entering, state.tops[name], kx, entering, name) for name in layers} \
-                if device.type == "cpu" else None
-            # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
-            try:
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    maxima, vectors = layer_stats(net, layers, list(state.pooled), x, observe, needed)
-            except BaseException:
-                for st in (state.stats or {}).values():
-                    st.discard()
-                raise
-            finally:
-                for h in handles:
-                    h.remove()
-            maxima = {name: (v[:n], p[:n]) for name, (v, p) in maxima.items()}
-            vectors = {name: rows[:n] for name, rows in vectors.items()}
-        state.dirty = True
-        for name, (values, pos) in maxima.items():
-            mask = entering.get(name)
-            state.tops[name].add(values.float(), kd, pos, None if mask is None else mask[:len(kd)])
-            if state.stats is not None:
-                state.stats[name].commit(values)
-        for name, rows in vectors.items():
-            state.pooled[name].add(kd, rows)
-        for r in records:
-            state.records[r.index] = r
-        state.seen_keys |= new_keys
-        state.batches += 1
-        state.fed += len(new_keys)
-        state.dirty = False
-        if cap is not None and maxima:
-            cap.add(keys[ok], pixels, offsets, state.tops)
-        if on_batch is not None:
-            on_batch(len(ok), int((~batch["ok"]).sum()))
+        ok, records, new_keys = _sort_out(batch, state)
+        found = _forward(run, state, batch, ok) if ok.any() else _Forward()
+        _commit(state, found, records, new_keys)
+        if state.capture is not None and found.maxima:
+            state.capture.add(batch["key"][ok], found.pixels, found.offsets, state.tops)
+        if options.on_batch is not None:
+            options.on_batch(len(ok), int((~batch["ok"]).sum()))
     return state
+
+
+def _sort_out(batch: dict, state: StreamState) -> tuple[torch.Tensor, list[ImageRecord], set[int]]:
+    """The batch's records and which of its images are fed: (ok mask, records, new keys). An image
+    whose content was seen before (in ``state`` or earlier in the batch) is a "duplicate"."""
+    ok = batch["ok"].clone()
+    records, new_keys = [], set()
+    for i in range(len(ok)):
+        idx, key = int(batch["index"][i]), int(batch["key"][i])
+        good = bool(ok[i])
+        reason = batch["reason"][i]
+        if good and (key in state.seen_keys or key in new_keys):
+            good, reason = False, "duplicate"
+            ok[i] = False
+        elif good:
+            new_keys.add(key)
+        records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
+                                   int(batch["width"][i]), int(batch["height"][i])))
+    return ok, records, new_keys
+
+
+def _forward(run: _Pass, state: StreamState, batch: dict, ok: torch.Tensor) -> _Forward:
+    """The forward pass over the batch's fed images (``ok``), never a batch of one (``stream``'s
+    docstring): layer maxima, pooled rows, and the statistics' pending observation."""
+    pixels = batch["pixels"] if ok.all() else batch["pixels"][ok]
+    x = to_device(pixels, run.prep, run.device, run.options.channels_last)
+    n = x.shape[0]
+    if n == 1:
+        x = torch.cat([x, x])
+    found = _Forward(keys=batch["key"][ok].to(run.device, non_blocking=True), pixels=pixels)
+    cap = state.capture
+    found.offsets, handles = cap.hooks(run.net) if cap is not None else ({}, [])
+    observe = None if state.stats is None else lambda name, out: state.stats[name].observe(out[:n])
+    # positions only for maps that can enter a top-k (on CPU; see taps.spatial_max_above)
+    kx = found.keys if n > 1 else found.keys.repeat(2)
+    needed = {name: partial(_entering, state.tops[name], kx, found.entering, name) for name in state.tops} \
+        if run.device.type == "cpu" else None
+    # bf16/fp16 only rank the candidates; finalize re-runs the kept images in float32.
+    dtype = run.options.dtype
+    try:
+        with torch.autocast(run.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            maxima, vectors = layer_stats(run.net, list(state.tops), list(state.pooled), x, observe, needed)
+    except BaseException:
+        for st in (state.stats or {}).values():
+            st.discard()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+    found.maxima = {name: (v[:n], p[:n]) for name, (v, p) in maxima.items()}
+    found.vectors = {name: rows[:n] for name, rows in vectors.items()}
+    return found
+
+
+def _commit(state: StreamState, found: _Forward, records: list[ImageRecord], new_keys: set[int]) -> None:
+    """Fold a computed batch into ``state``: top-k, statistics, pooled rows, then records and seen
+    keys (``state.dirty`` meanwhile)."""
+    state.dirty = True
+    kd = found.keys
+    for name, (values, pos) in found.maxima.items():
+        mask = found.entering.get(name)
+        state.tops[name].add(values.float(), kd, pos, None if mask is None else mask[:len(kd)])
+        if state.stats is not None:
+            state.stats[name].commit(values)
+    for name, rows in found.vectors.items():
+        state.pooled[name].add(kd, rows)
+    for r in records:
+        state.records[r.index] = r
+    state.seen_keys |= new_keys
+    state.batches += 1
+    state.fed += len(new_keys)
+    state.dirty = False

@@ -1,8 +1,8 @@
 """Streaming per-channel top-k with deterministic tie-breaking.
 
-One small running statistic in the style of ``add`` / ``result`` /
-``state_dict`` / ``load_state_dict``: state is three (channels, k) tensors on the
-model's device, so memory is O(channels x k) however many images stream past.
+One statistic of the protocol of ``statistic.py`` (``add`` / ``merge`` / ``state`` /
+``from_state`` / ``result``): state is three (channels, k) tensors on the model's device,
+so memory is O(channels x k) however many images stream past.
 
 Order: larger value first, then smaller image key. Each image contributes at most
 one candidate per channel (its spatial maximum), so the kept entries are k
@@ -20,6 +20,8 @@ EMPTY_KEY = -1
 
 
 class RunningTopK:
+    FIELDS = ("values", "keys", "pos")  # the tensors of ``state()`` a checkpoint saves
+
     def __init__(self, channels: int, k: int, device: torch.device | str = "cpu") -> None:
         self.channels, self.k = channels, k
         self.values = torch.full((channels, k), float("-inf"), device=device)
@@ -54,7 +56,7 @@ class RunningTopK:
         """Merge a batch's candidates (R, B) (one image key per column) into the channels ``rows``
         (None: all). Why not ``_best``: its three stable sorts of every row were most of the
         ranking's cost; here one ``topk`` of a single int64 per entry orders them the same way
-        (``_rank_keys``, ``_order_key``). Out of place, as ``_select``: a ``state_dict()`` taken
+        (``_rank_keys``, ``_order_key``). Out of place, as ``_select``: a ``state()`` taken
         before (a checkpoint) must not change."""
         sv, sk, sp = (t if rows is None else t[rows] for t in (self.values, self.keys, self.pos))
         vals = torch.cat([sv, v], 1)
@@ -140,14 +142,17 @@ class RunningTopK:
         """CPU copies: values (-inf where empty), keys (-1 where empty), flat positions."""
         return {"values": self.values.cpu(), "keys": self.keys.cpu(), "pos": self.pos.cpu()}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state(self) -> dict[str, torch.Tensor]:
+        """CPU copies of ``FIELDS`` and ``k``."""
         return {"values": self.values.cpu(), "keys": self.keys.cpu(), "pos": self.pos.cpu(), "k": torch.tensor(self.k)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        dev = self.values.device
-        self.values, self.keys, self.pos = (state[n].to(dev) for n in ("values", "keys", "pos"))
-        self.channels, self.k = self.values.shape
-
+    @classmethod
+    def from_state(cls, state, device: torch.device | str = "cpu") -> "RunningTopK":
+        """The statistic ``state`` describes (``FIELDS``: tensors or arrays, (channels, k) each)."""
+        values = torch.as_tensor(state["values"])
+        t = cls(*values.shape, device=device)
+        t.values, t.keys, t.pos = (torch.as_tensor(state[n]).to(device) for n in cls.FIELDS)
+        return t
 
 def _rank_keys(state_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """(R, k + B) int64 ranks of the keys of ``state_keys`` (R, k) rows followed by the batch's
