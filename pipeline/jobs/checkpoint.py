@@ -1,6 +1,7 @@
 """Checkpoints of the streaming pass: ``STORE.ckpt``, replaced atomically.
 
-What is saved is exactly what the pass has learnt so far, ``StreamState``: the
+What is saved is exactly what the pass has learnt so far, ``StreamState``, as the
+``state()`` of each of its statistics (``mining.statistic``, :func:`checkpoint_of`): the
 per-layer top-k state (values, keys, positions), the per-layer unit statistics
 (histogram counts, zlib-packed; firing counts; images counted), one record per image already
 streamed (key, sha256, ok, reason, size), plus a *fingerprint* of everything that
