@@ -71,10 +71,6 @@ class PooledVectors:
                         f"float16's range and were clipped to +-{F16_MAX:.0f}, which distorts `mine embed` of this "
                         f"layer; rescale the model's inputs or weights so its activations stay below that")
 
-    def as_dict(self) -> dict[int, np.ndarray]:
-        keys, rows = self.result()
-        return dict(zip(keys.tolist(), rows))
-
     def merge(self, other: "PooledVectors") -> None:
         """Fold in the rows of another statistic of the same layer (a key both hold: this one's row)."""
         if other.channels != self.channels:
