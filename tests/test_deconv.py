@@ -8,13 +8,14 @@ winners. Entries are at the channel's arg-max (as mined) and at the map's corner
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from deconv_reference import deconv_relu
 from torch import nn
 
-from pipeline.deconv import Deconvnet, switches_by_module
+from pipeline.deconv import Deconvnet, PackedMask, switches_by_module
 from pipeline.mining.switches import pool_offsets
 from pipeline.models.geometry import step_of
 from pipeline.models.weights import load_network
@@ -258,3 +259,24 @@ def test_cuda_matches_cpu_when_available(vgg16):
                                                    {k: v.cuda() for k, v in sw.items()})
     assert gpu.device.type == "cuda"
     assert close(gpu.cpu(), cpu, rtol=1e-3)  # TF32 may be on
+
+
+def test_packed_masks_give_the_windows_and_rows_of_the_unpacked():
+    """``PackedMask`` (bit-packed ReLU masks, ``render.forward``) against the unpacked bool maps: each entry's
+    window (clamped at the borders, as ``_gather_window``) and whole rows, for widths that are and are not
+    multiples of 8."""
+    rng = np.random.default_rng(1)
+    for w in (13, 16, 21):
+        m = rng.random((5, 3, w, w)) > 0.5
+        packed = PackedMask(torch.from_numpy(np.packbits(m, axis=-1)), w)
+        img = torch.tensor([0, 3, 3, 4, 1])
+        oy, ox = torch.tensor([-2, 0, 5, w - 3, w // 2]), torch.tensor([1, -4, w - 1, 2, 0])
+        for n in (1, 3, 9):
+            want = np.zeros((5, 3, n, n), bool)
+            for b in range(5):
+                for i in range(n):
+                    for j in range(n):
+                        yy, xx = min(max(int(oy[b]) + i, 0), w - 1), min(max(int(ox[b]) + j, 0), w - 1)
+                        want[b, :, i, j] = m[int(img[b]), :, yy, xx]
+            assert torch.equal(packed.window(img, oy, ox, n), torch.from_numpy(want))
+        assert torch.equal(packed.rows(img), torch.from_numpy(m[img.numpy()]))

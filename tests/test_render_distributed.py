@@ -163,6 +163,10 @@ def test_one_forward_per_image_gives_the_maps_and_masks_of_separate_passes(store
         px = torch.from_numpy(np.ascontiguousarray(rnd.pixels(rows)))
         ref = rnd.chain.relu_masks(normalize(px, rnd.prep), end)
         assert sorted(mine) == sorted(ref) and mine
-        for i in ref:
-            assert torch.equal(mine[i], ref[i]), i
+        for i in ref:  # kept bit-packed: the whole maps and each entry's window are the reference's bits
+            assert torch.equal(mine[i].rows(torch.arange(len(rows))), ref[i]), i
+            img, oy, ox = torch.tensor([2, 0, 2]), torch.tensor([-1, 3, 30]), torch.tensor([5, -2, 0])
+            want = ref[i][img[:, None, None], :, (oy[:, None] + torch.arange(4)).clamp(0, ref[i].shape[2] - 1)[:, :, None],
+                          (ox[:, None] + torch.arange(4)).clamp(0, ref[i].shape[3] - 1)[:, None, :]]
+            assert torch.equal(mine[i].window(img, oy, ox, 4), want.permute(0, 3, 1, 2)), i
         assert fw.masks(np.array([10 ** 6]), end) is None, "an image not kept: the walker computes it"

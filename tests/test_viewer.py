@@ -20,7 +20,7 @@ from pipeline.data import normalize
 from pipeline.data.preprocess import Preprocessing
 from pipeline.models.weights import load_network
 from pipeline.render import feature_files, layer_files, render_store
-from pipeline.render.heatmap import DIM, overlay, upsample
+from pipeline.render.heatmap import BOX, DIM, OUTLINE, composite, overlay, overlays, upsample
 from pipeline.render.manifest import MANIFEST
 from pipeline.render.normalise import display, scales
 
@@ -92,6 +92,50 @@ def site(small, tmp_path_factory):
     render_store(small, out=out, layers="conv2_1", features="0-5", overview_features=3, show="both",
                  method="guided", device="cpu", progress=False)
     return out
+
+
+def _overlay_by_hand(amap: np.ndarray, level: float, size: int, box) -> np.ndarray:
+    """An overlay pixel by pixel: the region is the upsampled map above the level (compared in float32, as
+    a float32 map against a Python float); its contour the pixels within ``width`` steps (|dy| + |dx|) of a
+    pixel outside it or off the picture; the box's border the same for its rectangle."""
+    up = torch.nn.functional.interpolate(torch.as_tensor(amap)[None, None], size=(size, size), mode="bilinear",
+                                         align_corners=False)[0, 0].numpy()
+    region = up > np.float32(level) if np.isfinite(level) else np.zeros((size, size), bool)
+    width = max(1, size // 112)
+    frame = np.zeros((size, size), bool)
+    if box is not None and box[0] >= 0:
+        frame[box[0]:box[2], box[1]:box[3]] = True
+    steps = [(dy, dx) for dy in range(-width, width + 1) for dx in range(-width, width + 1) if abs(dy) + abs(dx) <= width]
+
+    def edge(m: np.ndarray, i: int, j: int) -> bool:
+        return m[i, j] and any(not (0 <= i + dy < size and 0 <= j + dx < size) or not m[i + dy, j + dx]
+                               for dy, dx in steps)
+
+    out = np.zeros((size, size, 4), np.uint8)
+    for i in range(size):
+        for j in range(size):
+            out[i, j] = ((*BOX, 255) if edge(frame, i, j) else (*OUTLINE, 255) if edge(region, i, j)
+                         else (0, 0, 0, 0 if region[i, j] else DIM))
+    return out
+
+
+def test_overlays_of_many_maps_are_each_drawn_by_hand():
+    """``overlays`` draws a whole chunk's maps at once (one upsampling call); each overlay is the one drawn
+    pixel by pixel, and the composite the alpha blend of each pixel."""
+    rng = np.random.default_rng(3)
+    size, n = 48, 5
+    maps = rng.standard_normal((n, 6, 6)).astype(np.float32)
+    levels = np.array([0.3, -0.2, np.nan, 1.0, float(np.float32(0.5) + np.float32(1e-8))])
+    boxes = np.array([[4, 6, 30, 20], [0, 0, 48, 48], [10, 10, 11, 12], [-1, -1, -1, -1], [40, 2, 48, 9]])
+    got = overlays(maps, levels, size, boxes)
+    assert got.shape == (n, size, size, 4)
+    for i in range(n):
+        want = _overlay_by_hand(maps[i], float(levels[i]), size, boxes[i])
+        np.testing.assert_array_equal(got[i], want)
+        np.testing.assert_array_equal(overlay(maps[i], float(levels[i]), size, boxes[i]), want)
+    px = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    a = got[..., 3:4] / 255
+    np.testing.assert_array_equal(composite(px, got), np.rint(px * (1 - a) + got[..., :3] * a).astype(np.uint8))
 
 
 def test_heatmap_level_is_the_brute_force_quantile(small, site):

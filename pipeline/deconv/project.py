@@ -42,7 +42,7 @@ from torch import nn
 from ..models.geometry import Geometry, Step, step_of
 from .tiles import shift_crop
 
-__all__ = ["Deconvnet", "Level", "switches_by_module"]
+__all__ = ["Deconvnet", "Level", "PackedMask", "switches_by_module"]
 
 PASS_THROUGH = (nn.Dropout, nn.Identity)
 
@@ -62,6 +62,47 @@ class Level:
     out_size: int
     win_in: int
     win_out: int
+
+
+class PackedMask:
+    """A ReLU's forward mask on M images, bit-packed along its last axis as ``np.packbits`` packs it
+    (the first column in the high bit): uint8 ``(M, C, H, ceil(W / 8))`` and the width W.
+
+    The windowed walker reads only each entry's window of it (:meth:`window`, the bits of
+    ``_gather_window``), so a batch never unpacks the M whole maps (VGG16 at 224 px: 12 M booleans
+    per image up to conv3_3, 30 M up to conv5_3)."""
+
+    def __init__(self, packed: torch.Tensor, width: int) -> None:
+        self.packed, self.width = packed, int(width)
+
+    def to(self, device) -> "PackedMask":
+        return PackedMask(self.packed.to(device), self.width)
+
+    def _bits(self, byte: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return (byte >> (7 - col % 8).to(torch.uint8)) & 1 == 1
+
+    def rows(self, img: torch.Tensor) -> torch.Tensor:
+        """The whole masks of the rows ``img`` (B,): bool ``(B, C, H, W)``."""
+        col = torch.arange(self.width, device=self.packed.device)
+        return self._bits(self.packed[img][..., col // 8], col)
+
+    def window(self, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, n: int) -> torch.Tensor:
+        """Each entry's n x n window, bool ``(B, C, n, n)``: ``_gather_window`` of the unpacked masks."""
+        _, _, h, _ = self.packed.shape
+        r = torch.arange(n, device=self.packed.device)
+        ry = (oy[:, None] + r).clamp_(0, h - 1)
+        rx = (ox[:, None] + r).clamp_(0, self.width - 1)
+        nhwc = self.packed[img[:, None, None], :, ry[:, :, None], (rx // 8)[:, None, :]]  # (B, n, n, C)
+        return self._bits(nhwc, rx[:, None, :, None]).permute(0, 3, 1, 2)
+
+
+def _mask_at(m, img: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, n: int | None) -> torch.Tensor:
+    """The mask ``m`` (bool (M, C, H, W) tensor or :class:`PackedMask`) of each entry: its n x n window
+    at (oy, ox), or its whole map when ``n`` is None."""
+    if isinstance(m, PackedMask):
+        return m.rows(img) if n is None else m.window(img, oy, ox, n)
+    m = m.to(img.device)
+    return m[img] if n is None else _gather_window(m, img, oy, ox, n)
 
 
 class Deconvnet:
@@ -167,7 +208,7 @@ class Deconvnet:
         switches: Mapping[int, torch.Tensor],
         image=None,
         window: bool = True,
-        masks: Mapping[int, torch.Tensor] | None = None,
+        masks: Mapping[int, torch.Tensor | PackedMask] | None = None,
     ) -> torch.Tensor:
         """Project a batch of B entries of the output of module ``end`` to the input.
 
@@ -177,7 +218,8 @@ class Deconvnet:
         says which of the M rows belongs to each entry (default: entry b uses row b).
 
         ``masks`` (guided backpropagation): for every ReLU ``i <= end`` a bool ``(M, C, H, W)`` map
-        of where it was active in the forward pass of the M images (:meth:`relu_masks`); the
+        of where it was active in the forward pass of the M images (:meth:`relu_masks`), or the same
+        bit-packed (:class:`PackedMask`); the
         signal is then rectified *and* kept only there (``deconv.rules``' guided rule).
 
         Returns float32 ``(B, C_in, R, R)`` tiles at the unclipped boxes when ``window`` is
@@ -215,8 +257,7 @@ class Deconvnet:
                 if lv.kind == "relu":
                     z = z.relu_()
                     if masks is not None:
-                        m = masks[lv.index].to(dev)
-                        z = z * (m[img] if full else _gather_window(m, img, oy, ox, lv.win_out))
+                        z = z * _mask_at(masks[lv.index], img, oy, ox, None if full else lv.win_out)
                 elif lv.kind == "pass":
                     continue
                 elif full:
@@ -246,7 +287,7 @@ class Deconvnet:
             if lv.kind == "relu":
                 z = z.relu_()
                 if masks is not None:
-                    z = z * masks[lv.index].to(dev)[img]
+                    z = z * _mask_at(masks[lv.index], img, yy, xx, None)
             elif lv.kind != "pass":
                 z = self._full_step(lv, z, sw, img)
         return z.contiguous()

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import normalize
+from ..deconv import PackedMask
 from ..models.hooks import hooked, run_to
 from .renderer import MAPS_BATCH, Renderer, never_one
 
@@ -126,13 +127,13 @@ class Forwards:
             self._run(group)
         return self._maps.pop(layer)
 
-    def masks(self, uniq: np.ndarray, end: int) -> dict[int, torch.Tensor] | None:
-        """The ReLU masks up to chain module ``end`` of images ``uniq`` (bool ``(len(uniq), C, H, W)``
-        each), or None when one of them is not kept (the walker then runs the forward itself)."""
+    def masks(self, uniq: np.ndarray, end: int) -> dict[int, PackedMask] | None:
+        """The ReLU masks up to chain module ``end`` of images ``uniq`` (``(len(uniq), C, H, W)`` each, still
+        bit-packed: the walker reads the entries' windows), or None when one of them is not kept (the walker
+        then runs the forward itself)."""
         if not all(int(m) in self.packed for m in uniq):
             return None
         idx = [i for i in self.relus if i <= end]
         dev = self.rnd.device
-        return {i: torch.from_numpy(np.stack([np.unpackbits(self.packed[int(m)][i], axis=-1,
-                                                            count=self.shapes[i][-1]) for m in uniq])
-                                    .astype(bool)).to(dev) for i in idx}
+        return {i: PackedMask(torch.from_numpy(np.stack([self.packed[int(m)][i] for m in uniq])).to(dev),
+                              self.shapes[i][-1]) for i in idx}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "hist_quantile", "overlay", "topk_level", "unit_hist",
+__all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "hist_quantile", "overlay", "overlays", "topk_level", "unit_hist",
            "unit_level", "unit_rates", "upsample"]
 
 DEFAULT_QUANTILE = 0.99
@@ -83,38 +83,54 @@ def topk_level(maps: np.ndarray, q: float = DEFAULT_QUANTILE) -> float:
 
 
 def upsample(amap: np.ndarray, size: int) -> np.ndarray:
-    """(h, w) map -> (size, size), bilinear with ``align_corners=False`` (torch's ``interpolate``)."""
-    t = torch.as_tensor(np.asarray(amap, np.float32))[None, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    """(h, w) map -> (size, size), bilinear with ``align_corners=False`` (torch's ``interpolate``);
+    (n, h, w) maps -> (n, size, size), one call for all (each output pixel is computed alone: the
+    same values as one map at a time, and many times faster than n small calls)."""
+    a = np.asarray(amap, np.float32)
+    t = torch.as_tensor(a.reshape(-1, 1, *a.shape[-2:]))
+    up = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    return up.reshape(*a.shape[:-2], size, size)
 
 
 def _edge(mask: np.ndarray, width: int) -> np.ndarray:
-    """Pixels of ``mask`` within ``width`` of its outside (the contour, drawn inside the region)."""
+    """Pixels of ``mask`` (..., H, W) within ``width`` of its outside (the contour, drawn inside the region)."""
     inner = mask.copy()
+    pad = [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]
     for _ in range(width):
-        p = np.pad(inner, 1, constant_values=False)
-        inner = inner & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+        p = np.pad(inner, pad, constant_values=False)
+        inner = inner & p[..., :-2, 1:-1] & p[..., 2:, 1:-1] & p[..., 1:-1, :-2] & p[..., 1:-1, 2:]
     return mask & ~inner
 
 
 def overlay(amap: np.ndarray, level: float, size: int, box=None) -> np.ndarray:
     """(size, size, 4) uint8 RGBA to lay over the image: the region where the upsampled map exceeds
     ``level`` clear with a contour, the rest dimmed, and the box ``[top, left, bottom, right)``."""
-    up = upsample(amap, size)
-    mask = up > level if np.isfinite(level) else np.zeros(up.shape, bool)
+    boxes = None if box is None else np.asarray(box, np.int64).reshape(1, 4)
+    return overlays(np.asarray(amap)[None], np.asarray([level], np.float64), size, boxes)[0]
+
+
+def overlays(maps: np.ndarray, levels: np.ndarray, size: int, boxes: np.ndarray | None = None) -> np.ndarray:
+    """:func:`overlay` of n maps (n, h, w) at once: levels (n,), boxes (n, 4) or None (none drawn;
+    a box whose top is negative is not drawn either) -> (n, size, size, 4)."""
+    up = upsample(maps, size)
+    lv = np.asarray(levels, np.float64).reshape(-1, 1, 1)
+    with np.errstate(over="ignore"):  # a float32 map against a Python float compares in float32 (NEP 50)
+        mask = (up > lv.astype(np.float32)) & np.isfinite(lv)
     width = max(1, size // 112)
-    out = np.zeros((size, size, 4), np.uint8)
-    out[~mask, 3] = DIM
+    out = np.zeros((len(up), size, size, 4), np.uint8)
+    out[..., 3] = np.where(mask, 0, DIM)
     out[_edge(mask, width)] = (*OUTLINE, 255)
-    if box is not None and box[0] >= 0:
-        t, left, b, r = (int(v) for v in box)
-        frame = np.zeros((size, size), bool)
-        frame[t:b, left:r] = True
+    if boxes is not None:
+        b = np.asarray(boxes, np.int64).reshape(-1, 4)
+        r = np.arange(size)
+        rows = (r >= b[:, 0:1]) & (r < b[:, 2:3])
+        cols = (r >= b[:, 1:2]) & (r < b[:, 3:4])
+        frame = rows[:, :, None] & cols[:, None, :] & (b[:, 0] >= 0)[:, None, None]
         out[_edge(frame, width)] = (*BOX, 255)
     return out
 
 
 def composite(pixels: np.ndarray, ov: np.ndarray) -> np.ndarray:
-    """An (S, S, 3) uint8 image with an (S, S, 4) overlay alpha-blended on top."""
+    """An (S, S, 3) uint8 image with an (S, S, 4) overlay alpha-blended on top (or n of each, (n, S, S, ...))."""
     a = ov[..., 3:4].astype(np.float32) / 255
     return np.rint(pixels.astype(np.float32) * (1 - a) + ov[..., :3].astype(np.float32) * a).astype(np.uint8)

@@ -70,7 +70,7 @@ from ..store.read import Store, border_units, overview_channels
 from . import index_html as site
 from .crop import CROPS, image_boxes, unit_crop
 from .forward import Forwards
-from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlay, topk_level, unit_hist, unit_level, unit_rates
+from .heatmap import DEFAULT_QUANTILE, LEVEL_SOURCES, composite, overlays, topk_level, unit_hist, unit_level, unit_rates
 from .manifest import current, feature_record, forget, load_manifest, render_lock, save_manifest, store_key
 from .normalise import CONTRASTS, display, scales
 from .ranks import One
@@ -361,8 +361,7 @@ class _Render:
             i = start + self.rk.rank
             done = 0
             if i < len(chunks):
-                done = _render_features(self.rnd, layer, chunks[i], self.arrays[layer], self.out, self.opts,
-                                        self.cfg.save_arrays, maps, levels, writer, self.pending)
+                done = _render_features(self, layer, chunks[i], maps, levels, writer)
             self._record(writer.finished(), done, records, bar)
         self._record(writer.drain(), 0, records, bar, final=True)
 
@@ -426,17 +425,32 @@ class _Render:
             _site(self.store, self.man, self.out, self.opts)
 
 
-def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, out: Path, opts: Options,  # noqa: PLR0913
-                     save_arrays: bool, unit_maps: dict, levels: np.ndarray | None, writer: Writer,
-                     pending: dict) -> int:
+@dataclass
+class _Unit:
+    """One unit of a chunk on its way to its files: its entries in the chunk's arrays (``sel``, their
+    ranks), its heatmap level, its tiles and patches (k slots, cut by the crop) and boxes."""
+
+    c: int
+    sel: np.ndarray
+    ranks: np.ndarray
+    filled: np.ndarray
+    level: float
+    source: str
+    tiles: np.ndarray | None = None
+    crops: np.ndarray | None = None
+    side: int = 0
+    boxes: np.ndarray | None = None
+
+
+def _render_features(job: _Render, layer: str, chunk: list[int], unit_maps: dict, levels: np.ndarray | None,
+                     writer: Writer) -> int:
     """Project every filled slot of the channels in ``chunk`` in one batch; hand their files to ``writer``.
 
-    ``pending[(layer, c)]`` gets the unit's manifest records (its heatmap level and histogram for its
-    page, the options that made its files), recorded once the writer has its files on disk. Files of
-    the unit that these options do not make (a heatmap montage with show=patch, arrays without
-    ``save_arrays``) are removed: they were made with other options. Returns the projections made.
+    The heatmap overlays of the whole chunk are drawn at once (one upsampling call: many small ones
+    cost more than the projections at conv1-conv3). ``job.pending[(layer, c)]`` gets each unit's
+    manifest records (see :func:`_submit_unit`). Returns the projections made.
     """
-    k = arrays["value"].shape[1]
+    rnd, arrays, size = job.rnd, job.arrays[layer], job.rnd.size
     kept = arrays["kept"][chunk]  # (n, k)
     c_idx, r_idx = np.nonzero(kept >= 0)
     chans = np.asarray(chunk)[c_idx]
@@ -444,55 +458,73 @@ def _render_features(rnd: Renderer, layer: str, chunk: list[int], arrays: dict, 
     tiles, crops = rnd.project(layer, chans, rows, arrays["y"][chans, r_idx], arrays["x"][chans, r_idx],
                                arrays["value"][chans, r_idx])
     maps = np.concatenate([unit_maps[c] for c in chunk])  # the order of (c_idx, r_idx)
-    pixels = rnd.pixels(rows)
-    size = rnd.size
-    r = crops.shape[1]
-    geo = rnd.net.layers[layer].geometry
+    units = []
     for j, c in enumerate(chunk):
         sel = np.nonzero(c_idx == j)[0]
-        ranks_ = r_idx[sel]
-        level = float(levels[c]) if levels is not None else topk_level(maps[sel], opts.quantile)
-        source = "histogram" if levels is not None else "top-k"
-        t = np.zeros((k, 3, r, r), np.float32)
-        cr = np.zeros((k, r, r, 3), np.uint8)
-        heat = np.zeros((k, size, size, 3), np.uint8)
-        t[ranks_], cr[ranks_] = tiles[sel], crops[sel]
-        filled = kept[j] >= 0
-        t, cr, side, corners = unit_crop(t, cr, filled, opts.crop, size)
-        oy, ox = geo.tile_origin(arrays["y"][c], arrays["x"][c], size)
-        boxes = image_boxes(oy + corners[:, 0], ox + corners[:, 1], side, size, filled)
-        strip = np.zeros((size, k * size, 4), np.uint8)  # the unit page's overlays, rank by rank
-        for i, rank in zip(sel, ranks_):
-            ov = overlay(maps[i], level, size, boxes[rank])
-            heat[rank] = composite(pixels[i], ov)
-            strip[:, rank * size:(rank + 1) * size] = ov
-        proj = _montage(display(t, opts.contrast), filled, k)
-        im = _montage(cr, filled, k)
-        hm = _montage(heat, filled, k) if opts.show != "patch" else None
-        fs = feature_files(layer, c)
-        key = (layer, c)
-        writer.submit(key, write_png, proj, out / fs["feat"])
-        writer.submit(key, write_png, im, out / fs["im"])
-        writer.submit(key, write_png, strip, out / fs["overlay"])
-        if hm is not None:
-            writer.submit(key, write_png, hm, out / fs["heat"])
-        else:
-            (out / fs["heat"]).unlink(missing_ok=True)
-        writer.submit(key, write_png, _pair(proj, im if opts.show != "heatmap" else None, hm), out / fs["pair"])
-        if save_arrays:
-            writer.submit(key, write_npy, t, out / fs["array"])
-            writer.submit(key, write_npy, boxes, out / fs["box_array"])
-        else:
-            (out / fs["array"]).unlink(missing_ok=True)
-            (out / fs["box_array"]).unlink(missing_ok=True)
-        hist = unit_hist(rnd.store, layer, c)
-        if hist is None and len(sel):
-            counts, edges = np.histogram(maps[sel], bins=24)
-            hist = {"edges": edges.tolist(), "counts": counts.tolist(), "over": "top-k"}
-        pending[key] = ({"level": level if np.isfinite(level) else None, "source": source, "hist": hist,
-                         "crop": {"kind": opts.crop, "side": int(side), "boxes": boxes.tolist()}},
-                        {"options": asdict(opts), "arrays": bool(save_arrays)})
+        level = float(levels[c]) if levels is not None else topk_level(maps[sel], job.opts.quantile)
+        u = _Unit(c, sel, r_idx[sel], kept[j] >= 0, level, "histogram" if levels is not None else "top-k")
+        _cut_unit(job, layer, u, tiles, crops)
+        units.append(u)
+    ov = np.zeros((0, size, size, 4), np.uint8)
+    if len(maps):  # entry i is unit c_idx[i]'s slot r_idx[i]
+        ov = overlays(maps, np.array([u.level for u in units])[c_idx], size,
+                      np.stack([u.boxes for u in units])[c_idx, r_idx])
+    heat = composite(rnd.pixels(rows), ov) if job.opts.show != "patch" else None  # the heatmap montage only
+    for u in units:
+        _submit_unit(job, layer, u, (maps[u.sel], ov[u.sel], None if heat is None else heat[u.sel]), writer)
     return len(chans)
+
+
+def _cut_unit(job: _Render, layer: str, u: _Unit, tiles: np.ndarray, crops: np.ndarray) -> None:
+    """The unit's k slots of tiles and patches, cut as ``--crop`` says, and their boxes in the image."""
+    k, r, size = len(u.filled), crops.shape[1], job.rnd.size
+    t = np.zeros((k, 3, r, r), np.float32)
+    cr = np.zeros((k, r, r, 3), np.uint8)
+    t[u.ranks], cr[u.ranks] = tiles[u.sel], crops[u.sel]
+    u.tiles, u.crops, u.side, corners = unit_crop(t, cr, u.filled, job.opts.crop, size)
+    a = job.arrays[layer]
+    oy, ox = job.rnd.net.layers[layer].geometry.tile_origin(a["y"][u.c], a["x"][u.c], size)
+    u.boxes = image_boxes(oy + corners[:, 0], ox + corners[:, 1], u.side, size, u.filled)
+
+
+def _submit_unit(job: _Render, layer: str, u: _Unit, drawn: tuple, writer: Writer) -> None:
+    """Hand the unit's files to ``writer``; ``job.pending[(layer, c)]`` gets its manifest records (its
+    heatmap level and histogram for its page, the options that made its files), recorded once the
+    writer has its files on disk. Files of the unit that these options do not make (a heatmap montage
+    with show=patch, arrays without ``save_arrays``) are removed: they were made with other options.
+    ``drawn``: the maps, overlays and heatmaps of its entries."""
+    maps, ov, heat_entries = drawn
+    opts, out, size, k = job.opts, job.out, job.rnd.size, len(u.filled)
+    strip = np.zeros((size, k * size, 4), np.uint8)  # the unit page's overlays, rank by rank
+    for o, rank in zip(ov, u.ranks):
+        strip[:, rank * size:(rank + 1) * size] = o
+    proj = _montage(display(u.tiles, opts.contrast), u.filled, k)
+    im = _montage(u.crops, u.filled, k)
+    hm = None
+    if heat_entries is not None:
+        heat = np.zeros((k, size, size, 3), np.uint8)
+        heat[u.ranks] = heat_entries
+        hm = _montage(heat, u.filled, k)
+    fs = feature_files(layer, u.c)
+    key = (layer, u.c)
+    for img, name in ((proj, "feat"), (im, "im"), (strip, "overlay"), (hm, "heat"),
+                      (_pair(proj, im if opts.show != "heatmap" else None, hm), "pair")):
+        if img is not None:
+            writer.submit(key, write_png, img, out / fs[name])
+        else:
+            (out / fs[name]).unlink(missing_ok=True)
+    for a, name in ((u.tiles, "array"), (u.boxes, "box_array")):
+        if job.cfg.save_arrays:
+            writer.submit(key, write_npy, a, out / fs[name])
+        else:
+            (out / fs[name]).unlink(missing_ok=True)
+    hist = unit_hist(job.store, layer, u.c)
+    if hist is None and len(u.sel):
+        counts, edges = np.histogram(maps, bins=24)
+        hist = {"edges": edges.tolist(), "counts": counts.tolist(), "over": "top-k"}
+    job.pending[key] = ({"level": u.level if np.isfinite(u.level) else None, "source": u.source, "hist": hist,
+                         "crop": {"kind": opts.crop, "side": int(u.side), "boxes": u.boxes.tolist()}},
+                        {"options": asdict(opts), "arrays": bool(job.cfg.save_arrays)})
 
 
 def _overview_units(store: Store, layer: str, arrays: dict, n: int) -> list[int]:
