@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.data.preprocess import Preprocessing, normalize  # noqa: E402
-from pipeline.deconv import Deconvnet  # noqa: E402
+from pipeline.deconv import Deconvnet, Entries  # noqa: E402
 from pipeline.render import load_store_network  # noqa: E402
 from pipeline.store.read import Store  # noqa: E402
 
@@ -162,21 +162,21 @@ def main() -> None:
             bs = min(bs, nb)
             nb = len(c) if len(c) < nb else nb
             with torch.inference_mode():
-                dn.project(end, c[:bs], y[:bs], x[:bs], v[:bs], sw, image=kept[:bs])  # warm-up
-                dn.project(end, c[:1], y[:1], x[:1], v[:1], sw, image=kept[:1], window=False)
+                dn.project(end, Entries(c[:bs], y[:bs], x[:bs], v[:bs], kept[:bs]), sw)  # warm-up
+                dn.project(end, Entries(c[:1], y[:1], x[:1], v[:1], kept[:1]), sw, window=False)
                 tiles = []
 
                 def batched():
                     for st in range(0, nb, bs):
                         sl = slice(st, min(st + bs, nb))
-                        tiles.append(dn.project(end, c[sl], y[sl], x[sl], v[sl], sw, image=kept[sl]))
+                        tiles.append(dn.project(end, Entries(c[sl], y[sl], x[sl], v[sl], kept[sl]), sw))
 
                 singles = []
 
                 def single():
                     for i in range(ns):
-                        singles.append(dn.project(end, c[i:i + 1], y[i:i + 1], x[i:i + 1], v[i:i + 1], sw,
-                                                  image=kept[i:i + 1], window=False))
+                        singles.append(dn.project(end, Entries(c[i:i + 1], y[i:i + 1], x[i:i + 1], v[i:i + 1], kept[i:i + 1]),
+                                                  sw, window=False))
 
                 tb = ts = float("inf")
                 for _ in range(max(1, args.repeat)):  # interleaved, so both see the same machine load
@@ -201,7 +201,7 @@ def main() -> None:
 def graph_bench(args, model: str, layer: str) -> None:
     """The general path (residual nets): batched autograd projections vs one at a time vs Captum."""
     from pipeline import RunConfig, run
-    from pipeline.deconv import project_graph
+    from pipeline.deconv import Entries, project_graph
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(images=args.images, layer=layer, model=model, weights="random", size=args.size,
@@ -217,12 +217,12 @@ def graph_bench(args, model: str, layer: str) -> None:
             def batched():
                 for st in range(0, nb, bs):
                     sl = slice(st, st + bs)
-                    project_graph(net, layer, inp[sl], c[sl], y[sl], x[sl], v[sl])
+                    project_graph(net, layer, inp[sl], Entries(c[sl], y[sl], x[sl], v[sl]))
 
             def single():
                 for i in range(ns):
                     sl = slice(i, i + 1)
-                    project_graph(net, layer, inp[sl], c[sl], y[sl], x[sl], v[sl])
+                    project_graph(net, layer, inp[sl], Entries(c[sl], y[sl], x[sl], v[sl]))
 
             tb = ts = float("inf")
             for _ in range(max(1, args.repeat)):

@@ -109,7 +109,7 @@ def test_shift_average_equals_its_definition_one_sample_at_a_time(method):
     (plain autograd for the gradient; the guided rule for one entry at a time), moved back by numpy."""
     import torch
 
-    from pipeline.deconv import project_graph
+    from pipeline.deconv import Entries, project_graph
     from pipeline.models.weights import load_network
 
     torch.manual_seed(0)
@@ -117,14 +117,14 @@ def test_shift_average_equals_its_definition_one_sample_at_a_time(method):
     layer = "layer1.0"
     x = torch.randn(2, 3, 32, 32)
     ch, yy, xx, v = torch.tensor([3, 7]), torch.tensor([2, 5]), torch.tensor([4, 1]), torch.tensor([1.5, 0.5])
-    got = project_graph(net, layer, x, ch, yy, xx, v, method, shifts=2).numpy()
+    got = project_graph(net, layer, x, Entries(ch, yy, xx, v), method, shifts=2).numpy()
     want = np.zeros_like(got)
     for b in range(2):
         for dy in range(2):
             for dx in range(2):
                 img = np.pad(x[b].numpy(), ((0, 0), (0, dy), (0, dx)), mode="edge")[:, dy:dy + 32, dx:dx + 32]
-                g = project_graph(net, layer, torch.from_numpy(img)[None], ch[b:b + 1], yy[b:b + 1], xx[b:b + 1],
-                                  v[b:b + 1], method).numpy()[0]
+                g = project_graph(net, layer, torch.from_numpy(img)[None],
+                                  Entries(ch[b:b + 1], yy[b:b + 1], xx[b:b + 1], v[b:b + 1]), method).numpy()[0]
                 back = np.zeros_like(g)
                 back[:, dy:, dx:] = g[:, :32 - dy, :32 - dx]
                 want[b] += back / 4
@@ -136,5 +136,5 @@ def test_shift_average_equals_its_definition_one_sample_at_a_time(method):
         net.model(xi)
         h.remove()
         (g,) = torch.autograd.grad(out["o"][0, 3, 2, 4] * 1.5, xi)
-        np.testing.assert_allclose(project_graph(net, layer, x[:1], ch[:1], yy[:1], xx[:1], v[:1], method).numpy(),
+        np.testing.assert_allclose(project_graph(net, layer, x[:1], Entries(ch[:1], yy[:1], xx[:1], v[:1]), method).numpy(),
                                    g.numpy(), rtol=1e-4, atol=1e-6)

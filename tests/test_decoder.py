@@ -22,7 +22,7 @@ from pipeline.analyses.occlude import occlude_pixels, occlusion_map, unit_score
 from pipeline.analyses.reconstruct import reconstruct
 from pipeline.cli import app
 from pipeline.data import ImageDataset, Preprocessing, normalize, resolve_images
-from pipeline.deconv import project_graph
+from pipeline.deconv import Entries, project_graph
 from pipeline.models.geometry import Geometry, Reads, Step, pad_crop
 from pipeline.models.network import Network
 from pipeline.models.weights import load_network
@@ -203,7 +203,7 @@ def test_projections_equal_autograd_deconvnet(up, monkeypatch):
     for i, layer in enumerate(["7", *[n for n, li in net.layers.items() if li.geometry.period > 1][::3]]):
         c, y, xx, v = entries(net, layer, x, i)
         ref = reference(net.model, net.layers[layer].module, x, c, y, xx, v, monkeypatch)
-        got = project_graph(net, layer, x, c, y, xx, v)
+        got = project_graph(net, layer, x, Entries(c, y, xx, v))
         assert ref.abs().max() > 0 and close(got, ref), (up, layer)
 
 
@@ -214,7 +214,7 @@ def test_functional_projections_equal_autograd_deconvnet(monkeypatch):
     for i, layer in enumerate(["dec1", "dec2"]):
         c, y, xx, v = entries(net, layer, x, i)
         ref = reference(net.model, layer, x, c, y, xx, v, monkeypatch)  # F.relu (in forward) patched too
-        assert close(project_graph(net, layer, x, c, y, xx, v), ref), layer
+        assert close(project_graph(net, layer, x, Entries(c, y, xx, v)), ref), layer
 
 
 def test_render_tiles_equal_reference_crops(ae_store, monkeypatch):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from deconv_reference import deconv_relu
 from torch import nn
 
-from pipeline.deconv import Deconvnet, PackedMask, switches_by_module
+from pipeline.deconv import Deconvnet, Entries, PackedMask, switches_by_module
 from pipeline.mining.switches import pool_offsets
 from pipeline.models.geometry import step_of
 from pipeline.models.weights import load_network
@@ -74,12 +74,12 @@ def check(modules, size, end, x, seed, r=None, s=None, p=None):
         assert (r0, s0, p0) == (r, s, p)
     ref_tiles = crop_boxes(ref, y, xx, r0, s0, p0)
     with torch.no_grad():
-        full = dn.project(end, c, y, xx, u, sw, window=False)
-        win = dn.project(end, c, y, xx, u, sw, window=True)
-        one_win = torch.cat([dn.project(end, c[i:i + 1], y[i:i + 1], xx[i:i + 1], u[i:i + 1], sw,
-                                        image=[i]) for i in range(len(c))])
-        one_full = torch.cat([dn.project(end, c[i:i + 1], y[i:i + 1], xx[i:i + 1], u[i:i + 1], sw,
-                                         image=[i], window=False) for i in range(len(c))])
+        full = dn.project(end, Entries(c, y, xx, u), sw, window=False)
+        win = dn.project(end, Entries(c, y, xx, u), sw, window=True)
+        one_win = torch.cat([dn.project(end, Entries(c[i:i + 1], y[i:i + 1], xx[i:i + 1], u[i:i + 1], [i]), sw)
+                             for i in range(len(c))])
+        one_full = torch.cat([dn.project(end, Entries(c[i:i + 1], y[i:i + 1], xx[i:i + 1], u[i:i + 1], [i]), sw,
+                                         window=False) for i in range(len(c))])
     assert full.shape == ref.shape and win.shape == (len(c), 3, r0, r0)
     assert close(full, ref), "full-image batched projection != gradient reference"
     assert close(one_full, ref), "full-image one-at-a-time projection != gradient reference"
@@ -183,18 +183,18 @@ def test_isolated_by_index_and_without_bias(vgg16):
     y2, x2 = torch.stack([y[1], y[1], y[1]]), torch.stack([xx[1], xx[1], xx[1]])
     v2 = torch.stack([u[1], u[1], torch.zeros(())])
     with torch.no_grad():
-        out = dn.project(end, c2, y2, x2, v2, sw, image=[1, 1, 1])
-        one = dn.project(end, c2[:1], y2[:1], x2[:1], v2[:1], sw, image=[1])
+        out = dn.project(end, Entries(c2, y2, x2, v2, [1, 1, 1]), sw)
+        one = dn.project(end, Entries(c2[:1], y2[:1], x2[:1], v2[:1], [1]), sw)
         assert torch.equal(out[0], out[1]) and torch.allclose(out[0], one[0], rtol=1e-5, atol=1e-7)
         assert not out[2].any()
         # Linear in the value (positive homogeneity): twice the value, twice the projection.
-        two = dn.project(end, c2[:1], y2[:1], x2[:1], 2 * v2[:1], sw, image=[1])
+        two = dn.project(end, Entries(c2[:1], y2[:1], x2[:1], 2 * v2[:1], [1]), sw)
         assert torch.allclose(two, 2 * one, rtol=1e-5, atol=1e-7)
         biased = load_network("vgg16", "random", 64)
         for m in biased.chain_modules():
             if isinstance(m, nn.Conv2d):
                 m.bias.add_(torch.randn_like(m.bias))
-        same = Deconvnet(biased.chain_modules(), 64).project(end, c2[:1], y2[:1], x2[:1], v2[:1], sw, image=[1])
+        same = Deconvnet(biased.chain_modules(), 64).project(end, Entries(c2[:1], y2[:1], x2[:1], v2[:1], [1]), sw)
         assert torch.equal(same, one)
 
 
@@ -203,7 +203,7 @@ def test_switches_by_module_and_missing_switches(vgg16):
     assert set(switches_by_module(vgg16, sw)) == {vgg16.chain_index("pool1")}
     dn = Deconvnet(vgg16.chain_modules(), 64)
     with pytest.raises(ValueError, match="switches"):
-        dn.project(vgg16.chain_index("conv3_1"), [0], [0], [0], [1.0], switches_by_module(vgg16, sw))
+        dn.project(vgg16.chain_index("conv3_1"), Entries([0], [0], [0], [1.0]), switches_by_module(vgg16, sw))
 
 
 def test_captum_deconvolution_agrees(vgg16):
@@ -238,7 +238,7 @@ def test_captum_deconvolution_agrees(vgg16):
         got = torch.cat([dec.attribute(x[i:i + 1].clone().requires_grad_(True),
                                        target=int(c[i] * n * n + y[i] * n + xx[i])) for i in range(len(c))])
     with torch.no_grad():
-        ours = Deconvnet(vgg16.chain_modules(), 64).project(end, c, y, xx, u, sw, window=False)
+        ours = Deconvnet(vgg16.chain_modules(), 64).project(end, Entries(c, y, xx, u), sw, window=False)
     assert close(ours, got * u.view(-1, 1, 1, 1))
 
 
@@ -253,9 +253,9 @@ def test_cuda_matches_cpu_when_available(vgg16):
     c, y, xx = entries(vgg16.chain_modules(), end, x, 0)
     _, u, sw = reference(vgg16.chain_modules(), end, x, c, y, xx)
     with torch.no_grad():
-        cpu = Deconvnet(vgg16.chain_modules(), 64).project(end, c, y, xx, u, sw)
+        cpu = Deconvnet(vgg16.chain_modules(), 64).project(end, Entries(c, y, xx, u), sw)
         gpu_net = copy.deepcopy(vgg16.model.features).cuda()
-        gpu = Deconvnet(list(gpu_net), 64).project(end, c.cuda(), y.cuda(), xx.cuda(), u.cuda(),
+        gpu = Deconvnet(list(gpu_net), 64).project(end, Entries(c.cuda(), y.cuda(), xx.cuda(), u.cuda()),
                                                    {k: v.cuda() for k, v in sw.items()})
     assert gpu.device.type == "cuda"
     assert close(gpu.cpu(), cpu, rtol=1e-3)  # TF32 may be on

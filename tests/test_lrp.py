@@ -153,7 +153,7 @@ def test_lrp_through_mobilenet_v2():
     """On torchvision's MobileNetV2 (BatchNorm after every convolution, ReLU6, residual adds) the
     walk keeps the forward values, merges every BatchNorm, splits the adds, and gives non-negative
     relevance, the same batched as one entry at a time."""
-    from pipeline.deconv import project_graph
+    from pipeline.deconv import Entries, project_graph
     from pipeline.deconv.lrp import lrp_rules as rules
     from pipeline.models.hooks import hooked, run_to
     from pipeline.models.weights import load_network
@@ -193,8 +193,8 @@ def test_lrp_through_mobilenet_v2():
     v = out[torch.arange(2), c, 2, 2]
     y = torch.full((2,), 2)
     for method in ("epsilon_plus_flat", "excitation_backprop"):
-        both = project_graph(net, layer, x.detach(), c, y, y, v, method)
-        one = torch.cat([project_graph(net, layer, x.detach()[i:i + 1], c[i:i + 1], y[:1], y[:1], v[i:i + 1], method)
+        both = project_graph(net, layer, x.detach(), Entries(c, y, y, v), method)
+        one = torch.cat([project_graph(net, layer, x.detach()[i:i + 1], Entries(c[i:i + 1], y[:1], y[:1], v[i:i + 1]), method)
                          for i in range(2)])
         assert both.min() >= -1e-9 and both.sum() > 0, method
         assert torch.allclose(both, one, rtol=1e-4, atol=1e-9), method

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline import RunConfig, Store, run
-from pipeline.deconv import METHODS, auto_method, project_graph
+from pipeline.deconv import METHODS, Entries, auto_method, project_graph
 from pipeline.models.geometry import pad_crop
 from pipeline.models.weights import load_network
 from pipeline.render import Renderer, load_store_network
@@ -121,8 +121,9 @@ def test_graph_projection_equals_captum(nets, arch, layer, method):
     assert (v > 0).any()
     ref = reference(net, layer, method, x, c, y, xx, v)
     ref_one = reference(net, layer, method, x, c, y, xx, v, batched=False)
-    batched = project_graph(net, layer, x, c, y, xx, v, method)
-    one = torch.cat([project_graph(net, layer, x[i:i + 1], c[i:i + 1], y[i:i + 1], xx[i:i + 1], v[i:i + 1], method)
+    batched = project_graph(net, layer, x, Entries(c, y, xx, v), method)
+    one = torch.cat([project_graph(net, layer, x[i:i + 1], Entries(c[i:i + 1], y[i:i + 1], xx[i:i + 1], v[i:i + 1]),
+                                   method)
                      for i in range(len(c))])
     assert ref.abs().max() > 0
     assert close(batched, ref), f"{arch} {layer} {method}: batched projection != Captum"
@@ -135,7 +136,7 @@ def test_methods_differ(nets):
     torch.manual_seed(0)
     x = torch.randn(2, 3, SIZE, SIZE)
     c, y, xx, v = units(net, "conv3_1", x, 0)
-    got = {m: project_graph(net, "conv3_1", x, c, y, xx, v, m) for m in METHODS}
+    got = {m: project_graph(net, "conv3_1", x, Entries(c, y, xx, v), m) for m in METHODS}
     for a, b in itertools.combinations(METHODS, 2):
         assert not torch.allclose(got[a], got[b]), (a, b)
 
@@ -214,7 +215,7 @@ def test_windowed_guided_equals_the_autograd_walk(tmp_path, layer):
         geo = s.geometry(layer)
         t = geo.tile_size(s.size)
     t_ = lambda q: torch.as_tensor(np.asarray(q))
-    full = project_graph(net, layer, inputs, t_(ci), t_(y), t_(x), t_(v), "guided").numpy()
+    full = project_graph(net, layer, inputs, Entries(t_(ci), t_(y), t_(x), t_(v)), "guided").numpy()
     tops, lefts = geo.tile_origin(y, x, SIZE)
     want = np.stack([pad_crop(full[i].transpose(1, 2, 0), int(tops[i]), int(lefts[i]), t).transpose(2, 0, 1)
                      for i in range(len(ci))])

@@ -25,7 +25,7 @@ from torch import nn
 
 from pipeline import RunConfig, Store, run
 from pipeline.data import ImageDataset, Preprocessing, normalize, resolve_images
-from pipeline.deconv import project_graph
+from pipeline.deconv import Entries, project_graph
 from pipeline.models.weights import load_network
 from pipeline.render import Renderer, load_store_network
 
@@ -149,8 +149,8 @@ def test_projections_equal_autograd_reference(model, monkeypatch):
     for i, layer in enumerate(CASES[model]):
         c, y, xx, v = entries(net, layer, x, i)
         ref = reference(net.model, net.layers[layer].module, x, c, y, xx, v, monkeypatch)
-        batched = project_graph(net, layer, x, c, y, xx, v)
-        one = torch.cat([project_graph(net, layer, x[j:j + 1], c[j:j + 1], y[j:j + 1], xx[j:j + 1], v[j:j + 1])
+        batched = project_graph(net, layer, x, Entries(c, y, xx, v))
+        one = torch.cat([project_graph(net, layer, x[j:j + 1], Entries(c[j:j + 1], y[j:j + 1], xx[j:j + 1], v[j:j + 1]))
                          for j in range(len(c))])
         assert ref.abs().max() > 0, (model, layer)
         assert close(batched, ref), (model, layer, "batched")
@@ -190,7 +190,7 @@ def test_captum_deconvolution_agrees_where_it_applies(model):
         warnings.simplefilter("ignore")
         got = torch.cat([dec.attribute(x[i:i + 1].clone().requires_grad_(True),
                                        target=int(c[i] * n * n + y[i] * n + xx[i])) for i in range(len(c))])
-    ours = project_graph(net, layer, x, c, y, xx, v)
+    ours = project_graph(net, layer, x, Entries(c, y, xx, v))
     assert close(ours, got * v.view(-1, 1, 1, 1))
 
 

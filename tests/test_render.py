@@ -304,7 +304,8 @@ def test_saved_arrays_equal_projections(rendered, store_path):
     with Store(store_path) as s:
         rnd = Renderer(s, load_store_network(s), "cpu", batch_size=3)
         tiles, crops, filled = rnd.feature("conv2_1", 5)
-        low = Renderer(s, load_store_network(s), "cpu", batch_size=2, cache_bytes=0)  # read per batch
+        low = Renderer(s, load_store_network(s), "cpu", batch_size=2)
+        low.cache_bytes = 0  # read per batch
         t2, c2, f2 = low.feature("conv2_1", 5)
     np.testing.assert_allclose(t2, tiles, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(c2, crops)

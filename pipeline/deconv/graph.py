@@ -24,19 +24,23 @@ import torch
 
 from ..models.hooks import hooked, run_to
 from ..models.network import Network
+from .entries import Entries
 from .lrp import LRP_METHODS, lrp_rules
 from .rules import rectifier_rules
 
 
-def project_graph(net: Network, layer: str, x: torch.Tensor, channel: torch.Tensor, y: torch.Tensor,  # noqa: PLR0913
-                  xx: torch.Tensor, value: torch.Tensor, method: str = "deconvnet", shifts: int = 1) -> torch.Tensor:
-    """Full-size projections (B, 3, H, W) of B entries of ``layer``; ``x`` the normalised inputs (B, 3, H, W).
+def project_graph(net: Network, layer: str, x: torch.Tensor, entries: Entries, method: str = "deconvnet",
+                  shifts: int = 1) -> torch.Tensor:
+    """Full-size projections (B, 3, H, W) of B entries of ``layer`` (:class:`Entries`; entry b on input b);
+    ``x`` the normalised inputs (B, 3, H, W).
 
     ``shifts`` > 1: the mean over the ``shifts`` x ``shifts`` one-pixel moves of the image (module doc).
     """
+    e = entries.on(x.device)
+
     def one_entry(out: torch.Tensor) -> torch.Tensor:
         seed = torch.zeros_like(out)
-        seed[torch.arange(len(x), device=x.device), channel, y, xx] = value.to(out.dtype)
+        seed[torch.arange(len(x), device=x.device), e.channel, e.y, e.x] = e.value.to(out.dtype)
         return seed
 
     if shifts <= 1:

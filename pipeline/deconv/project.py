@@ -34,12 +34,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.geometry import Geometry, Step, step_of
+from .entries import Entries
 from .tiles import shift_crop
 
 __all__ = ["Deconvnet", "Level", "PackedMask", "switches_by_module"]
@@ -198,98 +198,77 @@ class Deconvnet:
 
     # --- projection -----------------------------------------------------------------------
     @torch.no_grad()
-    def project(  # noqa: PLR0913 - a projection's unit coordinates
-        self,
-        end: int,
-        channel,
-        y,
-        x,
-        value,
-        switches: Mapping[int, torch.Tensor],
-        image=None,
-        window: bool = True,
-        masks: Mapping[int, torch.Tensor | PackedMask] | None = None,
-    ) -> torch.Tensor:
+    def project(self, end: int, entries: Entries, switches: Mapping[int, torch.Tensor], window: bool = True,
+                masks: Mapping[int, torch.Tensor | PackedMask] | None = None) -> torch.Tensor:
         """Project a batch of B entries of the output of module ``end`` to the input.
 
-        ``channel``, ``y``, ``x``, ``value``: B entries (sequences, numpy arrays or tensors).
+        ``entries``: B entries (:class:`Entries`: channel, y, x, value and the image row of each).
         ``switches[i]`` for every max-pool ``i <= end``: uint8 ``(M, C, Ho, Wo)`` winner offsets
-        ``dy * kernel + dx`` (see ``mining.switches.pool_offsets``) of M images; ``image`` (B,)
+        ``dy * kernel + dx`` (see ``mining.switches.pool_offsets``) of M images; ``entries.image`` (B,)
         says which of the M rows belongs to each entry (default: entry b uses row b).
 
         ``masks`` (guided backpropagation): for every ReLU ``i <= end`` a bool ``(M, C, H, W)`` map
         of where it was active in the forward pass of the M images (:meth:`relu_masks`), or the same
-        bit-packed (:class:`PackedMask`); the
-        signal is then rectified *and* kept only there (``deconv.rules``' guided rule).
+        bit-packed (:class:`PackedMask`); the signal is then rectified *and* kept only there
+        (``deconv.rules``' guided rule).
 
         Returns float32 ``(B, C_in, R, R)`` tiles at the unclipped boxes when ``window`` is
         true, else the full ``(B, C_in, H, W)`` input-sized projections. Channels are in the
         network's input order (BGR for caffe weights; render turns them into RGB).
         """
-        dev = self.device
-
-        def as_long(v) -> torch.Tensor:
-            t = v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v))
-            return t.to(dev, torch.long).reshape(-1)
-
-        c = as_long(channel)
-        yy, xx = as_long(y), as_long(x)
-        v = value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value, dtype=np.float32))
-        v = v.to(dev, torch.float32).reshape(-1)
-        b = c.numel()
-        img = torch.arange(b, device=dev) if image is None else as_long(image)
-        if not (yy.numel() == xx.numel() == v.numel() == img.numel() == b):
-            raise ValueError("channel, y, x, value and image must have one element per entry")
-        levels = self.levels(end)
-        top = levels[0]
-        chans = self._out_channels(end)
-        ar = torch.arange(b, device=dev)
+        e = entries.on(self.device)
         sw = {i: switches[i] for i in self.pool_indices(end) if i in switches}
         missing = [i for i in self.pool_indices(end) if i not in sw]
         if missing:
             raise ValueError(f"switches of max-pool module(s) {missing} are needed to project module {end}")
         if window:
-            z = torch.zeros(b, chans, 1, 1, device=dev)
-            z[ar, c, 0, 0] = v
-            oy, ox = yy, xx  # origin of the receptive-field window at the current level
-            full = False  # once a window covers its whole map, continue on full maps
-            for lv in levels:
-                if lv.kind == "relu":
-                    z = z.relu_()
-                    if masks is not None:
-                        z = z * _mask_at(masks[lv.index], img, oy, ox, None if full else lv.win_out)
-                elif lv.kind == "pass":
-                    continue
-                elif full:
-                    z = self._full_step(lv, z, sw, img)
-                    oy, ox = oy * lv.step.stride - lv.step.padding, ox * lv.step.stride - lv.step.padding
-                else:
-                    st = lv.step
-                    if lv.kind == "conv":
-                        m = self.modules[lv.index]
-                        z = F.conv_transpose2d(self._layout(z), self._weight(lv.index), None, stride=st.stride,
-                                               padding=0, groups=m.groups, dilation=st.dilation)
-                    else:
-                        off = _gather_window(sw[lv.index].to(dev), img, oy, ox, lv.win_out)
-                        z = _unpool(z, off, st, lv.win_in, shift=0)
-                    oy, ox = oy * st.stride - st.padding, ox * st.stride - st.padding
-                    if lv.win_in >= lv.in_size:
-                        z = shift_crop(z, -oy, -ox, lv.in_size)  # the map inside the window
-                        full = True
-                    elif lv.kind == "conv":
-                        z = z.mul_(_valid(oy, ox, lv.win_in, lv.in_size))  # drop what fell off the map
-            if full:  # the R x R tile at the unclipped box corner, zeros off the image
-                z = shift_crop(z, oy, ox, levels[-1].win_in)
-            return z.contiguous()
-        z = torch.zeros(b, chans, top.out_size, top.out_size, device=dev)
-        z[ar, c, yy, xx] = v
+            return self._walk_window(end, e, sw, masks)
+        levels = self.levels(end)
+        z = torch.zeros(len(e), self._out_channels(end), levels[0].out_size, levels[0].out_size, device=self.device)
+        z[torch.arange(len(e), device=self.device), e.channel, e.y, e.x] = e.value
         for lv in levels:
             if lv.kind == "relu":
                 z = z.relu_()
                 if masks is not None:
-                    z = z * _mask_at(masks[lv.index], img, yy, xx, None)
+                    z = z * _mask_at(masks[lv.index], e.image, e.y, e.x, None)
             elif lv.kind != "pass":
+                z = self._full_step(lv, z, sw, e.image)
+        return z.contiguous()
+
+    def _walk_window(self, end: int, e: Entries, sw: Mapping[int, torch.Tensor], masks) -> torch.Tensor:
+        """The windowed walk (module doc): each level only on the window that can still reach the unit."""
+        dev, img, levels = self.device, e.image, self.levels(end)
+        z = torch.zeros(len(e), self._out_channels(end), 1, 1, device=dev)
+        z[torch.arange(len(e), device=dev), e.channel, 0, 0] = e.value
+        oy, ox = e.y, e.x  # origin of the receptive-field window at the current level
+        full = False  # once a window covers its whole map, continue on full maps
+        for lv in levels:
+            if lv.kind == "relu":
+                z = z.relu_()
+                if masks is not None:
+                    z = z * _mask_at(masks[lv.index], img, oy, ox, None if full else lv.win_out)
+            elif lv.kind == "pass":
+                continue
+            elif full:
                 z = self._full_step(lv, z, sw, img)
+                oy, ox = oy * lv.step.stride - lv.step.padding, ox * lv.step.stride - lv.step.padding
+            else:
+                st = lv.step
+                if lv.kind == "conv":
+                    m = self.modules[lv.index]
+                    z = F.conv_transpose2d(self._layout(z), self._weight(lv.index), None, stride=st.stride,
+                                           padding=0, groups=m.groups, dilation=st.dilation)
+                else:
+                    off = _gather_window(sw[lv.index].to(dev), img, oy, ox, lv.win_out)
+                    z = _unpool(z, off, st, lv.win_in, shift=0)
+                oy, ox = oy * st.stride - st.padding, ox * st.stride - st.padding
+                if lv.win_in >= lv.in_size:
+                    z = shift_crop(z, -oy, -ox, lv.in_size)  # the map inside the window
+                    full = True
+                elif lv.kind == "conv":
+                    z = z.mul_(_valid(oy, ox, lv.win_in, lv.in_size))  # drop what fell off the map
+        if full:  # the R x R tile at the unclipped box corner, zeros off the image
+            z = shift_crop(z, oy, ox, levels[-1].win_in)
         return z.contiguous()
 
     @torch.no_grad()

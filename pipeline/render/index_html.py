@@ -202,8 +202,10 @@ def _json_script(data) -> str:
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _page(title: str, body: list[str], layers: list[LayerView], meta: SiteMeta, current: str | None,  # noqa: PLR0913
-          prev: str | None = None, nxt: str | None = None) -> str:
+def _page(title: str, body: list[str], layers: list[LayerView], meta: SiteMeta, current: str | None,
+          nav: tuple[str | None, str | None] = (None, None)) -> str:
+    """A page of the viewer; ``nav``: the pages of the previous and next unit (a unit page's arrows)."""
+    prev, nxt = nav
     units = {lay.name: {str(u.unit): _href(u.page) for u in lay.rendered} for lay in layers}
     data = {"units": units, "prev": _href(prev) if prev else None, "next": _href(nxt) if nxt else None}
     opts = "".join(f'<option value="{_text(lay.name)}"{" selected" if lay.name == current else ""}>'
@@ -440,7 +442,7 @@ def unit_page(lay: LayerView, u: UnitView, prev: UnitView | None, nxt: UnitView 
             f"<dt>{box}</dt><dd>{_text(list(e.box))} (top, left, bottom, right)</dd>"
             f'<dt>image</dt><dd title="{_text(src)}">{_text(e.path)}</dd></dl></div>')
     return _page(f"{lay.name} unit {u.unit} · {meta.title}", body, layers, meta, lay.name,
-                 prev.page if prev else None, nxt.page if nxt else None)
+                 (prev.page if prev else None, nxt.page if nxt else None))
 
 
 def _crop(src: str, size: tuple[int, int], at: tuple[int, int], tile: int, shown: int, alt: str) -> str:

@@ -233,7 +233,7 @@ def render_store(store_path: str | Path, config: RenderConfig | None = None, ran
     if cfg.shared_scale:
         warnings.warn("shared_scale is deprecated; use contrast='shared'", DeprecationWarning, stacklevel=2)
     feats = parse_features(cfg.features)
-    opts = cfg.options()
+    cfg.options()  # checks the options before the store is opened
     rk = ranks or One(cfg.device)
     with InterruptGuard(graceful=False), Store(store_path) as store:
         rk.same_arguments({**asdict(cfg), "progress": None, "store": str(store_path)})
@@ -244,7 +244,7 @@ def render_store(store_path: str | Path, config: RenderConfig | None = None, ran
                     for n, cs in plan.items()}
         out_dir = Path(cfg.out) if cfg.out is not None else default_out_dir(store.path)
         with _folder_lock(out_dir, rk):  # one render per folder; released on exit, error and SIGTERM
-            job = _Render(store, cfg, opts, rk, out_dir, plan, layer_level)
+            job = _Render(store, cfg, rk, out_dir, plan, layer_level)
             job.decide()
             job.kept_images()
             with Writer() as writer, tqdm(total=job.total, unit="map", desc="render",
@@ -282,12 +282,12 @@ class _folder_lock:
 class _Render:
     """One render into one folder: what is to do, and the steps that do it (see the module doc)."""
 
-    def __init__(self, store: Store, cfg: RenderConfig, opts: Options, rk: One, out: Path,  # noqa: PLR0913
-                 plan: dict[str, list[int]], layer_level: bool) -> None:
+    def __init__(self, store: Store, cfg: RenderConfig, rk: One, out: Path, plan: dict[str, list[int]],
+                 layer_level: bool) -> None:
         self.store, self.cfg, self.rk, self.out, self.plan, self.layer_level = store, cfg, rk, out, plan, layer_level
         self.net = load_store_network(store, cfg.weights)
         self.rnd = Renderer(store, self.net, rk.device, cfg.batch_size, method=cfg.method, shifts=cfg.shifts)
-        self.opts = replace(opts, shifts=self.rnd.shifts, method=self.rnd.method)  # what "auto" chose is in the files
+        self.opts = replace(cfg.options(), shifts=self.rnd.shifts, method=self.rnd.method)  # what "auto" chose is in the files
         self.optd = asdict(self.opts)
         self.man: dict = {}
         self.res = RenderResult(out, out / "index.html", layers=list(plan), ranks=rk.world)
@@ -412,8 +412,7 @@ class _Render:
         """The layer's top-k across feature maps and overview (rank 0, once every rank's files are written)."""
         if layer not in self.todo_layers or not self.rk.root:
             return
-        self.res.projections += _render_layer(self.rnd, layer, self.arrays[layer], self.out, self.opts,
-                                              self.store.k, self.opts.overview)
+        self.res.projections += _render_layer(self, layer)
         self.man["layers"][layer] = {"options": self.optd}
         save_manifest(self.out, self.man)
         bar.update(1)
@@ -533,11 +532,12 @@ def _overview_units(store: Store, layer: str, arrays: dict, n: int) -> list[int]
     return overview_channels(arrays, n, int(store.layer_info(layer)["out_size"]))
 
 
-def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Options, k: int, n_overview: int) -> int:  # noqa: PLR0913
+def _render_layer(job: _Render, layer: str) -> int:
     """Top-k across feature maps (the best entry of each of the k units the overview would pick first:
     live, strongest first, not the same images again, border units last) and the overview, each cell
     labelled with its unit (border units say so: their top images are padding responses). With the
     effective crop each entry has its own square, all shown at one display size."""
+    rnd, arrays, out, opts, k = job.rnd, job.arrays[layer], job.out, job.opts, job.store.k
     top = _overview_units(rnd.store, layer, arrays, k)
     r = rnd.tile(layer)
     t = np.zeros((k, 3, r, r), np.float32)
@@ -562,7 +562,7 @@ def _render_layer(rnd: Renderer, layer: str, arrays: dict, out: Path, opts: Opti
     save_png(proj, out / fs["feat"])
     save_png(im, out / fs["im"])
     pairs, labels = [], []
-    for c in _overview_units(rnd.store, layer, arrays, n_overview):
+    for c in _overview_units(rnd.store, layer, arrays, opts.overview):
         p = out / feature_files(layer, c)["pair"]
         if p.exists():
             with Image.open(p) as img:

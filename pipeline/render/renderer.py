@@ -19,12 +19,14 @@ of itself. Batches of two or more give every entry the same bits whatever its ne
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from ..data import normalize
 from ..data.preprocess import Preprocessing
-from ..deconv import METHODS, Deconvnet, auto_method, graph_entry_bytes, project_graph
+from ..deconv import METHODS, Deconvnet, Entries, auto_method, graph_entry_bytes, project_graph
 from ..deconv.tiles import shift_crop
 from ..models.geometry import crop_tiles
 from ..models.hooks import hooked, run_to
@@ -115,9 +117,8 @@ class _Rows:
 class Renderer:
     """Projects and crops entries of a store with its network (see :func:`load_store_network`)."""
 
-    def __init__(self, store: Store, net: Network, device: torch.device | str = "cpu",  # noqa: PLR0913 - a renderer's options
-                 batch_size: int | None = None, cache_bytes: int = CACHE_BYTES, method: str = "deconvnet",
-                 shifts: int | None = 1) -> None:
+    def __init__(self, store: Store, net: Network, device: torch.device | str = "cpu", batch_size: int | None = None,
+                 method: str = "deconvnet", shifts: int | None = 1) -> None:
         if method == "auto":  # per model: deconv.rules.auto_method
             method = auto_method(min(net.layers.values(), key=lambda li: li.order).geometry.stride)
         if method not in METHODS:
@@ -132,7 +133,7 @@ class Renderer:
         self.chain = Deconvnet.from_network(net, store.size) if net.chain else None
         self.prep = Preprocessing.from_dict(store.attrs["preprocessing"])
         self.batch_size = batch_size
-        self.cache_bytes = cache_bytes
+        self.cache_bytes = CACHE_BYTES  # set before the first projection to hold less (0: read per batch)
         self._switches: dict[str, _Rows] = {}
         self._pixels: _Rows | None = None
         self.mask_source = None  # (images, end) -> kept ReLU masks or None (``render.forward``)
@@ -200,47 +201,56 @@ class Renderer:
         for start in range(0, n, bs):
             idx = order[start:start + bs]
             oy, ox = geo.tile_origin(y[idx], x[idx], self.size)
-            tiles[idx] = self._project_batch(layer, channel[idx], kept[idx], y[idx], x[idx], value[idx], oy, ox, t)
+            tiles[idx] = self._project_batch(layer, Entries(channel[idx], y[idx], x[idx], value[idx], kept[idx]),
+                                             (oy, ox), t)
             pix, pidx = self._pixel_rows().get(kept[idx])
             crops[idx] = crop_tiles(pix, pidx, oy, ox, t)
         return to_rgb(tiles, self.prep), crops
 
-    def _project_batch(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:  # noqa: PLR0913
-        """Tiles of a batch of entries (a lone entry computed paired with itself)."""
-        n = len(channel)
-        return self._project_paired(layer, *(never_one(a) for a in (channel, kept, y, x, value, oy, ox)), t)[:n]
+    def _project_batch(self, layer: str, e: Entries, origin: tuple[np.ndarray, np.ndarray], t: int) -> np.ndarray:
+        """Tiles of a batch of entries (``e.image``: their kept rows; ``origin``: their tiles' corners in the
+        input), a lone entry computed paired with itself."""
+        n = len(e)
+        e, origin = Entries(*(never_one(a) for a in (e.channel, e.y, e.x, e.value, e.image))), tuple(map(never_one, origin))
+        return self._project_paired(layer, e, origin, t)[:n]
 
-    def _project_paired(self, layer, channel, kept, y, x, value, oy, ox, t) -> np.ndarray:  # noqa: PLR0913
+    def _project_paired(self, layer: str, e: Entries, origin: tuple[np.ndarray, np.ndarray], t: int) -> np.ndarray:
         dev = self.device
         as_t = lambda a: torch.as_tensor(a, device=dev)
         end = self.windowed(layer)
+        oy, ox = origin
         if end is not None:
-            pools = {self.net.chain_index(p): self._switch_rows(p, layer) for p in self.net.pools_through([layer])}
-            masks = None
-            if self.method == "deconvnet" and all(src.cached for src in pools.values()):  # resident switches
-                sw, image = {i: src.all for i, src in pools.items()}, kept
-            else:  # this batch's images only, the same row order for every pool (and mask)
-                uniq, image = np.unique(kept, return_inverse=True)
-                sw = {i: src.take(uniq) for i, src in pools.items()}
-                if self.method == "guided" and self.mask_source is not None:
-                    masks = self.mask_source(uniq, end)
-                if self.method == "guided" and masks is None:  # one forward pass per distinct image of the batch
-                    pix = torch.from_numpy(np.ascontiguousarray(self.pixels(never_one(uniq)))).to(dev)
-                    with torch.inference_mode():
-                        masks = self.chain.relu_masks(normalize(pix, self.prep), end)
+            sw, image, masks = self._walker_inputs(layer, end, e.image)
             with torch.inference_mode():
-                z = self.chain.project(end, channel, y, x, value, sw, image=image, window=True, masks=masks)
-                top, left = (as_t(a) for a in self.net.layers[layer].geometry.corner(y, x))
+                z = self.chain.project(end, replace(e, image=image), sw, window=True, masks=masks)
+                top, left = (as_t(a) for a in self.net.layers[layer].geometry.corner(e.y, e.x))
                 if z.shape[-1] != t:  # R exceeds the input: the tile is the whole input
                     z = shift_crop(z, as_t(oy) - top, as_t(ox) - left, t)
         else:
-            pix, pidx = self._pixel_rows().get(kept)
+            pix, pidx = self._pixel_rows().get(e.image)
             inputs = normalize(torch.from_numpy(np.ascontiguousarray(pix[pidx])).to(dev), self.prep)
-            full = project_graph(self.net, layer, inputs, as_t(channel), as_t(y), as_t(x), as_t(value), self.method,
-                                 self.shifts)
+            full = project_graph(self.net, layer, inputs, Entries(*(as_t(a) for a in (e.channel, e.y, e.x, e.value))),
+                                 self.method, self.shifts)
             with torch.inference_mode():
                 z = shift_crop(full, as_t(oy), as_t(ox), t)
         return z.float().cpu().numpy()
+
+    def _walker_inputs(self, layer: str, end: int, kept: np.ndarray) -> tuple[dict, np.ndarray, dict | None]:
+        """The windowed walker's switches, each entry's row in them, and the guided ReLU masks (or None)."""
+        pools = {self.net.chain_index(p): self._switch_rows(p, layer) for p in self.net.pools_through([layer])}
+        if self.method == "deconvnet" and all(src.cached for src in pools.values()):  # resident switches
+            return {i: src.all for i, src in pools.items()}, kept, None
+        # this batch's images only, the same row order for every pool (and mask)
+        uniq, image = np.unique(kept, return_inverse=True)
+        sw = {i: src.take(uniq) for i, src in pools.items()}
+        masks = None
+        if self.method == "guided" and self.mask_source is not None:
+            masks = self.mask_source(uniq, end)
+        if self.method == "guided" and masks is None:  # one forward pass per distinct image of the batch
+            pix = torch.from_numpy(np.ascontiguousarray(self.pixels(never_one(uniq)))).to(self.device)
+            with torch.inference_mode():
+                masks = self.chain.relu_masks(normalize(pix, self.prep), end)
+        return sw, image, masks
 
     def feature(self, layer: str, c: int, arrays: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All k slots of channel c: projections (k, 3, T, T), patches (k, T, T, 3), filled mask (k,).
