@@ -29,6 +29,7 @@ import torch
 from .config import RunConfig, check_options
 from .data import ImageDataset, Preprocessing, make_loader, resolve_images
 from .data.preprocess import options
+from .devices import channels_last, pin_memory
 from .faults import pause_point
 from .job_errors import CheckpointMismatch, Interrupted, SourceChanged, StoreExistsError, WriteError
 from .jobs.checkpoint import Checkpoint, checkpoint_of, differences, fingerprint_id, image_list_id, save_checkpoint
@@ -516,7 +517,7 @@ def new_capture(net: Network, layers: list[str], prep: Preprocessing, device, cf
     budget = float(os.environ.get("MINE_CAPTURE_MB", "2048"))
     if budget <= 0:
         return None
-    exact = (cfg.precision == "fp32" and not (cfg.channels_last or device.type == "cuda")
+    exact = (cfg.precision == "fp32" and not channels_last(device, cfg.channels_last)
              and batch_invariant(net, layers, prep, device))
     return Capture(net.pools_through(layers), exact, budget)
 
@@ -574,21 +575,21 @@ class _Streaming:
 
     def _stream(self) -> None:
         job, cfg, device = self.job, self.job.cfg, self.job.strategy.device
-        channels_last = cfg.channels_last or device.type == "cuda"  # faster convs on tensor cores
+        nhwc = channels_last(device, cfg.channels_last)
         job.guard.graceful = True  # a signal now stops at the next batch boundary (or after GRACE_S)
-        if channels_last:
+        if nhwc:
             job.net.model.to(memory_format=torch.channels_last)
         self.meter = multiprocessing.Value("q", 0)  # bytes read, by this process and its loader workers
         self.bytes0 = job.stats.bytes_read or 0
         # torchrun: this rank's files only
         dataset = job.strategy.dataset(job.source, job.prep, self.todo, self.mined.base.known, self.meter)
-        loader = make_loader(dataset, cfg.batch_size, cfg.workers, device.type == "cuda")
+        loader = make_loader(dataset, cfg.batch_size, cfg.workers, pin_memory(device))
         self.saved_at = self.state.batches
         self.bar = job.strategy.progress(self.state, self.total, self.total - len(self.todo), cfg.progress)
         try:
             with self.bar:
                 stream(job.net, self.state, loader, job.prep, device,
-                       PassOptions(DTYPES[cfg.precision], channels_last, self.on_batch))
+                       PassOptions(DTYPES[cfg.precision], nhwc, self.on_batch))
         except WriteError:  # a failed checkpoint write is not retried
             raise
         except BaseException:

@@ -62,4 +62,19 @@ def test_solo_collectives_are_the_identity():
         assert str(e) == "mine"
     else:
         raise AssertionError("agree(error) must raise the error")
-    assert solo.capture(lambda: "made") == "made" and solo.peers is None
+    assert solo.capture(lambda: "made") == "made"
+    peers = solo.peers  # finalize's: every batch its own, every gather itself, a failure raised
+    assert peers.share(3) == [0, 1, 2] and peers.gather_all("x") == ["x"] and peers.gather_to_root("x") == ["x"]
+    peers.agree(None)
+    try:
+        peers.agree(ValueError("re-run"))
+    except ValueError as e:
+        assert str(e) == "re-run"
+    else:
+        raise AssertionError("peers.agree(error) must raise the error")
+
+
+def test_finalize_has_no_one_process_branch():
+    """mining/finalize.py asks its peers (``mining.peers.ALONE`` or a torchrun ``Dist``) and never whether it has any."""
+    text = (Path(__file__).resolve().parents[1] / "pipeline" / "mining" / "finalize.py").read_text()
+    assert "is None" not in "".join(line for line in text.splitlines(True) if "dist" in line)

@@ -43,6 +43,7 @@ from ..data.preprocess import Preprocessing
 from ..faults import pause_point
 from ..job_errors import IncompatibleError
 from ..mining.finalize import Finalized, FinalizeOptions, finalize
+from ..mining.peers import ALONE
 from ..mining.pooled import PooledVectors
 from ..mining.statistic import merge_all, merge_states
 from ..mining.stats import UnitStats
@@ -233,7 +234,7 @@ def union_tops(parts: list[Part], layers: list[str], net: Network, k: int) -> di
     return {n: merge_all(RunningTopK(net.layers[n].channels, k), (p.tops[n] for p in parts)) for n in layers}
 
 
-def combine(parts: list[Part], setup: MiningSetup, dist=None) -> Combined:
+def combine(parts: list[Part], setup: MiningSetup, dist=ALONE) -> Combined:
     """Union of ``parts`` finalized into what ``write_store`` writes (``dist``: finalize is
     split across the ranks and ``fin`` is None except on rank 0)."""
     root, table = union_table(parts)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..lock import StoreLock
+from ..mining.peers import ALONE
 from . import distributed
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint
 from .output import remove_stale_temps
@@ -45,7 +46,7 @@ class Solo:
     """One process mining alone: ``Dist``'s interface, where every collective is the identity."""
 
     rank, world = 0, 1
-    peers = None  # finalize runs every batch here (``mining.finalize``'s ``dist``)
+    peers = ALONE  # finalize runs every batch here (``mining.peers``)
 
     def __init__(self, device: torch.device) -> None:
         self.device = device

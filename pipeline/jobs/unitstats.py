@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from ..data import ImageDataset, make_loader
 from ..data.preprocess import Preprocessing
 from ..data.sources import ImageSource
+from ..devices import channels_last, pin_memory
 from ..mining.statistic import merge_all
 from ..mining.stats import UnitStats
 from ..mining.stream import DTYPES, PassOptions, new_state, stream
@@ -114,10 +115,10 @@ def stream_stats(fetch: list, net: Network, layers: list[str], prep: Preprocessi
                   precision: str) -> dict[str, UnitStats]:
     state = new_state(net, layers, 1, device)
     if fetch:
-        channels_last = device.type == "cuda"  # the streaming pass's rule (runner.py)
-        if channels_last:
+        nhwc = channels_last(device)
+        if nhwc:
             net.model.to(memory_format=torch.channels_last)
-        loader = make_loader(_Records(fetch), BATCH, 0, device.type == "cuda")
-        stream(net, state, loader, prep, device, PassOptions(DTYPES[precision], channels_last))
+        loader = make_loader(_Records(fetch), BATCH, 0, pin_memory(device))
+        stream(net, state, loader, prep, device, PassOptions(DTYPES[precision], nhwc))
     return state.stats
 

@@ -30,9 +30,11 @@ import torch
 
 from ..data import make_loader, normalize
 from ..data.preprocess import Preprocessing
+from ..devices import pin_memory
 from ..models.geometry import step_of
 from ..models.hooks import hooked, run_to
 from ..models.network import Network
+from .peers import ALONE
 from .switches import pool_offsets
 from .taps import spatial_max
 from .topk import EMPTY_KEY, RunningTopK
@@ -84,7 +86,8 @@ def _name_of(index: int) -> str:
 class FinalizeOptions:
     """How finalize runs: ``prep`` and ``device`` of the re-run, the streaming ``precision``
     (the tolerance), loader ``workers``, ``describe(layer, c, rank, key)`` and ``name_of(index)``
-    for messages, and ``dist`` (a ``jobs.distributed.Dist``, or None for one process)."""
+    for messages, and ``dist``: the processes that share the re-run (``mining.peers``: ``ALONE``, or a
+    ``jobs.distributed.Dist``)."""
 
     prep: Preprocessing
     device: torch.device
@@ -92,7 +95,7 @@ class FinalizeOptions:
     workers: int = 0
     describe: Callable[[str, int, int, int], str] = _describe
     name_of: Callable[[int], str] = _name_of
-    dist: object | None = None
+    dist: object = ALONE
 
 
 def finalize(net: Network, tops: dict[str, RunningTopK], key_to_index: dict[int, int], dataset_factory,
@@ -123,10 +126,7 @@ def finalize(net: Network, tops: dict[str, RunningTopK], key_to_index: dict[int,
         out_layers = _check(net, plan, options.precision, options.describe)
     except ReproduceError as e:
         err = e
-    if options.dist is not None:
-        options.dist.agree(err)
-    elif err is not None:
-        raise err
+    options.dist.agree(err)
     return Finalized(plan.kept_keys.astype(np.int64), plan.kept_index, plan.pixels, plan.switches, out_layers)
 
 
@@ -218,10 +218,10 @@ def _rerun_share(net: Network, plan: _Plan, todo: list[int], dataset_factory, op
     other ranks None); raises ``KeptImagesChanged`` if any kept image changed, on every rank."""
     dist = options.dist
     n_batches = -(-len(todo) // FINAL_BATCH)
-    mine = list(range(n_batches)) if dist is None else dist.share(n_batches)
+    mine = dist.share(n_batches)
     my_rows = [todo[i] for j in mine for i in range(j * FINAL_BATCH, min(len(todo), (j + 1) * FINAL_BATCH))]
     loader = make_loader(dataset_factory([int(plan.kept_index[r]) for r in my_rows]), FINAL_BATCH,
-                         options.workers, options.device.type == "cuda")
+                         options.workers, pin_memory(options.device))
     partials, done, err = [], 0, None
     changed: list[tuple[int, str]] = []  # (index, why) of kept images whose file changed
     try:
@@ -235,16 +235,11 @@ def _rerun_share(net: Network, plan: _Plan, todo: list[int], dataset_factory, op
             partials.append(_rerun(net, batch, batch_rows, plan, options.prep, options.device))
     except ReproduceError as e:
         err = e
-    if dist is not None:  # every rank learns of every changed file, and fails alike
-        changed = [c for cs in dist.gather_all(changed) for c in cs]
+    changed = [c for cs in dist.gather_all(changed) for c in cs]  # every rank learns of every changed file
     if changed:
         names = ", ".join(f"{options.name_of(i)} ({why})" for i, why in changed[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise KeptImagesChanged(f"{len(changed)} kept image(s) no longer hold the content mined: {names}{more}")
-    if dist is None:
-        if err is not None:
-            raise err
-        return partials
     dist.agree(err)
     gathered = dist.gather_to_root(partials)
     if gathered is None:
