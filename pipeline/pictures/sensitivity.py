@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 POSITIVE = np.array([230, 30, 30], np.float64)
 NEGATIVE = np.array([30, 80, 230], np.float64)
-BOX = (40, 220, 40)
+BOX = (0, 200, 255)  # the receptive-field box: here and on the unit pages (render.heatmap), one colour
 
 
 def overlay(image: np.ndarray, values: np.ndarray, alpha: float = 0.75) -> np.ndarray:

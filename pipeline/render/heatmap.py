@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..pictures.sensitivity import BOX  # the receptive-field box, the colour occlusion maps draw it in too
+
 __all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "hist_quantile", "overlay", "overlays", "topk_level", "unit_hist",
            "unit_level", "unit_rates", "upsample"]
 
@@ -28,7 +30,6 @@ LEVEL_SOURCES = {
     "top-k": "quantile over the positions of the unit's top-k images only (this store has no unit histograms)",
 }
 OUTLINE = (255, 230, 0)  # the level's contour
-BOX = (0, 200, 255)  # the receptive-field box
 DIM = 150  # alpha of the black veil outside the region
 _PALETTE = np.array([(0, 0, 0, 0), (0, 0, 0, DIM), (*OUTLINE, 255), (*BOX, 255)], np.uint8)
 
