@@ -361,15 +361,15 @@ def info(store: Path = typer.Argument(..., metavar="STORE", help=STORE_HELP)) ->
         typer.echo(f"preprocess   {json.dumps(a['preprocessing'])}  precision {a.get('precision')}")
         typer.echo(f"images       {a['images_spec']}: {n['files']} files, {n['ok']} used, "
                    f"{n['skipped']} skipped, {n['duplicate']} duplicate")
-        typer.echo(f"k            {s.k}   kept images {len(s.f['kept/key'])}")
+        typer.echo(f"k            {s.k}   kept images {s.n_kept}")
         w = max([len(n) for n in s.layers] + [8])  # the layer columns line up whatever the names' lengths
         for name in s.layers:
             li, geo = s.layer_info(name), s.geometry(name)
             typer.echo(f"layer        {name:<{w}} {li['channels']:>4} channels  R={geo.rf} S={geo.stride_text} P={geo.padding}")
         if a.get("pooled"):
             typer.echo(f"pooled       {', '.join(a['pooled'])} (average and max per image, for `mine embed`)")
-        if "label" in s.f["images"]:
-            labels = [v.decode() if isinstance(v, bytes) else v for v in s.f["images/label"][()]]
+        labels = s.labels()
+        if labels is not None:
             typer.echo(f"labels       {sum(map(bool, labels))} of {len(labels)} images, {len(set(labels) - {''})} "
                        f"categories (`mine embed` colours by them)")
         _echo_unit_stats(s, n["ok"], w)
@@ -393,7 +393,7 @@ def _echo_unit_stats(s, used: int, w: int) -> None:
     if not s.has_stats():
         typer.echo("statistics   no statistics (store written before mine kept unit statistics)")
         return
-    n = int(s.f["stats"].attrs["images"])
+    n = s.stats_images()
     note = f" ({n - used} counted twice: see mine merge in docs/scaling.md)" if n != used else ""
     typer.echo(f"statistics   activation histograms over {n} images{note}")
     for name in s.layers:
@@ -721,7 +721,7 @@ def embed(
     Writes /embed/LAYER (N, 2) into the store, LAYER_map.png (thumbnails at their positions) and
     LAYER_categories.png (points coloured by category, with a legend).
     """
-    from .analyses.embed import embed_store
+    from .analyses.embed import EmbedOptions, embed_store
     from .devices import resolve_device
 
     for old, new, given in (("--k", "--neighbors", old_k), ("--method", "--embedding", old_method)):
@@ -734,8 +734,9 @@ def embed(
             fail(f"{name} must be >= 0 (got {value})", exitcodes.BAD_ARGS)
     if perplexity is not None and not perplexity > 0:
         fail(f"--perplexity must be > 0 (got {perplexity})", exitcodes.BAD_ARGS)
-    res = guarded(lambda: embed_store(store, layer, embedding, pool, labels, seed, perplexity, neighbors, baseline,
-                                      thumbnails, out, resolve_device(device), write=not no_write, knn_sample=knn_sample))
+    opts = EmbedOptions(layer=layer, method=embedding, pool=pool, labels=labels, seed=seed, perplexity=perplexity, k=neighbors,
+                        baseline=baseline, thumbnails=thumbnails, knn_sample=knn_sample)
+    res = guarded(lambda: embed_store(store, dataclasses.replace(opts, device=resolve_device(device)), out, write=not no_write))
     typer.echo(res.summary())
 
 

@@ -54,7 +54,7 @@ def mixture(n: int, dim: int, clusters: int, noise: float, dtype: str, seed: int
 
 
 def one(step: str, a) -> dict:
-    from pipeline.analyses.knn import knn_accuracy
+    from pipeline.analyses.knn import Search, knn_accuracy
     from pipeline.analyses.tsne import pca, tsne
 
     x, y = mixture(a.n, a.dim, a.clusters, a.noise, a.dtype)
@@ -71,7 +71,7 @@ def one(step: str, a) -> dict:
     elif step.startswith("tsne-"):
         xy = tsne(x, 0, library=step[5:], jobs=a.jobs)
         out["seconds_embedding"] = time.perf_counter() - t
-        out["accuracy_2d"] = knn_accuracy(xy, y, 5, a.knn_sample, 0, metric="euclidean")
+        out["accuracy_2d"] = knn_accuracy(xy, y, 5, a.knn_sample, 0, Search(metric="euclidean"))
     else:
         raise SystemExit(f"unknown step {step!r}; use: {', '.join(STEPS)}")
     out["seconds"] = time.perf_counter() - t

@@ -215,3 +215,30 @@ def test_no_function_over_sixty_lines():
                 if lines > MAX_LINES:
                     long.append(f"{p.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
+
+
+def store_file_uses(source: str) -> list[int]:
+    """Lines where code reads an attribute ``f`` (``s.f["kept/key"]``, ``store.f.attrs``, ``"label" in
+    s.f["images"]``, ``self.store.f["switches"][pool]``): a ``Store``'s open HDF5 file, whose paths only
+    ``pipeline/store/`` may know (its methods and ``store/schema.py``'s path constants). A plain name ``f``
+    (``with h5py.File(p) as f``) is not an attribute and is not counted."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.Attribute) and node.attr == "f" and isinstance(node.ctx, ast.Load)})
+
+
+def test_the_store_file_check_sees_every_way_in():
+    """Each way ``mine`` reached into a store's file before issue 22 (cli, heatmap, renderer, embed), and
+    none of the ways that are fine."""
+    caught = ['len(s.f["kept/key"])', 'if "label" in s.f["images"]: pass', 'int(s.f["stats"].attrs["images"])',
+              'x = self.store.f["switches"][pool]', 'rows(store.f["images/path"], r)', 'store.f.attrs["k"]',
+              'g = s.f\ng["layers"]']
+    fine = ['s.kept_keys()', 'with h5py.File(p) as f:\n    f["kept/key"][()]', 'self.f = h5py.File(p)', 'f.attrs["k"]']
+    assert [bool(store_file_uses(c)) for c in caught] == [True] * len(caught)
+    assert [store_file_uses(c) for c in fine] == [[]] * len(fine)
+
+
+def test_only_the_store_package_touches_a_store_file():
+    """``store/`` owns the HDF5 layout: nothing outside it indexes ``store.f`` (issue 22)."""
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line}" for name, path in modules().items()
+           if not _under(name, "pipeline.store") for line in store_file_uses(path.read_text())]
+    assert not bad, "reads a store's HDF5 file outside pipeline/store/ (add a Store method): " + ", ".join(bad)

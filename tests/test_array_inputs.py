@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import RunConfig, run
-from pipeline.analyses.embed import embed_store, stored_labels
+from pipeline.analyses.embed import EmbedOptions, embed_store, stored_labels
 from pipeline.cli import app
 from pipeline.store.read import Store
 
@@ -124,7 +124,7 @@ def test_labels_are_embed_categories(digits, png_store, tmp_path):
         assert stored_labels(s, rows) is None  # files: folders stay the categories
     r = CliRunner().invoke(app, ["info", str(out)])
     assert "labels       12 of 12 images, 3 categories" in r.stdout
-    res = embed_store(out, method="pca", k=1, baseline=20, thumbnails=5, out=tmp_path / "emb", write=False)
+    res = embed_store(out, EmbedOptions(method="pca", k=1, baseline=20, thumbnails=5), tmp_path / "emb", write=False)
     # the random-weight baseline re-read the array file (a NaN would mean it found nothing)
     assert all(v == v for v in res.knn.values()), res.knn
 
@@ -255,5 +255,5 @@ def test_one_channel_autoencoder_over_an_array_mines_renders_and_embeds(tmp_path
     assert r.exit_code == 0, r.output
     a = np.asarray(Image.open(tmp_path / "r" / "14_0.png").convert("RGB")).astype(int)
     assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
-    res = embed_store(out, "7", method="pca", k=3, baseline=0, thumbnails=5, out=tmp_path / "e", write=False)
+    res = embed_store(out, EmbedOptions("7", method="pca", k=3, baseline=0, thumbnails=5), tmp_path / "e", write=False)
     assert res.n == 19 and (tmp_path / "e" / "7_categories.png").exists()  # 20 items, one duplicate

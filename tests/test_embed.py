@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.analyses.embed import file_labels, folder_labels, knn_accuracy, majority_rate, pca, tsne
+from pipeline.analyses.knn import Search
 from pipeline.cli import app
 
 
@@ -40,7 +41,7 @@ def _brute_knn(x, labels, k):
 @pytest.mark.parametrize("k", [1, 4, 5])
 def test_knn_equals_brute_force(k):
     x, labels = _toy()
-    assert knn_accuracy(x, labels, k, block=7) == pytest.approx(_brute_knn(x, labels, k))
+    assert knn_accuracy(x, labels, k, search=Search(block=7)) == pytest.approx(_brute_knn(x, labels, k))
     assert majority_rate(labels) == pytest.approx(1 / 3)
 
 
@@ -129,7 +130,7 @@ def test_sampled_knn_with_every_query_equals_the_exact_knn(sample):
     x, labels = _toy()
     ref = _brute_knn(x, labels, 5)
     for block, col_block in ((7, 11), (2048, 16384), (1, 60)):  # blocks across, inside and at the edges
-        assert knn_accuracy(x, labels, 5, sample=sample, block=block, col_block=col_block) == pytest.approx(ref)
+        assert knn_accuracy(x, labels, 5, sample=sample, search=Search(block=block, col_block=col_block)) == pytest.approx(ref)
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -137,7 +138,7 @@ def test_sampled_knn_equals_brute_force_over_the_same_seeded_queries(seed):
     x, labels = _toy(90, 12, 3)
     queries = np.sort(np.random.default_rng(seed).permutation(90)[:25])  # the documented sampling rule
     ref = _brute_knn_queries(x, labels, 4, queries)
-    assert knn_accuracy(x, labels, 4, sample=25, seed=seed, block=6, col_block=13) == pytest.approx(ref)
+    assert knn_accuracy(x, labels, 4, sample=25, seed=seed, search=Search(block=6, col_block=13)) == pytest.approx(ref)
     assert knn_accuracy(x.astype(np.float16), labels, 4, sample=25, seed=seed) == pytest.approx(
         _brute_knn_queries(x.astype(np.float16).astype(np.float32), labels, 4, queries))
 
@@ -147,7 +148,7 @@ def test_knn_leaves_the_query_out_but_counts_an_equal_vector():
 
     x, _ = _toy(30, 8, 4)
     x[5] = x[17]  # another image with the same vector: its nearest neighbour, at similarity 1
-    got = neighbours(x, np.array([5, 17, 20]), 2, block=2, col_block=4).numpy()
+    got = neighbours(x, np.array([5, 17, 20]), 2, Search(block=2, col_block=4)).numpy()
     assert got[0, 0] == 17 and got[1, 0] == 5 and 20 not in got[2]
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
     sims = u[20] @ u.T
@@ -198,5 +199,5 @@ def test_euclidean_knn_of_a_map_equals_brute_force():
     d = ((xy[:, None].astype(np.float64) - xy[None]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     want = np.argsort(d, axis=1, kind="stable")[:, :4]
-    got = neighbours(xy, np.arange(80), 4, block=9, col_block=17, metric="euclidean").numpy()
+    got = neighbours(xy, np.arange(80), 4, Search("euclidean", block=9, col_block=17)).numpy()
     np.testing.assert_array_equal(got, want)

@@ -106,7 +106,7 @@ def test_embed_with_a_source_replaced_by_a_fifo_or_dev_zero(store, kind):
     img = store.parent / "imgs" / "red" / "0.png"
     img.unlink()
     os.mkfifo(img) if kind == "fifo" else img.symlink_to("/dev/zero")
-    res = within(120, lambda: embed_mod.embed_store(store, method="pca", baseline=12, write=False))
+    res = within(120, lambda: embed_mod.embed_store(store, embed_mod.EmbedOptions(method="pca", baseline=12), write=False))
     assert res.n == 12  # the thumbnail comes from the store's kept pixels or is left out
     assert any("random weights" in w and v != v for w, v in res.knn.items())  # baseline: the file is gone
 

@@ -27,24 +27,21 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from ..data.safe_read import Unreadable, read_file
-from ..durable import write_atomically
 from ..faults import pause_point
 from ..jobs.combine import CONTENT_OK
 from ..store.read import Store
-from ..store.schema import StoreError, as_str
-from .knn import knn_accuracy, sample_queries
+from ..store.schema import StoreError
+from ..store.write import write_embedding
+from .knn import Search, knn_accuracy, sample_queries
 from .tsne import PCA_DIMS, TSNE_ITER, identical, pca, tsne, tsne_library  # noqa: F401 (also the API here)
 
 log = logging.getLogger("pipeline")
@@ -67,11 +64,8 @@ def features(store: Store, layer: str, pool: str = "avg", chunk: int = CHUNK) ->
     each chunk checked finite on its used rows as ``Store.pooled`` does."""
     if pool not in POOLS:
         raise ValueError(f"unknown --pool {pool!r}; use one of: {', '.join(POOLS)}")
-    name = f"pooled_{layer}"
-    if name not in store.f["images"]:
-        store.pooled(layer)  # its one-line error: which layers the store has
-    d = store.f["images"][name]
-    status = np.array([as_str(s) for s in store.f["images/status"][()]], object)
+    d = store.pooled_dataset(layer)  # or its one-line error: which layers the store has
+    status = store.image_column("status")
     used = (status == "ok") | (status == "duplicate")
     rows = np.flatnonzero(status == "ok").astype(np.int64)
     width = d.shape[2] * (2 if pool == "both" else 1)
@@ -81,7 +75,7 @@ def features(store: Store, layer: str, pool: str = "avg", chunk: int = CHUNK) ->
         c1 = min(len(status), c0 + chunk)
         v = d[c0:c1]
         if not np.isfinite(v[used[c0:c1]]).all():
-            raise StoreError(f"{store.path} is damaged: /images/{name} holds NaN or infinity on a used image")
+            raise StoreError(f"{store.path} is damaged: {d.name} holds NaN or infinity on a used image")
         v = v[status[c0:c1] == "ok"]
         x[at:at + len(v)] = {"avg": v[:, 0], "max": v[:, 1], "both": v.reshape(len(v), -1)}[pool]
         at += len(v)
@@ -159,8 +153,8 @@ def majority_rate(labels: list[str]) -> float:
 
 # --- the random-weight baseline ---------------------------------------------------------------
 
-def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch_size: int = 16,  # noqa: PLR0913
-                    workers: int = 0, device="cpu") -> np.ndarray | None:
+def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, device="cpu",
+                    batch_size: int = 16) -> np.ndarray | None:
     """Pooled vectors of the images ``rows`` through the same architecture with ``random`` weights,
     read again from the source files (None when they are no longer there)."""
     from ..data import ImageDataset, make_loader
@@ -175,7 +169,7 @@ def random_features(store: Store, layer: str, pool: str, rows: np.ndarray, batch
     net = load_network(store.attrs["model"], "random", store.size, prep).to(device)
     out = np.zeros((len(rows), 2, net.layers[layer].channels), np.float32)
     start = 0
-    for batch in make_loader(ImageDataset(found[0], prep, found[1]), batch_size, workers, False):
+    for batch in make_loader(ImageDataset(found[0], prep, found[1]), batch_size, 0, False):
         x = to_device(batch["pixels"], prep, torch.device(device), False)
         vec = layer_stats(net, [], [layer], x)[1][layer]
         out[start:start + len(x)] = vec.float().cpu().numpy()
@@ -188,40 +182,28 @@ def _sources(store: Store, rows: np.ndarray):
     collection, ``data.sources.reopen``), None when they are gone."""
     from ..data.sources import reopen
 
-    names = [as_str(store.f["images/path"][r]) for r in rows]
+    names = list(store.image_column("path", rows))
     return reopen(str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")), names)
 
 
 def stored_labels(store: Store, rows: np.ndarray) -> list[str] | None:
     """The source's own labels of ``rows`` (``/images/label``: an array or Dataset source), if any."""
-    if "label" not in store.f["images"]:
-        return None
-    labels = store.f["images/label"][()]
-    return [as_str(labels[r]) or "?" for r in rows]
+    labels = store.labels(rows)
+    return None if labels is None else [v or "?" for v in labels]
 
 
 # --- writing back -----------------------------------------------------------------------------
 
-def write_coordinates(path: Path, layer: str, coords: np.ndarray, rows: np.ndarray, n_images: int,  # noqa: PLR0913
-                      keys: np.ndarray, status: list[str], attrs: dict) -> None:
-    """``/embed/<layer>`` (N, 2) float32 per /images row (NaN for skipped files; a duplicate file
-    gets its content's coordinates), written to a copy of the store that replaces it atomically."""
-    full = np.full((n_images, 2), np.nan, np.float32)
+def spread_coordinates(coords: np.ndarray, rows: np.ndarray, keys: np.ndarray, status: list[str]) -> np.ndarray:
+    """(N, 2) float32 per /images row from the coordinates of ``rows``: NaN for skipped files, and a
+    duplicate file gets its content's coordinates (what ``/embed/<layer>`` holds)."""
+    full = np.full((len(keys), 2), np.nan, np.float32)
     full[rows] = coords
     at = {int(keys[r]): coords[i] for i, r in enumerate(rows)}
     for j, s in enumerate(status):
         if s in CONTENT_OK and s != "ok" and int(keys[j]) in at:
             full[j] = at[int(keys[j])]
-
-    def write(tmp: Path) -> None:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a") as f:
-            g = f.require_group("embed")
-            if layer in g:
-                del g[layer]
-            d = g.create_dataset(layer, data=full)
-            d.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
-    write_atomically(path, write, fsync=True)
+    return full
 
 
 @dataclass
@@ -250,7 +232,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
 
     root = Path(str(store.attrs.get("images_root")))
     kept = {int(k): i for i, k in enumerate(store.kept_keys())}
-    keys = store.f["images/key"][()]
+    keys = store.image_column("key")
     found = _sources(store, rows[chosen]) if len(chosen) else None  # one open of an array collection
     out = {}
     for j, i in enumerate(chosen):
@@ -258,7 +240,7 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
         img = None
         try:  # the one file reader: a source swapped for a FIFO or a /dev/zero link is refused, not read
             data = (found[0].read(found[1][j]) if found is not None
-                    else read_file(root / as_str(store.f["images/path"][r])))
+                    else read_file(root / store.image_column("path", [r])[0]))
             img = decode_image(data, t)
         except (OSError, BadImage, Unreadable):
             if int(keys[r]) in kept:
@@ -271,10 +253,35 @@ def _thumbnails(store: Store, rows: np.ndarray, chosen: list[int], t: int) -> di
     return out
 
 
-def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne", pool: str = "avg",  # noqa: PLR0913
-                labels: str | Path | None = None, seed: int = 0, perplexity: float | None = None, k: int = 5,
-                baseline: int = 500, thumbnails: int = 300, out: Path | None = None, device="cpu",
-                write: bool = True, knn_sample: int = KNN_SAMPLE) -> EmbedResult:
+@dataclass(frozen=True)
+class EmbedOptions:
+    """What ``mine embed`` computes (its options, by the CLI's names where they differ): the pooled
+    ``layer`` (None: the store's first), ``method`` the map (``--embedding`` tsne | pca), ``pool``
+    avg | max | both, ``labels`` a CSV of categories (None: stored labels, else each file's folder),
+    ``seed``, t-SNE's ``perplexity`` (None: the default), ``k`` the k-NN neighbours (``--neighbors``),
+    ``baseline`` images re-read for the random-weight k-NN (0: none), ``thumbnails`` on the map,
+    ``device`` of the k-NN and the baseline, ``knn_sample`` the k-NN query images (0: all)."""
+
+    layer: str | None = None
+    method: str = "tsne"
+    pool: str = "avg"
+    labels: str | Path | None = None
+    seed: int = 0
+    perplexity: float | None = None
+    k: int = 5
+    baseline: int = 500
+    thumbnails: int = 300
+    device: torch.device | str = "cpu"
+    knn_sample: int = KNN_SAMPLE
+
+    def attrs(self, res: EmbedResult) -> dict:
+        """The attributes of ``/embed/<layer>``: how the coordinates were made."""
+        return {"method": self.method, "pool": self.pool, "seed": self.seed, "knn": res.knn, "library": res.library,
+                "perplexity": self.perplexity if self.perplexity is not None else -1}
+
+
+def embed_store(path: str | Path, opts: EmbedOptions = EmbedOptions(), out: Path | None = None,
+                write: bool = True) -> EmbedResult:
     """``mine embed STORE``: coordinates into the store, ``<layer>_map.png`` (thumbnails) and
     ``<layer>_categories.png`` (scatter by category) in ``out``, k-NN accuracies in the result.
 
@@ -284,17 +291,15 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     rows that no longer match ``/images``), the write runs in a forked child (``write_isolated``)
     and keeps the file's mode, temp files of dead writers are removed, and SIGINT/SIGTERM end the
     command with ``Interrupted`` (exit 5), lock and temp file gone. ``write=False`` reads only:
-    no lock (the store is replaced atomically, an open reader keeps its version). ``method``: the
-    embedding (``--embedding``), ``k``: the k-NN neighbours (``--neighbors``), ``knn_sample``: the
-    k-NN query images (``--knn-sample``, 0 = all)."""
+    no lock (the store is replaced atomically, an open reader keeps its version)."""
     import time
 
     from ..jobs.output import remove_stale_temps, store_target, write_isolated
     from ..lock import StoreLock
     from ..signals import InterruptGuard
 
-    if method not in METHODS:
-        raise ValueError(f"unknown --embedding {method!r}; use one of: {', '.join(METHODS)}")
+    if opts.method not in METHODS:
+        raise ValueError(f"unknown --embedding {opts.method!r}; use one of: {', '.join(METHODS)}")
     t0 = time.perf_counter()
     target = store_target(Path(path))
     if not target.is_file():  # before locking: a lock must not create folders next to a missing store
@@ -302,14 +307,11 @@ def embed_store(path: str | Path, layer: str | None = None, method: str = "tsne"
     with InterruptGuard(graceful=False), (StoreLock(target, command="embed") if write else contextlib.nullcontext()):
         if write:
             remove_stale_temps(target)
-        res, xy, cats, data = _embed_locked(target, layer, method, pool, labels, seed, perplexity, k, baseline,
-                                            thumbnails, device, knn_sample)
-        _save_pictures(res, xy, cats, data["thumbs"], out or _default_out(Path(path)), pool)
+        res, xy, cats, data = _embed_locked(target, opts)
+        _save_pictures(res, xy, cats, data["thumbs"], out or _default_out(Path(path)), opts.pool)
         if write:
-            attrs = {"method": method, "pool": pool, "seed": seed, "knn": res.knn, "library": res.library,
-                     "perplexity": perplexity if perplexity is not None else -1}
-            write_isolated(target, lambda: write_coordinates(target, res.layer, xy, data["rows"], data["n_images"],
-                                                             data["keys"], data["status"], attrs),
+            full = spread_coordinates(xy, data["rows"], data["keys"], data["status"])
+            write_isolated(target, lambda: write_embedding(target, res.layer, full, opts.attrs(res)),
                            kept="the store is unchanged")
     res.seconds["total"] = time.perf_counter() - t0
     return res
@@ -321,8 +323,7 @@ def _default_out(path: Path) -> Path:
     return default_out_dir(path) / "embed"
 
 
-def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, baseline, thumbnails, device,  # noqa: PLR0913
-                  knn_sample=KNN_SAMPLE):
+def _embed_locked(path: Path, opts: EmbedOptions):
     """Everything ``embed_store`` computes from the store: (result, coordinates, categories, data)."""
     import time
 
@@ -333,45 +334,59 @@ def _embed_locked(path: Path, layer, method, pool, labels, seed, perplexity, k, 
         have = s.attrs.get("pooled") or []
         if not have:
             raise ValueError(f"{path} has no pooled vectors: mine it with `mine run ... --pooled LAYER`")
-        layer = layer or have[0]
-        x, rows = features(s, layer, pool)
+        layer = opts.layer or have[0]
+        x, rows = features(s, layer, opts.pool)
         if len(rows) < 2:
             raise ValueError(f"{path} holds {len(rows)} usable image(s): nothing to map")
-        paths = [as_str(p) for p in s.f["images/path"][()]]
+        paths = list(s.image_column("path"))
         used = [paths[r] for r in rows]
         root = str(s.attrs.get("images_root"))
+        labels = opts.labels
         cats = file_labels(used, labels, root) if labels else (stored_labels(s, rows) or folder_labels(used))
         known = check_labelled(cats, labels, root, used) if labels else np.arange(len(rows))
-        res = EmbedResult(layer, method, len(rows))
+        res = EmbedResult(layer, opts.method, len(rows))
         t = time.perf_counter()
-        if method == "tsne":
+        if opts.method == "tsne":
             res.library = tsne_library(len(x))
-            xy = tsne(x, seed, perplexity, library=res.library)
+            xy = tsne(x, opts.seed, opts.perplexity, library=res.library)
         else:
-            res.library, xy = "sklearn", pca(x, 2, seed)
-        res.seconds[method] = time.perf_counter() - t
+            res.library, xy = "sklearn", pca(x, 2, opts.seed)
+        res.seconds[opts.method] = time.perf_counter() - t
         t = time.perf_counter()
-        lab = [cats[i] for i in known]
-        keff = max(1, min(k, len(known) - 1))  # what knn_accuracy uses: a label must not claim more
-        xk = x if len(known) == len(x) else x[known]
-        queries = len(sample_queries(len(known), knn_sample))
-        tag = f"{len(known)} images" if queries == len(known) else f"sample of {queries} of {len(known)} images"
-        res.knn[f"{keff}-NN, {layer} {pool} ({tag})"] = knn_accuracy(xk, lab, k, knn_sample, seed, device=device)
-        res.knn["always the largest category"] = majority_rate(lab)
-        if baseline:
-            sample = np.sort(known[np.random.default_rng(seed).permutation(len(known))[:baseline]])
-            rnd = random_features(s, layer, pool, rows[sample], device=device)
-            sub = [cats[i] for i in sample]
-            tag, ks = f"{len(sample)} images", max(1, min(k, len(sample) - 1))
-            if len(sample) < len(known):
-                res.knn[f"{ks}-NN, {layer} {pool} (sample of {tag})"] = knn_accuracy(x[sample], sub, k, device=device)
-            res.knn[f"{ks}-NN, random weights ({tag})"] = (knn_accuracy(rnd, sub, k, device=device) if rnd is not None
-                                                           else float("nan"))
+        _knn(res, x, [cats[i] for i in known], known, opts)
+        if opts.baseline:
+            sample = np.sort(known[np.random.default_rng(opts.seed).permutation(len(known))[:opts.baseline]])
+            rnd = random_features(s, layer, opts.pool, rows[sample], device=opts.device)
+            _baseline(res, x[sample], rnd, [cats[i] for i in sample], len(sample) < len(known), opts)
         res.seconds["knn"] = time.perf_counter() - t
-        chosen = pick_thumbnails(to_canvas(xy, 1200, THUMB), THUMB, thumbnails, seed)
-        data = {"thumbs": _thumbnails(s, rows, chosen, THUMB), "rows": rows, "n_images": len(paths),
-                "keys": s.f["images/key"][()], "status": [as_str(v) for v in s.f["images/status"][()]]}
+        chosen = pick_thumbnails(to_canvas(xy, 1200, THUMB), THUMB, opts.thumbnails, opts.seed)
+        data = {"thumbs": _thumbnails(s, rows, chosen, THUMB), "rows": rows, "keys": s.image_column("key"),
+                "status": list(s.image_column("status"))}
     return res, xy, cats, data
+
+
+def _knn(res: EmbedResult, x: np.ndarray, lab: list[str], known: np.ndarray, opts: EmbedOptions) -> None:
+    """The k-NN accuracy of the labelled images ``known`` (categories ``lab``), and of always guessing the
+    largest category, into ``res.knn``."""
+    keff = max(1, min(opts.k, len(known) - 1))  # what knn_accuracy uses: a label must not claim more
+    xk = x if len(known) == len(x) else x[known]
+    queries = len(sample_queries(len(known), opts.knn_sample))
+    tag = f"{len(known)} images" if queries == len(known) else f"sample of {queries} of {len(known)} images"
+    res.knn[f"{keff}-NN, {res.layer} {opts.pool} ({tag})"] = knn_accuracy(xk, lab, opts.k, opts.knn_sample, opts.seed,
+                                                                          Search(device=opts.device))
+    res.knn["always the largest category"] = majority_rate(lab)
+
+
+def _baseline(res: EmbedResult, x: np.ndarray, rnd: np.ndarray | None, lab: list[str], smaller: bool,
+              opts: EmbedOptions) -> None:
+    """Into ``res.knn``: the k-NN accuracy of the baseline sample by random weights (``rnd``; NaN when its files
+    are gone) and, when the sample is ``smaller`` than the labelled images, by the mined vectors ``x``."""
+    k, search = opts.k, Search(device=opts.device)
+    tag, ks = f"{len(lab)} images", max(1, min(k, len(lab) - 1))
+    if smaller:
+        res.knn[f"{ks}-NN, {res.layer} {opts.pool} (sample of {tag})"] = knn_accuracy(x, lab, k, search=search)
+    res.knn[f"{ks}-NN, random weights ({tag})"] = (knn_accuracy(rnd, lab, k, search=search) if rnd is not None
+                                                   else float("nan"))
 
 
 def _save_pictures(res: EmbedResult, xy, cats, thumbs, out: Path, pool: str) -> None:

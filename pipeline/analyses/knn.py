@@ -1,7 +1,7 @@
 """Leave-one-out k-NN category accuracy of pooled vectors, exact, on a seeded sample of queries
 against all vectors (``mine embed --knn-sample``).
 
-Rule: cosine similarity (``metric="euclidean"``: the smallest Euclidean distance, for 2-D maps);
+Rule: cosine similarity (``Search(metric="euclidean")``: the smallest Euclidean distance, for 2-D maps);
 a query's ``k`` nearest other vectors (a query is never its own
 neighbour; another image whose vector equals the query's is a neighbour like any other: two
 distinct files with the same pooled vector count as two images, and a collection's duplicate
@@ -18,8 +18,22 @@ O(n^2 D) time. Queries: ``np.sort(np.random.default_rng(seed).permutation(n)[:sa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class Search:
+    """How neighbours are found: ``metric`` cosine (default) | euclidean, the ``device`` of the matrix
+    products, and their blocks, ``block`` queries x ``col_block`` vectors at a time (memory, never
+    the result)."""
+
+    metric: str = "cosine"
+    device: torch.device | str = "cpu"
+    block: int = 2048
+    col_block: int = 16384
 
 
 def sample_queries(n: int, sample: int = 0, seed: int = 0) -> np.ndarray:
@@ -36,14 +50,14 @@ def _unit(x: np.ndarray, rows, device, metric: str = "cosine") -> torch.Tensor:
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12) if metric == "cosine" else t
 
 
-def neighbours(x: np.ndarray, queries: np.ndarray, k: int, block: int = 2048, col_block: int = 16384,  # noqa: PLR0913 - tuning knobs with defaults
-               device="cpu", metric: str = "cosine") -> torch.Tensor:
+def neighbours(x: np.ndarray, queries: np.ndarray, k: int, search: Search = Search()) -> torch.Tensor:
     """(len(queries), k) indices into ``x`` of each query's k nearest other rows, nearest first.
     Euclidean: ranked by ``2 q.c - |c|^2`` (= |q|^2 - |q - c|^2, the same order)."""
+    metric, block, col_block = search.metric, search.block, search.col_block
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"unknown k-NN metric {metric!r}")
     n, m = len(x), len(queries)
-    device = torch.device(device)
+    device = torch.device(search.device)
     q_rows = torch.as_tensor(queries, device=device)
     best_v = torch.full((m, k), -float("inf"), device=device)
     best_i = torch.full((m, k), -1, dtype=torch.long, device=device)
@@ -68,8 +82,7 @@ def neighbours(x: np.ndarray, queries: np.ndarray, k: int, block: int = 2048, co
     return best_i
 
 
-def knn_accuracy(x: np.ndarray, labels, k: int = 5, sample: int = 0, seed: int = 0, block: int = 2048,  # noqa: PLR0913
-                 col_block: int = 16384, device="cpu", metric: str = "cosine") -> float:
+def knn_accuracy(x: np.ndarray, labels, k: int = 5, sample: int = 0, seed: int = 0, search: Search = Search()) -> float:
     """Leave-one-out k-NN accuracy over the queries ``sample_queries(n, sample, seed)`` (module
     docstring); NaN for fewer than 2 vectors. ``k`` is at most n - 1."""
     n = len(x)
@@ -78,7 +91,7 @@ def knn_accuracy(x: np.ndarray, labels, k: int = 5, sample: int = 0, seed: int =
     k = min(k, n - 1)
     names, y = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
     queries = sample_queries(n, sample, seed)
-    idx = neighbours(x, queries, k, block, col_block, device, metric).cpu()
+    idx = neighbours(x, queries, k, search).cpu()
     yt = torch.from_numpy(y.astype(np.int64))
     near = yt[idx]  # (m, k) categories of the neighbours, nearest first
     m = len(queries)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..mining.stats import BINS
 from ..pictures.sensitivity import BOX  # the receptive-field box, the colour occlusion maps draw it in too
 
-__all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "hist_quantile", "overlay", "overlays", "topk_level", "unit_hist",
+__all__ = ["DEFAULT_QUANTILE", "LEVEL_SOURCES", "composite", "overlay", "overlays", "topk_level", "unit_hist",
            "unit_level", "unit_rates", "upsample"]
 
 DEFAULT_QUANTILE = 0.99
@@ -36,24 +37,19 @@ _PALETTE = np.array([(0, 0, 0, 0), (0, 0, 0, DIM), (*OUTLINE, 255), (*BOX, 255)]
 
 def unit_level(store, layer: str, q: float = DEFAULT_QUANTILE) -> np.ndarray | None:
     """(C,) q-quantile of each unit of ``layer`` over the counted positions of all images seen, from the store's
-    per-unit activation histograms; None when the store has none (see :func:`topk_level`)."""
+    per-unit activation histograms (``Store.levels``: ``mining.stats.quantile``, the level ``mine info``'s
+    statistics use too); None when the store has none, or of another bins version (see :func:`topk_level`)."""
     if not 0 < q < 1:
         raise ValueError(f"quantile must be in (0, 1), got {q}")
-    grp = store.f["layers"][layer]
-    if "hist" not in grp:  # stores written before unit statistics (branch unitstats)
-        return None
-    counts = np.asarray(grp["hist"][()], np.float64)  # (C, bins)
-    edges = np.asarray(grp["hist"].attrs["edges"], np.float64)  # (bins + 1,)
-    return hist_quantile(counts, edges, q)
+    return store.levels(layer, q)
 
 
 def unit_hist(store, layer: str, c: int) -> dict | None:
     """The unit's activation histogram from the store (``edges``, ``counts``, ``over``), or None."""
-    grp = store.f["layers"][layer]
-    if "hist" not in grp:
+    counts = store.unit_hist(layer, c)
+    if counts is None:
         return None
-    return {"edges": np.asarray(grp["hist"].attrs["edges"], float).tolist(),
-            "counts": np.asarray(grp["hist"][c], float).tolist(), "over": "all"}
+    return {"edges": BINS.edges.tolist(), "counts": np.asarray(counts, float).tolist(), "over": "all"}
 
 
 def unit_rates(store, layer: str) -> np.ndarray | None:
@@ -62,19 +58,6 @@ def unit_rates(store, layer: str) -> np.ndarray | None:
     after a merge that could not re-read shared images)."""
     st = store.stats_state(layer)
     return None if st is None else np.asarray(st["fired"], np.float64) / max(int(st["images"]), 1)
-
-
-def hist_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> np.ndarray:
-    """Per row of ``counts`` (C, B) over bins ``edges`` (B + 1,): the q-quantile, linear inside its bin."""
-    cum = np.cumsum(counts, axis=1)
-    total = cum[:, -1:]
-    target = q * total
-    b = np.clip((cum < target).sum(1), 0, counts.shape[1] - 1)
-    rows = np.arange(len(counts))
-    before = np.where(b > 0, cum[rows, np.maximum(b - 1, 0)], 0.0)
-    inside = np.where(counts[rows, b] > 0, (target[:, 0] - before) / np.maximum(counts[rows, b], 1e-300), 0.0)
-    lo, hi = edges[b], edges[b + 1]
-    return np.where(total[:, 0] > 0, lo + np.clip(inside, 0, 1) * (hi - lo), np.nan)
 
 
 def topk_level(maps: np.ndarray, q: float = DEFAULT_QUANTILE) -> float:

@@ -161,16 +161,17 @@ class Renderer:
 
     def _switch_rows(self, pool: str, layer: str) -> _Rows:
         if pool not in self._switches:
-            if pool not in self.store.f["switches"]:
+            switches = self.store.switches_dataset(pool)
+            if switches is None:
                 raise StoreError(f"{self.store.path} has no max-pool switches for {pool}, which projecting "
                                  f"{layer} needs; it records: {', '.join(self.store.pools()) or 'none'}")
             used = sum(r.budget_used() for r in self._switches.values())
-            self._switches[pool] = _Rows(self.store.f["switches"][pool], self.cache_bytes - used, self.device)
+            self._switches[pool] = _Rows(switches, self.cache_bytes - used, self.device)
         return self._switches[pool]
 
     def _pixel_rows(self) -> _Rows:
         if self._pixels is None:
-            self._pixels = _Rows(self.store.f["kept/pixels"], self.cache_bytes // 2, None)
+            self._pixels = _Rows(self.store.pixels_dataset(), self.cache_bytes // 2, None)
         return self._pixels
 
     def batch_for(self, layer: str) -> int:

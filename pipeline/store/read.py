@@ -19,8 +19,24 @@ import numpy as np
 from ..mining import stats as unit_stats
 from ..models.geometry import Geometry, pad_crop
 from ..models.layers import select_layers
-from .schema import StoreError
-from .validate import Damaged, check_table, plain, read_column, rows, validate
+from .schema import (
+    EMBED,
+    FIRES,
+    HIST,
+    IMAGES,
+    KEPT_IMAGE,
+    KEPT_KEY,
+    KEPT_PIXELS,
+    LAYERS,
+    STATS,
+    SWITCHES,
+    StoreError,
+    as_str,
+    column,
+    pooled_column,
+)
+from .validate import Damaged, check_table, plain, read_column, validate
+from .validate import rows as read_rows
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +181,10 @@ class Store:
             self.layers: list[str] = list(self.attrs["layers"])
             self.k = int(self.attrs["k"])
             self.size = int(self.attrs["input_size"])
-            self.n_images = int(self.f["images/path"].shape[0])
-            self._kept_image = self.f["kept/image"][()]
+            self.n_images = int(self.f[column("path")].shape[0])
+            self._kept_image = self.f[KEPT_IMAGE][()]
             self._kept_paths: list[str] | None = None  # read on first use: the kept rows only
+            self._stats_usable: bool | None = None  # checked on first use: /stats present, bins version ours
         except StoreError:
             self.f.close()
             raise
@@ -187,7 +204,7 @@ class Store:
     # --- layers and entries -------------------------------------------------
     def layer_info(self, layer: str) -> dict:
         self._check_layer(layer)
-        return {k: plain(v) for k, v in self.f["layers"][layer].attrs.items()}
+        return {k: plain(v) for k, v in self.f[LAYERS][layer].attrs.items()}
 
     def channels(self, layer: str) -> int:
         return int(self.layer_info(layer)["channels"])
@@ -199,7 +216,7 @@ class Store:
     # --- layer names: every command that takes --layer on a store resolves it here ----------
     def module_paths(self) -> dict[str, str]:
         """Layer name -> the module path it was mined from (``conv5`` -> ``features.11``)."""
-        return {n: str(plain(self.f["layers"][n].attrs.get("module", n))) for n in self.layers}
+        return {n: str(plain(self.f[LAYERS][n].attrs.get("module", n))) for n in self.layers}
 
     def _listing(self) -> str:
         return ", ".join(n if p == n else f"{n} ({p})" for n, p in self.module_paths().items())
@@ -232,7 +249,7 @@ class Store:
     def arrays(self, layer: str) -> dict[str, np.ndarray]:
         """All (channels, k) arrays of a layer: value, kept, key, y, x, box."""
         self._check_layer(layer)
-        g = self.f["layers"][layer]
+        g = self.f[LAYERS][layer]
         return {n: g[n][()] for n in ("value", "kept", "key", "y", "x", "box")}
 
     def entries(self, layer: str, feature: int, arrays: dict | None = None) -> list[Entry]:
@@ -264,20 +281,40 @@ class Store:
     # --- unit statistics --------------------------------------------------------
     def has_stats(self) -> bool:
         """False for stores written before mine kept unit statistics (or merged from one)."""
-        return "stats" in self.f
+        return STATS in self.f
+
+    def stats_images(self) -> int | None:
+        """The images the unit statistics counted (/stats ``images``; after a merge that could not
+        re-read shared images it can exceed ``images_seen``), None without statistics."""
+        return int(self.f[STATS].attrs["images"]) if self.has_stats() else None
+
+    def _stats_group(self, layer: str):
+        """The layer's group when its statistics can be read: present and counted into the bins this
+        mine reads (``bins_version``; another version is ignored, with one warning per store)."""
+        self._check_layer(layer)
+        g = self.f[LAYERS][layer]
+        if not self.has_stats() or HIST not in g:
+            return None
+        if self._stats_usable is None:
+            a = self.f[STATS].attrs
+            self._stats_usable = int(a.get("bins_version", -1)) == unit_stats.BINS_VERSION
+            if not self._stats_usable:  # counted otherwise: not comparable
+                log.warning("%s has unit statistics of bins version %s, this mine reads %s: ignoring them (mine run "
+                            "--force rebuilds them)", self.path, a.get("bins_version"), unit_stats.BINS_VERSION)
+        return g if self._stats_usable else None
 
     def stats_state(self, layer: str) -> dict | None:
         """The layer's statistics as a ``UnitStats`` state (hist, fired, images), None if absent."""
-        self._check_layer(layer)
-        g = self.f["layers"][layer]
-        if not self.has_stats() or "hist" not in g:
+        g = self._stats_group(layer)
+        if g is None:
             return None
-        a = self.f["stats"].attrs
-        if int(a.get("bins_version", -1)) != unit_stats.BINS_VERSION:  # counted otherwise: not comparable
-            log.warning("%s has unit statistics of bins version %s, this mine reads %s: ignoring them (mine run "
-                        "--force rebuilds them)", self.path, a.get("bins_version"), unit_stats.BINS_VERSION)
-            return None
-        return {"hist": g["hist"][()], "fired": g["fires"][()], "images": int(a["images"])}
+        return {"hist": g[HIST][()], "fired": g[FIRES][()], "images": self.stats_images()}
+
+    def unit_hist(self, layer: str, channel: int) -> np.ndarray | None:
+        """(bins,) int64 counts of one unit (bins: ``mining.stats.BINS``), None without usable statistics;
+        reads that unit's row only."""
+        g = self._stats_group(layer)
+        return None if g is None else g[HIST][int(channel)]
 
     def unit_stats(self, layer: str, q: float = 0.99) -> UnitSummary | None:
         """Quantile (default 0.99), mean, firing fraction and dead units of every channel."""
@@ -290,9 +327,21 @@ class Store:
         return UnitSummary(layer, q, st["images"], st["hist"], st["fired"], qs["value"], qs["lo"], qs["hi"],
                            unit_stats.mean(st["hist"]), firing)
 
+    def levels(self, layer: str, q: float) -> np.ndarray | None:
+        """(C,) the q-quantile of each unit over the positions its statistics counted (``mining.stats.quantile``,
+        the one quantile of a histogram: ``mine info`` and the heatmaps state the same level), None without
+        usable statistics."""
+        st = self.stats_state(layer)
+        return None if st is None else unit_stats.quantile(st["hist"], q)["value"]
+
     def kept_keys(self) -> np.ndarray:
         """(M,) int64 image key of each row of /kept (sorted ascending)."""
-        return self.f["kept/key"][()]
+        return self.f[KEPT_KEY][()]
+
+    @property
+    def n_kept(self) -> int:
+        """M, the rows of /kept: the distinct images some entry keeps."""
+        return len(self._kept_image)
 
     def top_entries(self, layer: str, n: int | None = None) -> list[Entry]:
         """The top-n entries of a layer across all channels (one per channel), best first."""
@@ -305,7 +354,7 @@ class Store:
         (``rows``: only the chunks of /images/path that hold them, not the whole table)."""
         if self._kept_paths is None:
             try:
-                self._kept_paths = [plain(p) for p in rows(self.f["images/path"], self._kept_image)]
+                self._kept_paths = [plain(p) for p in read_rows(self.f[column("path")], self._kept_image)]
             except Damaged as e:
                 raise StoreError(f"{self.path} is damaged: {e}") from None
         return self._kept_paths[int(kept)]
@@ -314,7 +363,7 @@ class Store:
         """The per-file columns (path, sha256, key, status, width, height[, label][, size, mtime_ns,
         ctime_ns]); not the pooled vectors. Reads the whole table (and checks its values)."""
         try:
-            cols = {k: read_column(self.f["images"][k]) for k in self.f["images"] if not k.startswith("pooled_")}
+            cols = {k: read_column(self.f[IMAGES][k]) for k in self.f[IMAGES] if not k.startswith(pooled_column(""))}
             check_table(cols)
         except Damaged as e:
             raise StoreError(f"{self.path} is damaged: {e}") from None
@@ -331,23 +380,56 @@ class Store:
             dup, skipped = st.count("duplicate"), sum(x.startswith("skipped") for x in st)
         return {"files": n, "ok": n - dup - skipped, "skipped": skipped, "duplicate": dup}
 
-    def pooled(self, layer: str) -> np.ndarray:
-        """(N, 2, C) float16 per /images row: spatial mean [0] and max [1] of ``layer``, NaN where the
-        file was skipped (``mine run --pooled``); ``StoreError`` if a used row is not finite."""
-        name = f"pooled_{layer}"
-        if name not in self.f["images"]:
+    def has_column(self, name: str) -> bool:
+        """Whether /images has the column ``name`` (``label`` and ``pooled_<L>`` are optional)."""
+        return name in self.f[IMAGES]
+
+    def image_column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """/images/``name``, every row or the rows ``rows`` (any order, repeats; only the chunks that
+        hold them are read); strings as ``str`` in an object array."""
+        ds = self.f[column(name)]
+        try:
+            v = ds[()] if rows is None else read_rows(ds, rows)
+        except Damaged as e:
+            raise StoreError(f"{self.path} is damaged: {e}") from None
+        return np.array([as_str(x) for x in v], object) if v.dtype == object else v
+
+    def labels(self, rows: np.ndarray | None = None) -> list[str] | None:
+        """The source's own label of every row (or of ``rows``), "" where unknown; None when the store
+        has no /images/label (only array and Dataset sources with labels have one)."""
+        return list(self.image_column("label", rows)) if self.has_column("label") else None
+
+    def pooled_dataset(self, layer: str):
+        """The h5py dataset /images/pooled_<layer> (N, 2, C) float16, to read in chunks; a ValueError naming
+        the layers that have pooled vectors when this one has none."""
+        name = pooled_column(layer)
+        if not self.has_column(name):
             have = self.attrs.get("pooled") or []
             raise ValueError(f"{self.path} has no pooled vectors of {layer!r} (it has: {', '.join(have) or 'none'}); "
                              f"mine with `mine run ... --pooled {layer}`")
-        v = self.f["images"][name][()]
-        used = np.array([plain(s) in ("ok", "duplicate") for s in self.f["images/status"][()]], bool)
+        return self.f[column(name)]
+
+    def pooled(self, layer: str) -> np.ndarray:
+        """(N, 2, C) float16 per /images row: spatial mean [0] and max [1] of ``layer``, NaN where the
+        file was skipped (``mine run --pooled``); ``StoreError`` if a used row is not finite."""
+        v = self.pooled_dataset(layer)[()]
+        used = np.array([plain(s) in ("ok", "duplicate") for s in self.f[column("status")][()]], bool)
         if not np.isfinite(v[used]).all():
-            raise StoreError(f"{self.path} is damaged: /images/{name} holds NaN or infinity on a used image")
+            raise StoreError(f"{self.path} is damaged: /images/{pooled_column(layer)} holds NaN or infinity on a "
+                             f"used image")
         return v
+
+    def embedding(self, layer: str) -> np.ndarray | None:
+        """/embed/<layer> (N, 2) float32: the map coordinates ``mine embed`` wrote per /images row, None if none."""
+        return self.f[EMBED][layer][()] if EMBED in self.f and layer in self.f[EMBED] else None
 
     def pixels(self, kept) -> np.ndarray:
         """uint8 (S, S, 3) RGB network input of a kept image (or a batch for a sorted index list)."""
-        return self.f["kept/pixels"][kept]
+        return self.f[KEPT_PIXELS][kept]
+
+    def pixels_dataset(self):
+        """The h5py dataset /kept/pixels (M, S, S, 3) uint8, for readers that cache its chunks."""
+        return self.f[KEPT_PIXELS]
 
     def geometry(self, layer: str) -> Geometry:
         return Geometry.from_attrs(self.layer_info(layer))
@@ -363,7 +445,11 @@ class Store:
         return pad_crop(self.pixels(entry.kept), int(top), int(left), geo.tile_size(self.size))
 
     def switches(self, pool: str, kept) -> np.ndarray:
-        return self.f["switches"][pool][kept]
+        return self.f[SWITCHES][pool][kept]
+
+    def switches_dataset(self, pool: str):
+        """The h5py dataset /switches/<pool> (M, C, Ho, Wo) uint8, None when the store has none for ``pool``."""
+        return self.f[SWITCHES][pool] if pool in self.f[SWITCHES] else None
 
     def pools(self) -> list[str]:
-        return list(self.f["switches"])
+        return list(self.f[SWITCHES])

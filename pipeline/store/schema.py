@@ -63,6 +63,28 @@ Only /images grows with the number of images mined; everything else is bounded b
 layers x channels x k (or x bins).
 """
 
+# --- the names of the layout: store/ (read.py, write.py) is the one place that opens them; nothing
+# outside store/ indexes the HDF5 file (tests/test_architecture.py) ----------------------------
+IMAGES = "images"  # group: the per-file columns, /images/<column>
+KEPT_IMAGE, KEPT_KEY, KEPT_PIXELS = "kept/image", "kept/key", "kept/pixels"
+SWITCHES = "switches"  # group: /switches/<pool>
+LAYERS = "layers"  # group: /layers/<name>/<array>
+STATS = "stats"  # group: attributes of the unit statistics
+HIST, FIRES = "hist", "fires"  # a layer's unit statistics: /layers/<name>/hist, /layers/<name>/fires
+EMBED = "embed"  # group: /embed/<L>, written by ``mine embed``
+POOLED = "pooled_"  # /images/pooled_<L>: the column of a layer's pooled vectors
+
+
+def column(name: str) -> str:
+    """The path of the /images column ``name`` (``path``, ``status``, ``pooled_conv5_3``, ...)."""
+    return f"{IMAGES}/{name}"
+
+
+def pooled_column(layer: str) -> str:
+    """The /images column name of ``layer``'s pooled vectors."""
+    return f"{POOLED}{layer}"
+
+
 FORMAT = "mine-store"
 SCHEMA_VERSION = 1
 COMPLETE = "complete"

@@ -9,6 +9,7 @@ checksum (compressed ones have zlib's), so a flipped bit is an error when read
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -19,7 +20,7 @@ from ..mining import stats as unit_stats
 from ..mining.finalize import Finalized
 from ..models.geometry import step_of
 from ..models.network import Network
-from .schema import COMPLETE, FORMAT, SCHEMA_VERSION
+from .schema import COMPLETE, EMBED, FORMAT, SCHEMA_VERSION
 
 STR = h5py.string_dtype()
 CHECKED = {"fletcher32": True}  # numeric datasets stored uncompressed: a flipped bit fails the read
@@ -135,3 +136,20 @@ def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
            if any(v is not None for v in labels) else {}),
         "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2],
     }
+
+
+def write_embedding(path: Path, layer: str, coords: np.ndarray, attrs: dict) -> None:
+    """``/embed/<layer>`` = ``coords`` (N, 2) float32 per /images row (``mine embed``), with ``attrs`` (dicts
+    and lists as JSON), written to a copy of the store that replaces it atomically; an earlier
+    ``/embed/<layer>`` is replaced, everything else copied as it is."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            g = f.require_group(EMBED)
+            if layer in g:
+                del g[layer]
+            d = g.create_dataset(layer, data=coords)
+            d.attrs.update({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
+    write_atomically(path, write, fsync=True)
