@@ -578,13 +578,13 @@ def visualize(
 ) -> None:
     """Synthesise, for each unit, an input image that maximises it (decorrelated Fourier images, random jitter/scale/rotation,
     shown to the network at 1-2x its size, Lucid's redirected ReLU gradient for the first 20% of steps, Adam)."""
-    from .visualize.layer import visualize_layer
+    from .visualize.layer import LayerJob, visualize_layer
+    from .visualize.optimize import VisualizeConfig
 
     guarded(check_size, size, max(batch_size, 1))
-    paths = guarded(visualize_layer, model=model, weights=weights, layer=layer, features=features,
-                    objective=objective, steps=steps, size=size, seed=seed, batch_size=batch_size,
-                    device=device, out=out, save_arrays=save_arrays, progress=not quiet,
-                    preprocessing=_prep(preprocessing, channels, mean, std))
+    job = LayerJob(model=model, weights=weights, layer=layer, features=features, out=out, size=size, batch_size=batch_size,
+                   device=device, save_arrays=save_arrays, preprocessing=_prep(preprocessing, channels, mean, std))
+    paths = guarded(visualize_layer, job, VisualizeConfig(objective=objective, steps=steps, seed=seed, progress=not quiet))
     typer.echo(f"visualised {plural(len(paths) - 1, 'unit')} of {layer} -> {paths[-1]}")
 
 
@@ -627,7 +627,7 @@ def reconstruct(
     Writes IMAGE.LAYER.png (network input beside the projection) per image and layer, and
     sheet.png (rows images, columns layers) when there are several.
     """
-    from .analyses.reconstruct import reconstruct_images
+    from .analyses.reconstruct import ReconstructOptions, reconstruct_images
     from .devices import resolve_device
     from .models.weights import load_network
 
@@ -637,8 +637,8 @@ def reconstruct(
 
     def job():
         net = load_network(model, weights, size, _prep(preprocessing, channels, mean, std))
-        return reconstruct_images(net, [str(p) for p in images], net.select(layer), out, feature=feature, top=top,
-                                  method=method, resize=resize, save_arrays=save_arrays, device=resolve_device(device))
+        return reconstruct_images(net, [str(p) for p in images], net.select(layer), out, ReconstructOptions(
+            feature=feature, top=top, method=method, resize=resize, save_arrays=save_arrays, device=resolve_device(device)))
 
     typer.echo(guarded(job).summary())
 

@@ -18,7 +18,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from pipeline import RunConfig, Store, run
-from pipeline.analyses.occlude import occlude_pixels, occlusion_map, unit_score
+from pipeline.analyses.occlude import OccludeOptions, occlude_pixels, occlusion_map, unit_score
 from pipeline.analyses.reconstruct import reconstruct
 from pipeline.cli import app
 from pipeline.data import ImageDataset, Preprocessing, normalize, resolve_images
@@ -271,8 +271,8 @@ def test_occlusion_of_a_decoder_unit(ae_net, tmp_path):
         want = float(hooked_maps(ae_net, ["14"], xo[None])["14"][0, 2].max())
         assert abs(m.scores[t // 7, l_ // 7] - want) <= 1e-5 * max(1.0, abs(want)), i
     pixels = np.random.default_rng(0).integers(0, 255, (1, SIZE, SIZE, 3), dtype=np.uint8)
-    res = occlude_pixels(ae_net, pixels, Preprocessing("torchvision", SIZE), ["a"], tmp_path, "occ", layer="14",
-                         feature=2, patch=7, stride=7)
+    res = occlude_pixels(ae_net, pixels, Preprocessing("torchvision", SIZE), ["a"], tmp_path / "occ",
+                         OccludeOptions(layer="14", feature=2, patch=7, stride=7))
     assert res.files[0].is_file()
 
 

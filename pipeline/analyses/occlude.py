@@ -23,7 +23,7 @@ region lowers the score.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -154,18 +154,34 @@ def _figure(pixels: np.ndarray, maps: list[OcclusionMap], boxes: list, names: li
     return labelled_grid(cells, cols=["image", f"drop when occluded ({maps[0].patch}px/{maps[0].stride})"], rows=rows)
 
 
-def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names: list[str], out: Path, stem: str,  # noqa: PLR0913
-                   layer: str | None = None, feature: int | None = None, klass: int | None = None,
-                   patch: int = 32, stride: int = 8, batch_size: int = 32, device="cpu") -> OccludeResult:
-    """Maps of N images (uint8 pixels), one figure ``<stem>.png`` (rows images: picture with the
-    unit's receptive-field box at its arg-max, heatmap) and ``<stem>.<i>.npy`` (the (n, n) scores)."""
+@dataclass(frozen=True)
+class OccludeOptions:
+    """What to occlude and how: a unit (``layer`` and ``feature``) or a class (``klass``), the square's
+    ``patch`` side and ``stride`` in input pixels, ``batch_size`` occluded copies per forward pass,
+    the ``device``."""
+
+    layer: str | None = None
+    feature: int | None = None
+    klass: int | None = None
+    patch: int = 32
+    stride: int = 8
+    batch_size: int = 32
+    device: torch.device | str = "cpu"
+
+
+def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names: list[str], target: Path,
+                   opts: OccludeOptions = OccludeOptions()) -> OccludeResult:
+    """Maps of N images (uint8 pixels), one figure ``<target>.png`` (rows images: picture with the
+    unit's receptive-field box at its arg-max, heatmap) and ``<target>.<i>.npy`` (the (n, n) scores;
+    ``<target>.npy`` for one image)."""
+    layer, feature, klass = opts.layer, opts.feature, opts.klass
     check_target(layer, feature, klass)
     if layer is not None:
         layer = one_layer(net, layer)
-    net.to(device)
+    net.to(opts.device)
     x = as_input(pixels, prep, net.device)
     score = unit_score(net, layer, feature) if klass is None else class_score(net, klass)
-    maps = [occlusion_map(score, xi, patch, stride, batch_size) for xi in x]
+    maps = [occlusion_map(score, xi, opts.patch, opts.stride, opts.batch_size) for xi in x]
     boxes = [None] * len(maps)
     if klass is None:
         geo, w = net.layers[layer].geometry, net.layers[layer].out_size
@@ -176,7 +192,7 @@ def occlude_pixels(net: Network, pixels: np.ndarray, prep: Preprocessing, names:
             pos = spatial_max(got[layer])[1][:, 0].cpu().numpy()
         boxes = list(geo.boxes(pos // w, pos % w, prep.size))
     what = f"{layer} map {feature} max" if klass is None else f"p(class {klass})"
-    out = Path(out)
+    out, stem = Path(target).parent, Path(target).name
     out.mkdir(parents=True, exist_ok=True)
     res = OccludeResult()
     png = out / f"{stem}.png"
@@ -194,30 +210,32 @@ def target_stem(layer: str | None, feature: int | None, klass: int | None) -> st
 
 
 def occlude_images(net: Network, images: list[str | Path], out: Path, resize: str = "center-crop", **kw) -> OccludeResult:
-    """``mine occlude IMAGE...``: one figure for the named images."""
+    """``mine occlude IMAGE...``: one figure for the named images; ``kw``: :class:`OccludeOptions`' fields."""
+    opts = OccludeOptions(**kw)
     prep = preprocessing(net, resize)
-    check_target(kw.get("layer"), kw.get("feature"), kw.get("klass"))
-    if kw.get("layer") is not None:
-        kw = {**kw, "layer": one_layer(net, kw["layer"])}
+    check_target(opts.layer, opts.feature, opts.klass)
+    if opts.layer is not None:
+        opts = replace(opts, layer=one_layer(net, opts.layer))
     pixels = load_pixels(images, prep)
     names = [Path(p).stem for p in images]
-    stem = target_stem(kw.get("layer"), kw.get("feature"), kw.get("klass"))
+    stem = target_stem(opts.layer, opts.feature, opts.klass)
     if len(images) == 1:
         stem = f"{names[0]}.{stem}"
-    return occlude_pixels(net, pixels, prep, names, out, stem, **kw)
+    return occlude_pixels(net, pixels, prep, names, Path(out) / stem, opts)
 
 
 def occlude_store(store_path: str | Path, out: Path | None = None, weights: str | None = None,
                   limit: int | None = None, **kw) -> OccludeResult:
     """``mine occlude STORE``: the unit's top-k images from the store's kept pixels, written to
     ``<stem>-render/occlude/<layer>_occ_<C>.png`` by default, where ``mine render``'s index.html
-    links it from the unit."""
+    links it from the unit; ``kw``: :class:`OccludeOptions`' fields."""
     from ..pictures.names import default_out_dir
     from ..render.renderer import load_store_network
     from ..store.read import Store
 
+    opts = OccludeOptions(**kw)
     with Store(store_path) as s:
-        layer, feature = kw.get("layer"), kw.get("feature")
+        layer, feature = opts.layer, opts.feature
         if layer is None or feature is None:
             raise ValueError("mine occlude STORE needs --layer and --feature: the unit whose top images to occlude")
         entries = s.entries(layer, feature)[:limit]
@@ -229,6 +247,6 @@ def occlude_store(store_path: str | Path, out: Path | None = None, weights: str 
         names = [f"#{e.rank} {Path(e.path).name}" for e in entries]
     out = Path(out) if out else default_out_dir(store_path) / "occlude"
     stem = target_stem(layer, feature, None)
-    if kw.get("klass") is not None:  # the unit picks the images, the class is what is measured
-        stem, kw = f"{stem}_class_{kw['klass']}", {**kw, "feature": None}
-    return occlude_pixels(net, pixels, prep, names, out, stem, **kw)
+    if opts.klass is not None:  # the unit picks the images, the class is what is measured
+        stem, opts = f"{stem}_class_{opts.klass}", replace(opts, feature=None)
+    return occlude_pixels(net, pixels, prep, names, out / stem, opts)

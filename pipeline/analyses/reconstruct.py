@@ -73,17 +73,31 @@ class ReconstructResult:
         return f"{n} reconstruction{'s' * (n != 1)}{extra} -> {self.files[0].parent if self.files else '-'}"
 
 
-def reconstruct_images(net: Network, images: list[str | Path], layers: list[str], out: Path,  # noqa: PLR0913
-                       feature: int | None = None, top: int | None = None, method: str = "deconvnet",
-                       resize: str = "center-crop", save_arrays: bool = False, device="cpu",
-                       sheet: bool | None = None) -> ReconstructResult:
+@dataclass(frozen=True)
+class ReconstructOptions:
+    """Which maps (all, ``feature`` or the ``top`` N), the backward ``method``, the ``resize`` policy of
+    the images, ``save_arrays`` (.npy beside the PNGs), the ``device``, and ``sheet`` (None: a sheet
+    when there is more than one image or layer)."""
+
+    feature: int | None = None
+    top: int | None = None
+    method: str = "deconvnet"
+    resize: str = "center-crop"
+    save_arrays: bool = False
+    device: torch.device | str = "cpu"
+    sheet: bool | None = None
+
+
+def reconstruct_images(net: Network, images: list[str | Path], layers: list[str], out: Path,
+                       opts: ReconstructOptions = ReconstructOptions()) -> ReconstructResult:
     """Write ``<image>.<layer>.png`` (the network input beside its projection, each S x S, the
     projection displayed as ``mine render`` does: zero at mid-grey, its own scale) for every image
     and layer, ``.npy`` (3, S, S) with ``save_arrays``, and ``sheet.png`` (rows images, columns
     input then layers, lower to upper) when there is more than one of either."""
-    prep = preprocessing(net, resize)
+    feature, top = opts.feature, opts.top
+    prep = preprocessing(net, opts.resize)
     pixels = load_pixels(images, prep)
-    net.to(device)
+    net.to(opts.device)
     x = as_input(pixels, prep, net.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,18 +105,18 @@ def reconstruct_images(net: Network, images: list[str | Path], layers: list[str]
     res = ReconstructResult()
     cells: list[list[np.ndarray]] = [[p] for p in pixels]
     for layer in layers:
-        proj = to_rgb(reconstruct(net, layer, x, feature, top, method).cpu().numpy(), prep)
+        proj = to_rgb(reconstruct(net, layer, x, feature, top, opts.method).cpu().numpy(), prep)
         shown = display(proj)
         for i, name in enumerate(image_stems(images)):
             stem = f"{name}.{safe_name(layer)}"
             png = out / f"{stem}.png"
             save_png(labelled_grid([[pixels[i], shown[i]]], cols=["input", f"{layer}{_what(feature, top)}"]), png)
             res.files.append(png)
-            if save_arrays:
+            if opts.save_arrays:
                 save_array(out / f"{stem}.npy", proj[i].astype(np.float32))
                 res.arrays.append(out / f"{stem}.npy")
             cells[i].append(shown[i])
-    if sheet if sheet is not None else (len(images) > 1 or len(layers) > 1):
+    if opts.sheet if opts.sheet is not None else (len(images) > 1 or len(layers) > 1):
         res.sheet = out / "sheet.png"
         cols = ["input"] + [f"{n}{_what(feature, top)}" for n in layers]
         save_png(labelled_grid(cells, cols=cols, rows=[Path(p).stem for p in images]), res.sheet)
