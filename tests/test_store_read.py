@@ -99,7 +99,7 @@ def test_histograms_and_levels_are_the_stores(labelled):
         for q in (0.5, 0.99):
             level = s.levels("4", q)
             np.testing.assert_array_equal(unit_level(s, "4", q), level)  # the heatmap's level is the store's
-            np.testing.assert_array_equal(s.unit_stats("4", q).quantile, level)  # and mine info's
+            np.testing.assert_array_equal(s.unit_stats("4", q).quantile, level)  # and the statistics' own
             for c, counts in enumerate(hist):
                 b = int(np.argmax(np.cumsum(counts) >= np.ceil(q * counts.sum())))
                 assert edges[b] <= level[c] <= edges[b + 1] or (b == unit_stats.ZERO and level[c] == 0), (q, c)

@@ -37,8 +37,8 @@ _PALETTE = np.array([(0, 0, 0, 0), (0, 0, 0, DIM), (*OUTLINE, 255), (*BOX, 255)]
 
 def unit_level(store, layer: str, q: float = DEFAULT_QUANTILE) -> np.ndarray | None:
     """(C,) q-quantile of each unit of ``layer`` over the counted positions of all images seen, from the store's
-    per-unit activation histograms (``Store.levels``: ``mining.stats.quantile``, the level ``mine info``'s
-    statistics use too); None when the store has none, or of another bins version (see :func:`topk_level`)."""
+    per-unit activation histograms (``Store.levels``: ``mining.stats.quantile``, the quantile ``Store.unit_stats``
+    states too); None when the store has none, or of another bins version (see :func:`topk_level`)."""
     if not 0 < q < 1:
         raise ValueError(f"quantile must be in (0, 1), got {q}")
     return store.levels(layer, q)

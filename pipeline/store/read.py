@@ -329,8 +329,8 @@ class Store:
 
     def levels(self, layer: str, q: float) -> np.ndarray | None:
         """(C,) the q-quantile of each unit over the positions its statistics counted (``mining.stats.quantile``,
-        the one quantile of a histogram: ``mine info`` and the heatmaps state the same level), None without
-        usable statistics."""
+        the one quantile of a histogram: the heatmaps' level is ``unit_stats(layer, q).quantile``), None
+        without usable statistics."""
         st = self.stats_state(layer)
         return None if st is None else unit_stats.quantile(st["hist"], q)["value"]
 
