@@ -88,7 +88,7 @@ def main() -> None:
         channels = {n: store.channels(n) for n in layers}
         rnd = Renderer(store, load_store_network(store), "cpu")
         cost = {n: flops(rnd, n) for n in layers}
-        images = int(store.f["kept/pixels"].shape[0])
+        images = store.n_kept
         size = store.size
     rate = conv_rate()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}"
