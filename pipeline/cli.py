@@ -396,8 +396,12 @@ def _echo_unit_stats(s, used: int, w: int) -> None:
     n = s.stats_images()
     note = f" ({n - used} counted twice: see mine merge in docs/scaling.md)" if n != used else ""
     typer.echo(f"statistics   activation histograms over {n} images{note}")
-    for name in s.layers:
-        dead = s.unit_stats(name).dead
+    summaries = {name: s.unit_stats(name) for name in s.layers}
+    if None in summaries.values():  # counted into other bins than this mine's (the Store's warning says which)
+        typer.echo("dead units   unknown: the statistics are of another bins version (mine run --force rebuilds them)")
+        return
+    for name, u in summaries.items():
+        dead = u.dead
         shown = ", ".join(map(str, dead[:20])) + (", ..." if len(dead) > 20 else "")
         typer.echo(f"dead units   {name:<{w}} {len(dead):>4}" + (f"  ({shown})" if dead else ""))
 

@@ -15,8 +15,10 @@ import h5py
 import numpy as np
 import pytest
 import tiny_models
+from typer.testing import CliRunner
 
 from pipeline import RunConfig, Store, run
+from pipeline.cli import app
 from pipeline.mining import stats as unit_stats
 from pipeline.render.heatmap import unit_hist, unit_level
 from pipeline.store.write import write_embedding
@@ -116,6 +118,8 @@ def test_statistics_of_another_bins_version_are_not_read(labelled, tmp_path, cap
         assert unit_level(s, "4") is None and unit_hist(s, "4", 1) is None  # the heatmap falls back to the top-k
         assert s.has_stats() and s.stats_images() > 0
     assert caplog.text.count("bins version 2") == 1, "one warning per store, not one per unit"
+    r = CliRunner().invoke(app, ["info", str(other)])  # was an AttributeError traceback
+    assert r.exit_code == 0 and "dead units   unknown: the statistics are of another bins version" in r.output, r.output
 
 
 def _same_store():
