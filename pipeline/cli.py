@@ -462,17 +462,7 @@ def top(
 
 def only_store(folder: Path) -> Path:
     """The one store (``*.h5`` of format mine-store) in ``folder``; otherwise an error naming the candidates."""
-    import h5py
-
-    from .store.schema import FORMAT
-
-    def is_store(p: Path) -> bool:
-        try:
-            with h5py.File(p, "r") as f:
-                fmt = f.attrs.get("format")
-        except OSError:
-            return False
-        return (fmt.decode() if isinstance(fmt, bytes) else fmt) == FORMAT
+    from .store.read import is_store
 
     found = sorted(p for p in folder.glob("*.h5") if is_store(p))
     if len(found) == 1:

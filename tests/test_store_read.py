@@ -145,3 +145,21 @@ def test_write_embedding_adds_only_the_embedding(labelled, tmp_path):
         assert f["embed/4"].attrs["knn"] == '{"a": 0.25}'
     with h5py.File(path, "r") as a, h5py.File(copy, "r") as b:
         assert _same_store().compare(a, b) == ["/embed: group only in B", "/embed/4: dataset only in B"]
+
+
+def test_is_store_and_the_one_store_of_a_folder(labelled, tmp_path):
+    from pipeline.cli import only_store
+    from pipeline.store.read import is_store
+
+    path, _ = labelled
+    (tmp_path / "junk.h5").write_bytes(b"not HDF5 at all")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "something-else"
+    assert [is_store(p) for p in (path, tmp_path / "junk.h5", tmp_path / "other.h5")] == [True, False, False]
+    with pytest.raises(ValueError, match="no store"):
+        only_store(tmp_path)
+    shutil.copyfile(path, tmp_path / "a.h5")
+    assert only_store(tmp_path) == tmp_path / "a.h5"
+    shutil.copyfile(path, tmp_path / "b.h5")
+    with pytest.raises(ValueError, match="2 stores in .*: give one of a.h5, b.h5"):
+        only_store(tmp_path)

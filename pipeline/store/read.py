@@ -22,6 +22,7 @@ from ..models.layers import select_layers
 from .schema import (
     EMBED,
     FIRES,
+    FORMAT,
     HIST,
     IMAGES,
     KEPT_IMAGE,
@@ -161,6 +162,17 @@ def overview_channels(arrays: dict, n: int, size: int) -> list[int]:
             if c not in picked and allowed(c):
                 picked.append(c)
     return picked
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is an HDF5 file whose ``format`` attribute says mine-store (nothing else checked:
+    ``Store`` validates); what ``mine render`` looks for when no store is given."""
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        return False
+    return as_str(fmt) == FORMAT if fmt is not None else False
 
 
 class Store:
