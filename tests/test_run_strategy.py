@@ -7,9 +7,12 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 import pipeline.runner as runner_module
 from pipeline.jobs.distributed import Dist
 from pipeline.jobs.strategy import Solo
+from pipeline.mining.peers import ALONE
 
 RUNNER = Path(runner_module.__file__)
 
@@ -56,22 +59,14 @@ def test_solo_collectives_are_the_identity():
     assert solo.gather_all({"a": 1}) == [{"a": 1}] and (solo.rank, solo.world) == (0, 1)
     solo.agree(None)
     solo.barrier()
-    try:
+    with pytest.raises(ValueError, match="^mine$"):
         solo.agree(ValueError("mine"))
-    except ValueError as e:
-        assert str(e) == "mine"
-    else:
-        raise AssertionError("agree(error) must raise the error")
     assert solo.capture(lambda: "made") == "made"
-    peers = solo.peers  # finalize's: every batch its own, every gather itself, a failure raised
+    peers = solo.peers  # finalize's: every batch its own, every gather itself (a failure raised: agree above)
     assert peers.share(3) == [0, 1, 2] and peers.gather_all("x") == ["x"] and peers.gather_to_root("x") == ["x"]
-    peers.agree(None)
-    try:
-        peers.agree(ValueError("re-run"))
-    except ValueError as e:
-        assert str(e) == "re-run"
-    else:
-        raise AssertionError("peers.agree(error) must raise the error")
+    assert ALONE.share(3) == [0, 1, 2] and ALONE.gather_to_root("x") == ["x"]
+    with pytest.raises(ValueError, match="^re-run$"):
+        ALONE.agree(ValueError("re-run"))
 
 
 def test_finalize_has_no_one_process_branch():

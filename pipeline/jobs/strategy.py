@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..lock import StoreLock
-from ..mining.peers import ALONE
+from ..mining.peers import Alone
 from . import distributed
 from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint
 from .output import remove_stale_temps
@@ -42,11 +42,11 @@ from .update import SkipKnown
 log = logging.getLogger("pipeline")
 
 
-class Solo:
-    """One process mining alone: ``Dist``'s interface, where every collective is the identity."""
+class Solo(Alone):
+    """One process mining alone: ``Dist``'s interface, where every collective is the identity
+    (``gather_all``, ``agree`` and finalize's ``share``/``gather_to_root`` are ``mining.peers.Alone``'s)."""
 
     rank, world = 0, 1
-    peers = ALONE  # finalize runs every batch here (``mining.peers``)
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -105,15 +105,13 @@ class Solo:
         """Every kept image is read here, by finalize."""
 
     # --- collectives ----------------------------------------------------------------------------
-    def gather_all(self, obj) -> list:
-        return [obj]
-
-    def agree(self, error: BaseException | None) -> None:
-        if error is not None:
-            raise error
-
     def barrier(self) -> None:
         pass
+
+    @property
+    def peers(self) -> "Solo":
+        """Finalize runs every batch here: this process is its own peers, as a ``Dist`` is."""
+        return self
 
 
 def join(device_name: str) -> Solo | distributed.Dist:
