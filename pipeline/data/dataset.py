@@ -80,7 +80,6 @@ class ImageDataset(Dataset):
     def record(self, index: int, data: bytes | Unreadable) -> dict[str, Any]:
         """The record of file ``index`` from its bytes (or why they could not be read), so a
         subclass that reads the file itself (``jobs.update.SkipKnown``) reads it once."""
-        path = self.source.paths[index]
         size = self.prep.size
         record: dict[str, Any] = {
             "index": index,
@@ -93,7 +92,7 @@ class ImageDataset(Dataset):
             "height": 0,
         }
         if isinstance(data, Unreadable):
-            token = "unreadable:" + self.source.relpath(path)
+            token = "unreadable:" + self.source.relname(index)
             record["key"] = image_key(hashlib.sha256(token.encode("utf-8")).hexdigest())
             record["reason"] = str(data)
             return record

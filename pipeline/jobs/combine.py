@@ -50,7 +50,7 @@ from ..mining.stats import UnitStats
 from ..mining.topk import RunningTopK
 from ..models.network import Network
 from ..store.schema import as_str
-from ..store.write import images_table
+from ..store.write import images_columns
 from .unitstats import MiningSetup, union_stats
 
 CONTENT_OK = ("ok", "duplicate")
@@ -166,30 +166,62 @@ def pooled_columns(parts: list[Part], table: dict) -> dict[str, np.ndarray]:
 
 # --- union --------------------------------------------------------------------------------
 
-def _reroot(path: str, root: str, common: str) -> str:
-    if root == common:
-        return path
-    prefix = Path(root).relative_to(common).as_posix()
-    return f"{prefix}/{path}" if prefix != "." else path
+def _reroot(paths: np.ndarray, root: str, common: str) -> np.ndarray:
+    """A part's paths (text) relative to ``common`` instead of its ``root``."""
+    prefix = Path(root).relative_to(common).as_posix() if root != common else "."
+    if prefix == ".":
+        return _texts(paths)
+    return _texts(np.fromiter((f"{prefix}/{as_str(p)}" for p in paths), dtype=object, count=len(paths)))
+
+
+def _texts(values: np.ndarray) -> np.ndarray:
+    """``values`` as an object array of ``str`` (itself when it is one: no copy of each string)."""
+    values = np.asarray(values, dtype=object)
+    if all(type(v) is str for v in values):
+        return values
+    return np.fromiter((as_str(v) for v in values), dtype=object, count=len(values))
+
+
+def _part_columns(part: Part, common: str) -> dict[str, np.ndarray]:
+    """A part's table as the union's columns: rerooted text paths, text sha256/status/label
+    ("" for none), ints, and the file metadata (-1 when the part has none)."""
+    t, n = part.table, len(part.table["path"])
+    meta = ({c: np.asarray(t[c], np.int64) for c in STAT_COLUMNS} if all(c in t for c in STAT_COLUMNS)
+            else {c: np.full(n, NO_STAT[0], np.int64) for c in STAT_COLUMNS})
+    label = (np.fromiter((as_str(v) for v in t[LABEL]), dtype=object, count=n) if LABEL in t
+             else np.full(n, "", dtype=object))
+    return {"path": _reroot(t["path"], part.root, common), "sha256": _texts(t["sha256"]),
+            "key": np.asarray(t["key"], np.int64), "status": _texts(t["status"]),
+            "width": np.asarray(t["width"], np.int64), "height": np.asarray(t["height"], np.int64),
+            LABEL: label, **meta}
 
 
 def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
-    """(common root, images table of the union) -- see the module docstring."""
+    """(common root, images table of the union) -- see the module docstring.
+
+    Rows are sorted by (path, key); of rows with the same (path, key) the first (in part order)
+    gives the row and the last gives the file metadata (the last part's: the newest). Columns
+    throughout, no tuple per row."""
     common = os.path.commonpath([p.root for p in parts])
-    rows: dict[tuple[str, int], tuple] = {}
-    meta: dict[tuple[str, int], tuple[int, int, int]] = {}  # the last part's file metadata wins (the newest)
-    for part in parts:
-        t = part.table
-        has_meta = all(c in t for c in STAT_COLUMNS)
-        for j in range(len(t["path"])):
-            ident = (_reroot(as_str(t["path"][j]), part.root, common), int(t["key"][j]))
-            if ident not in rows:
-                label = as_str(t[LABEL][j]) if LABEL in t else None
-                rows[ident] = (as_str(t["sha256"][j]), as_str(t["status"][j]), int(t["width"][j]), int(t["height"][j]),
-                               label or None)
-            meta[ident] = tuple(int(t[c][j]) for c in STAT_COLUMNS) if has_meta else NO_STAT
-    table = images_table([(path, sha, key, None if st in CONTENT_OK else st, w, h, label, meta[(path, key)])
-                          for (path, key), (sha, st, w, h, label) in sorted(rows.items())])
+    each = [_part_columns(p, common) for p in parts]
+    cols = {c: np.concatenate([e[c] for e in each]) for c in each[0]}
+    del each
+    codes = np.unique(cols["path"], return_inverse=True)[1].reshape(-1)  # path order, as Python sorts text
+    order = np.lexsort((cols["key"], codes))  # stable: equal (path, key) rows stay in part order
+    codes, keys = codes[order], cols["key"][order]
+    starts = np.ones(len(order), bool)
+    starts[1:] = (codes[1:] != codes[:-1]) | (keys[1:] != keys[:-1])
+    ends = np.ones(len(order), bool)
+    ends[:-1] = starts[1:]
+    first, last = order[starts], order[ends]
+    status = cols["status"][first]
+    status[np.fromiter((s in CONTENT_OK for s in status), dtype=bool, count=len(status))] = None
+    label = cols[LABEL][first]
+    table = images_columns({
+        "path": cols["path"][first], "sha256": cols["sha256"][first], "key": cols["key"][first], "status": status,
+        "width": cols["width"][first], "height": cols["height"][first],
+        **({LABEL: label} if any(v != "" for v in label) else {}),
+        **{c: cols[c][last] for c in STAT_COLUMNS}})
     return common, table
 
 

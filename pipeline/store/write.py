@@ -111,31 +111,58 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
 def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
     """The /images columns from rows (path, sha256, key, status, width, height[, label[, file]])
     in path order; ``file`` is (size, mtime_ns, ctime_ns) as listed (``jobs.update``), -1 where
-    unknown.
+    unknown. The same table as :func:`images_columns` makes from columns (see there).
 
-    ``status`` None marks a file whose content was used; among such files with equal
-    content the first path is "ok" and the rest "duplicate", whatever order they were
-    mined in, so fresh runs, updates and merges label duplicates alike. ``label`` (text, None
-    for none) makes a ``label`` column when some row has one: an array or Dataset source's
-    labels, ``mine embed``'s categories.
+    ``label`` (text, None for none) makes a ``label`` column when some row has one: an array or
+    Dataset source's labels, ``mine embed``'s categories.
     """
-    first: dict[int, int] = {}
-    status = [r[3] if r[3] is not None else ("ok" if first.setdefault(r[2], i) == i else "duplicate")
-              for i, r in enumerate(rows)]
     labels = [r[6] if len(r) > 6 else None for r in rows]
     meta = np.array([r[7] if len(r) > 7 and r[7] is not None else (-1, -1, -1) for r in rows],
                     dtype=np.int64).reshape(len(rows), 3)
+    return images_columns({
+        "path": [r[0] for r in rows], "sha256": [r[1] for r in rows], "key": [r[2] for r in rows],
+        "status": [r[3] for r in rows], "width": [r[4] for r in rows], "height": [r[5] for r in rows],
+        **({"label": ["" if v is None else v for v in labels]} if any(v is not None for v in labels) else {}),
+        "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2]})
+
+
+def images_columns(cols: dict) -> dict[str, np.ndarray]:
+    """The /images columns from columns in path order: ``path``, ``sha256`` (text), ``key``,
+    ``status``, ``width``, ``height``, optionally ``label`` (text, "" for none; the column is
+    written as given) and ``size``, ``mtime_ns``, ``ctime_ns`` (the file as listed, -1 where
+    unknown; all -1 when not given). No row tuple is made: a table of millions of files costs its
+    columns only.
+
+    ``status`` None marks a file whose content was used; among such files with equal
+    content the first path is "ok" and the rest "duplicate", whatever order they were
+    mined in, so fresh runs, updates and merges label duplicates alike.
+    """
+    key = np.asarray(cols["key"], dtype=np.int64).reshape(-1)
+    n = len(key)
+    status = np.empty(n, dtype=object)
+    status[:] = list(cols["status"]) if not isinstance(cols["status"], np.ndarray) else cols["status"]
+    used = np.flatnonzero(np.fromiter((s is None for s in status), dtype=bool, count=n))
+    status[used] = "duplicate"
+    status[used[np.unique(key[used], return_index=True)[1]]] = "ok"  # the first (a stable sort) of each content
+    none = np.full(n, -1, dtype=np.int64)
     return {
-        "path": np.array([r[0] for r in rows], dtype=object),
-        "sha256": np.array([r[1] for r in rows], dtype=object),
-        "key": np.array([r[2] for r in rows], dtype=np.int64),
-        "status": np.array(status, dtype=object),
-        "width": np.array([r[4] for r in rows], dtype=np.int32),
-        "height": np.array([r[5] for r in rows], dtype=np.int32),
-        **({"label": np.array(["" if v is None else v for v in labels], dtype=object)}
-           if any(v is not None for v in labels) else {}),
-        "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2],
+        "path": _objects(cols["path"], n),
+        "sha256": _objects(cols["sha256"], n),
+        "key": key,
+        "status": status,
+        "width": np.asarray(cols["width"], dtype=np.int32).reshape(-1),
+        "height": np.asarray(cols["height"], dtype=np.int32).reshape(-1),
+        **({"label": _objects(cols["label"], n)} if "label" in cols else {}),
+        **{c: np.asarray(cols[c], dtype=np.int64).reshape(-1) if c in cols else none.copy()
+           for c in ("size", "mtime_ns", "ctime_ns")},
     }
+
+
+def _objects(values, n: int) -> np.ndarray:
+    """``values`` as a 1-d object array of ``n`` (a copy: the table owns its columns)."""
+    out = np.empty(n, dtype=object)
+    out[:] = values if isinstance(values, np.ndarray) else list(values)
+    return out
 
 
 def write_embedding(path: Path, layer: str, coords: np.ndarray, attrs: dict) -> None:
