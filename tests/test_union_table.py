@@ -88,7 +88,7 @@ def test_random_parts_against_brute_force():
     statuses = ["ok", "duplicate", "skipped: corrupt", "skipped: bad file name: not valid UTF-8"]
     for _ in range(30):
         parts = []
-        for i in range(rng.randint(1, 4)):
+        for _part in range(rng.randint(1, 4)):
             root = rng.choice(["/d", "/d/s1", "/d/s2", "/d/s1/deep"])
             rows = [(rng.choice(["a.png", "b/c.png", "b/ü.jpg", "caf\\xe9.png", "Z.png", "b/a.png"]), rng.randint(1, 5),
                      rng.choice(statuses), rng.randint(0, 9), rng.randint(0, 99), rng.choice(["", "", "x", "y"]))
