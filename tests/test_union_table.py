@@ -7,8 +7,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.jobs.combine import Part, union_table
+from pipeline.jobs.combine import Part, pooled_columns, union_table
+from pipeline.mining.pooled import PooledVectors
 from pipeline.store.write import images_columns, images_table
 
 STATS = ("size", "mtime_ns", "ctime_ns")
@@ -119,3 +121,31 @@ def test_columns_equal_rows(labels):
     assert by_cols["status"].tolist() == expected
     assert images_table([])["path"].shape == (0,) and images_columns(
         {c: [] for c in ("path", "sha256", "key", "status", "width", "height")})["size"].shape == (0,)
+
+
+def test_pooled_columns_against_a_dict():
+    """Each used row gets the vector of its content (from the last part that has it), others NaN."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for n in (6, 9):
+        keys = rng.integers(1, 8, n)
+        p = part("/d", [(f"f{i}.png", int(k), str(rng.choice(["ok", "duplicate", "skipped: x"])), 1, 0, "")
+                        for i, k in enumerate(keys)])
+        used = np.unique(keys)
+        rows = rng.standard_normal((len(used), 2, 3)).astype(np.float16)
+        p.pooled = {"c1": PooledVectors.from_state({"keys": torch.from_numpy(used), "rows": torch.from_numpy(rows)},
+                                                   name="c1", warn=False)}
+        parts.append(p)
+    _, table = union_table(parts)
+    table["key"][-1] = 99  # a content no part has: NaN
+    col = pooled_columns(parts, table)["pooled_c1"]
+    vectors = {}
+    for p in parts[::-1]:  # the first merged wins: the last part's rows
+        k, r = p.pooled["c1"].result()
+        for key, row in zip(k.tolist(), r):
+            vectors.setdefault(key, row)
+    assert col.shape == (len(table["key"]), 2, 3) and col.dtype == np.float16
+    for j, (k, s) in enumerate(zip(table["key"], table["status"])):
+        want = vectors.get(int(k)) if s in ("ok", "duplicate") else None
+        assert np.array_equal(col[j], want) if want is not None else np.isnan(col[j]).all(), j
+    assert pooled_columns([], table) == {}

@@ -155,13 +155,22 @@ def pooled_columns(parts: list[Part], table: dict) -> dict[str, np.ndarray]:
         union = merge_states(PooledVectors(parts[0].pooled[layer].channels, layer, warn=False),
                              (p.pooled[layer].state() for p in reversed(parts) if layer in p.pooled))
         keys, rows = union.result()
-        by_key = dict(zip(keys.tolist(), rows))
         col = np.full((len(table["key"]), 2, rows.shape[-1] if len(keys) else 0), np.nan, np.float16)
-        for j, (k, s) in enumerate(zip(table["key"], table["status"])):
-            if as_str(s) in CONTENT_OK and int(k) in by_key:
-                col[j] = by_key[int(k)]
+        at, hit = _rows_of(np.asarray(keys, np.int64), np.asarray(table["key"], np.int64))
+        hit &= np.fromiter((as_str(s) in CONTENT_OK for s in table["status"]), dtype=bool, count=len(hit))
+        col[hit] = rows[at[hit]]
         cols[f"{POOLED}{layer}"] = col
     return cols
+
+
+def _rows_of(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, found) of each ``wanted`` key in ``keys``: the last row holding it (as a dict built
+    from the rows would say), found False where none does. Sorted arrays, no dict of the keys."""
+    order = np.argsort(keys, kind="stable")
+    at = np.searchsorted(keys[order], wanted, side="right") - 1
+    found = at >= 0
+    found[found] = keys[order[at[found]]] == wanted[found]
+    return np.where(found, order[np.maximum(at, 0)] if len(keys) else 0, 0), found
 
 
 # --- union --------------------------------------------------------------------------------
@@ -272,10 +281,7 @@ def combine(parts: list[Part], setup: MiningSetup, dist=ALONE) -> Combined:
     root, table = union_table(parts)
     stats = union_stats(parts, setup, root, table)
     tops = union_tops(parts, setup.layers, setup.net, setup.k)
-    key_to_index: dict[int, int] = {}
-    for i, st in enumerate(table["status"]):
-        if st == "ok":
-            key_to_index.setdefault(int(table["key"][i]), i)
+    key_to_index = _kept_rows(table, tops)
     providers = _providers(parts, tops)
 
     def describe(layer, c, rank, key):
@@ -289,6 +295,18 @@ def combine(parts: list[Part], setup: MiningSetup, dist=ALONE) -> Combined:
                    captured)
     specs = list(dict.fromkeys(p.spec for p in parts))
     return Combined(root, " + ".join(specs), {**table, **pooled_columns(parts, table)}, fin, stats)
+
+
+def _kept_rows(table: dict[str, np.ndarray], tops: dict[str, RunningTopK]) -> dict[int, int]:
+    """key -> the table row of its "ok" file, for the kept keys only (what finalize and its
+    messages look up): a dict of the kept images, not of every file."""
+    kept = np.unique(np.concatenate([t.keys.reshape(-1).cpu().numpy() for t in tops.values()] + [np.zeros(0, np.int64)]))
+    kept = kept[kept >= 0]
+    ok = np.flatnonzero(np.fromiter((s == "ok" for s in table["status"]), dtype=bool, count=len(table["status"])))
+    keys, first = np.unique(np.asarray(table["key"], np.int64)[ok], return_index=True)  # the first "ok" row of a key
+    at = np.minimum(np.searchsorted(keys, kept), max(len(keys) - 1, 0))
+    found = keys[at] == kept if len(keys) else np.zeros(len(kept), bool)
+    return dict(zip(kept[found].tolist(), ok[first[at[found]]].tolist()))
 
 
 def _providers(parts: list[Part], tops: dict[str, RunningTopK]) -> dict[int, Part]:

@@ -94,7 +94,7 @@ def union_stats(parts, setup: MiningSetup, root: str, table: dict) -> dict[str, 
     extra = {k: m - 1 for k, m in times.items() if m > 1}
     paths = {}
     for path, key, st in zip(table["path"], table["key"], table["status"]):
-        if st == "ok":
+        if st == "ok" and int(key) in extra:  # only the images counted again: no Path per file
             paths.setdefault(int(key), Path(root) / str(path))
     lost = 0
     for mult in sorted(set(extra.values())):
