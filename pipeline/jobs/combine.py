@@ -123,8 +123,8 @@ def tops_from_store(store, layers: list[str]) -> dict[str, RunningTopK]:
 def part_from_store(store, layers: list[str]) -> Part:
     """A finished store as a part; its kept pixels serve finalize (no source files needed)."""
     images = store.images()
-    table = {c: (np.array([as_str(v) for v in images[c]], dtype=object) if images[c].dtype.kind in "OSU"
-                 else images[c]) for c in (*COLUMNS, LABEL, *STAT_COLUMNS) if c in images}
+    table = {c: (_decoded(images[c], c in ("status", LABEL)) if images[c].dtype.kind in "OSU" else images[c])
+             for c in (*COLUMNS, LABEL, *STAT_COLUMNS) if c in images}
     kept_row = {int(k): i for i, k in enumerate(store.kept_keys())}
 
     def record_of(key: int) -> dict:
@@ -136,6 +136,16 @@ def part_from_store(store, layers: list[str]) -> Part:
     return Part(str(store.path), str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")),
                 table, tops_from_store(store, layers), record_of, set(kept_row), pooled_from_store(store, table),
                 stats, counted)
+
+
+def _decoded(values: np.ndarray, repeated: bool) -> np.ndarray:
+    """A text column as read (bytes) as an object array of ``str``; ``repeated`` (status, label:
+    a few distinct values) shares one ``str`` per value instead of one per row."""
+    if not repeated:
+        return np.fromiter((as_str(v) for v in values), dtype=object, count=len(values))
+    seen: dict = {}
+    return np.fromiter((seen[v] if v in seen else seen.setdefault(v, as_str(v)) for v in values), dtype=object,
+                       count=len(values))
 
 
 def pooled_from_store(store, table: dict) -> dict[str, PooledVectors]:

@@ -20,10 +20,10 @@ that time) makes the union's statistics unknown: the result has none.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -90,8 +90,9 @@ def union_stats(parts, setup: MiningSetup, root: str, table: dict) -> dict[str, 
         return None
     layers = setup.layers
     total = {n: merge_all(UnitStats(setup.net.layers[n].channels), (p.stats[n] for p in parts)) for n in layers}
-    times = Counter(k for part in parts for k in part.counted)
-    extra = {k: m - 1 for k, m in times.items() if m > 1}
+    keys, times = np.unique(np.concatenate([np.fromiter(p.counted, np.int64, len(p.counted)) for p in parts]),
+                            return_counts=True)  # how many parts counted each image: arrays, no dict of every key
+    extra = {int(k): int(m) - 1 for k, m in zip(keys[times > 1], times[times > 1])}
     paths = {}
     for path, key, st in zip(table["path"], table["key"], table["status"]):
         if st == "ok" and int(key) in extra:  # only the images counted again: no Path per file
