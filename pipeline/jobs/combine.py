@@ -201,18 +201,15 @@ def _texts(values: np.ndarray) -> np.ndarray:
     return np.fromiter((as_str(v) for v in values), dtype=object, count=len(values))
 
 
-def _part_columns(part: Part, common: str) -> dict[str, np.ndarray]:
-    """A part's table as the union's columns: rerooted text paths, text sha256/status/label
-    ("" for none), ints, and the file metadata (-1 when the part has none)."""
+def _part_column(part: Part, c: str) -> np.ndarray:
+    """Column ``c`` of a part's table as the union takes it (paths apart: :func:`_reroot`): text
+    as ``str``, ints as they are, file metadata -1 and label "" where the part has none."""
     t, n = part.table, len(part.table["path"])
-    meta = ({c: np.asarray(t[c], np.int64) for c in STAT_COLUMNS} if all(c in t for c in STAT_COLUMNS)
-            else {c: np.full(n, NO_STAT[0], np.int64) for c in STAT_COLUMNS})
-    label = (np.fromiter((as_str(v) for v in t[LABEL]), dtype=object, count=n) if LABEL in t
-             else np.full(n, "", dtype=object))
-    return {"path": _reroot(t["path"], part.root, common), "sha256": _texts(t["sha256"]),
-            "key": np.asarray(t["key"], np.int64), "status": _texts(t["status"]),
-            "width": np.asarray(t["width"], np.int64), "height": np.asarray(t["height"], np.int64),
-            LABEL: label, **meta}
+    if c in STAT_COLUMNS:
+        return np.asarray(t[c], np.int64) if all(s in t for s in STAT_COLUMNS) else np.full(n, NO_STAT[0], np.int64)
+    if c == LABEL:
+        return np.fromiter((as_str(v) for v in t[LABEL]), dtype=object, count=n) if LABEL in t else np.full(n, "", object)
+    return _texts(t[c]) if c in ("sha256", "status") else np.asarray(t[c])
 
 
 def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
@@ -220,27 +217,31 @@ def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
 
     Rows are sorted by (path, key); of rows with the same (path, key) the first (in part order)
     gives the row and the last gives the file metadata (the last part's: the newest). Columns
-    throughout, no tuple per row."""
+    throughout, no tuple per row, and one column of the parts joined at a time."""
     common = os.path.commonpath([p.root for p in parts])
-    each = [_part_columns(p, common) for p in parts]
-    cols = {c: np.concatenate([e[c] for e in each]) for c in each[0]}
-    del each
-    codes = np.unique(cols["path"], return_inverse=True)[1].reshape(-1)  # path order, as Python sorts text
-    order = np.lexsort((cols["key"], codes))  # stable: equal (path, key) rows stay in part order
-    codes, keys = codes[order], cols["key"][order]
+
+    def joined(c: str, rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([_part_column(p, c) for p in parts])[rows]
+
+    paths = np.concatenate([_reroot(p.table["path"], p.root, common) for p in parts])
+    keys = np.concatenate([np.asarray(p.table["key"], np.int64) for p in parts])
+    codes = np.unique(paths, return_inverse=True)[1].reshape(-1)  # path order, as Python sorts text
+    order = np.lexsort((keys, codes))  # stable: equal (path, key) rows stay in part order
     starts = np.ones(len(order), bool)
-    starts[1:] = (codes[1:] != codes[:-1]) | (keys[1:] != keys[:-1])
+    starts[1:] = (codes[order[1:]] != codes[order[:-1]]) | (keys[order[1:]] != keys[order[:-1]])
+    del codes
     ends = np.ones(len(order), bool)
     ends[:-1] = starts[1:]
     first, last = order[starts], order[ends]
-    status = cols["status"][first]
+    del order, starts, ends
+    status = joined("status", first)
     status[np.fromiter((s in CONTENT_OK for s in status), dtype=bool, count=len(status))] = None
-    label = cols[LABEL][first]
+    label = joined(LABEL, first) if any(LABEL in p.table for p in parts) else None
     table = images_columns({
-        "path": cols["path"][first], "sha256": cols["sha256"][first], "key": cols["key"][first], "status": status,
-        "width": cols["width"][first], "height": cols["height"][first],
-        **({LABEL: label} if any(v != "" for v in label) else {}),
-        **{c: cols[c][last] for c in STAT_COLUMNS}})
+        "path": paths[first], "sha256": joined("sha256", first), "key": keys[first], "status": status,
+        "width": joined("width", first), "height": joined("height", first),
+        **({LABEL: label} if label is not None and any(v != "" for v in label) else {}),
+        **{c: joined(c, last) for c in STAT_COLUMNS}})
     return common, table
 
 

@@ -131,7 +131,7 @@ def images_columns(cols: dict) -> dict[str, np.ndarray]:
     ``status``, ``width``, ``height``, optionally ``label`` (text, "" for none; the column is
     written as given) and ``size``, ``mtime_ns``, ``ctime_ns`` (the file as listed, -1 where
     unknown; all -1 when not given). No row tuple is made: a table of millions of files costs its
-    columns only.
+    columns only; an object column given as a 1-d array becomes the table's (not copied).
 
     ``status`` None marks a file whose content was used; among such files with equal
     content the first path is "ok" and the rest "duplicate", whatever order they were
@@ -159,7 +159,10 @@ def images_columns(cols: dict) -> dict[str, np.ndarray]:
 
 
 def _objects(values, n: int) -> np.ndarray:
-    """``values`` as a 1-d object array of ``n`` (a copy: the table owns its columns)."""
+    """``values`` as a 1-d object array of ``n``: an object array given is used as it is (the
+    table then holds it), anything else is copied into one."""
+    if isinstance(values, np.ndarray) and values.dtype == object and values.shape == (n,):
+        return values
     out = np.empty(n, dtype=object)
     out[:] = values if isinstance(values, np.ndarray) else list(values)
     return out
