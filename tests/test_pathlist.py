@@ -13,15 +13,23 @@ from pipeline.data.sources import ImageSource, printable, resolve_images
 BAD = os.fsdecode(b"caf\xe9.png")  # a name that is not UTF-8, as the OS hands it over
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "photos"
-    for name in ["b.jpg", "a/x.png", "a/deep/y.jpg", "z z.png", "ü.png"]:
+NAMES = ["b.jpg", "a/x.png", "a/deep/y.jpg", "z z.png", "ü.png", "a-b.png", "a.png", "A.png", "日本/x.png", "😀.png",
+         "é.png", "\uffef.png", "a/b-c/d.png", "a/b/c.png", "a0.png"]
+
+
+def make_tree(root: Path, bad: bool) -> Path:
+    for name in NAMES:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x")
-    with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as f:
-        f.write(b"x")
+    if bad:
+        with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as f:
+            f.write(b"x")
     return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "photos", bad=True)
 
 
 def brute(root: Path) -> tuple[Path, ...]:
@@ -33,9 +41,10 @@ def brute(root: Path) -> tuple[Path, ...]:
 def test_resolved_folder_answers_as_the_tuple(tree):
     src = resolve_images(str(tree))
     ref = brute(tree)
-    assert isinstance(src.paths, PathList) and len(src.paths) == len(ref) == 6
+    n = len(NAMES) + 1
+    assert isinstance(src.paths, PathList) and len(src.paths) == len(ref) == n
     assert src.paths == ref and tuple(src.paths) == ref and list(iter(src.paths)) == list(ref)
-    assert [src.paths[i] for i in range(-6, 6)] == list(ref[-6:] + ref)
+    assert [src.paths[i] for i in range(-n, n)] == list(ref + ref)
     assert all(type(p) is type(ref[0]) for p in src.paths)
     assert Path(tree, BAD) in tuple(src.paths)
     for sl in (slice(3), slice(0), slice(2, 5), slice(4, 100), slice(-2, None), slice(None, None, 2),
@@ -44,10 +53,24 @@ def test_resolved_folder_answers_as_the_tuple(tree):
         assert src.paths[sl] == ref[sl]
     assert src.paths[1:5][1:3] == ref[1:5][1:3]
     with pytest.raises(IndexError):
-        src.paths[6]
+        src.paths[n]
     with pytest.raises(IndexError):
-        src.paths[-7]
+        src.paths[-n - 1]
     assert hash(src.paths) == hash(ref)
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_listing_order_is_the_printable_names_order(tmp_path, bad):
+    """Sorting the names as bytes (all UTF-8) or as text (some not) gives the order of their text."""
+    root = make_tree(tmp_path / "p", bad)
+    src = resolve_images(str(root))
+    assert tuple(src.paths) == brute(root)
+    names = [src.relname(i) for i in range(len(src))]
+    assert names == sorted(names) and len(names) == len(NAMES) + bad
+    lst = root / "files.txt"  # a list naming the same files: the same order again
+    lst.write_text("\n".join(NAMES) + "\n", encoding="utf-8")
+    listed = resolve_images(str(lst))
+    assert [listed.relname(i) for i in range(len(listed))] == sorted(NAMES)
 
 
 def test_relname_is_relpath_of_the_path(tree):

@@ -50,7 +50,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .arrays import Collection, item_names, open_collection
 from .pathlist import PathList, as_pathlist
@@ -269,34 +269,52 @@ def _is_image_name(name: str) -> bool:
 
 def _walk_images(folder: str) -> list[str]:
     """Absolute paths of the image files under ``folder`` (hidden entries skipped)."""
-    found: list[str] = []
+    return list(_iter_images(folder))
+
+
+def _iter_images(folder: str) -> Iterator[str]:
+    """:func:`_walk_images` one path at a time (a folder of millions is never a list of them)."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not _is_hidden(f) and _is_image_name(f)
-        )
-    return found
+        yield from (os.path.join(dirpath, f) for f in filenames if not _is_hidden(f) and _is_image_name(f))
 
 
 def _make_source(spec: str, root: str, files: Iterable[str]) -> ImageSource:
-    """Deduplicate, sort by relative posix path and freeze."""
+    """Deduplicate, sort by relative posix path and freeze.
+
+    The names under the root are kept as the OS's bytes while sorting: for valid UTF-8 their
+    byte order is the order of the text (what :func:`_relposix` gives), so no second string per
+    file is made. Names that are not UTF-8 (stored with ``\\xNN`` escapes, which sort otherwise)
+    or files outside the root (cannot happen) take the general way."""
     root = os.path.abspath(root)
-    keyed = {os.path.abspath(f): None for f in files}
-    ordered = sorted(keyed, key=lambda f: _relposix(f, root))
-    del keyed
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    names: set[bytes] = set()
+    others: set[str] = set()  # absolute paths not under the root
+    plain = os.sep == "/"
+    for f in files:
+        path = os.path.abspath(f)
+        if path.startswith(prefix) and len(path) > len(prefix):
+            rel = path[len(prefix):]
+            plain = plain and (rel.isascii() or not undecodable(rel))
+            names.add(rel.encode("utf-8", "surrogateescape"))
+        else:
+            others.add(path)
+    if plain and not others:
+        return ImageSource(spec=spec, root=Path(root), paths=PathList.from_names(root, sorted(names)))
+    everything = [prefix + n.decode("utf-8", "surrogateescape") for n in names] + list(others)
+    del names
+    ordered = sorted(everything, key=lambda f: _relposix(f, root))
     return ImageSource(spec=spec, root=Path(root), paths=PathList.of(root, ordered))
 
 
 def _resolve_folder(spec: str, folder: Path) -> ImageSource:
-    files = _walk_images(str(folder))
-    if not files:
+    source = _make_source(spec, str(folder), _iter_images(str(folder)))
+    if not len(source):
         raise SourceError(
             f"no images found in folder {folder} "
             f"(searched recursively for {_extensions_text()}; hidden files skipped)"
         )
-    return _make_source(spec, str(folder), files)
+    return source
 
 
 def _extensions_text() -> str:
