@@ -123,8 +123,8 @@ def tops_from_store(store, layers: list[str]) -> dict[str, RunningTopK]:
 def part_from_store(store, layers: list[str]) -> Part:
     """A finished store as a part; its kept pixels serve finalize (no source files needed)."""
     images = store.images()
-    table = {c: (_decoded(images[c], c in ("status", LABEL)) if images[c].dtype.kind in "OSU" else images[c])
-             for c in (*COLUMNS, LABEL, *STAT_COLUMNS) if c in images}
+    table = {c: (_decoded(images.pop(c), c in ("status", LABEL)) if images[c].dtype.kind in "OSU" else images.pop(c))
+             for c in (*COLUMNS, LABEL, *STAT_COLUMNS) if c in images}  # each column read freed once decoded
     kept_row = {int(k): i for i, k in enumerate(store.kept_keys())}
 
     def record_of(key: int) -> dict:
