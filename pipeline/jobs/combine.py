@@ -77,7 +77,7 @@ class Part:
     pixel_keys: set[int] = field(default_factory=set)  # keys ``record_of`` can serve
     pooled: dict[str, PooledVectors] = field(default_factory=dict)  # ``--pooled``: layer -> rows by key
     stats: dict[str, UnitStats] | None = None
-    counted: set[int] = field(default_factory=set)
+    counted: set[int] | np.ndarray = field(default_factory=set)  # keys: a set, or unique int64 (a store's)
     captured: dict = field(default_factory=dict)  # key -> (pixels, switches) from the streaming pass
 
 
@@ -132,7 +132,8 @@ def part_from_store(store, layers: list[str]) -> Part:
 
     states = {n: store.stats_state(n) for n in layers}
     stats = None if any(v is None for v in states.values()) else {n: UnitStats.from_state(v) for n, v in states.items()}
-    counted = {int(k) for k, st in zip(table["key"], table["status"]) if st == "ok"}
+    ok = np.fromiter((st == "ok" for st in table["status"]), dtype=bool, count=len(table["status"]))
+    counted = np.unique(np.asarray(table["key"], np.int64)[ok])  # an array, not a set of every key
     return Part(str(store.path), str(store.attrs.get("images_spec")), str(store.attrs.get("images_root")),
                 table, tops_from_store(store, layers), record_of, set(kept_row), pooled_from_store(store, table),
                 stats, counted)
