@@ -42,7 +42,8 @@ from .jobs.unitstats import MiningSetup
 from .jobs.update import KNOWN, known_keys, list_stats, resolve_known_rows, unchanged
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
-from .mining.stream import DTYPES, ImageRecord, PassOptions, StreamState, new_state, stream
+from .mining.records import KeySet, Records
+from .mining.stream import DTYPES, PassOptions, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .signals import InterruptGuard
@@ -102,16 +103,21 @@ def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
     return Path(f"mine-{cfg.model}-{tag}-{images}.h5")
 
 
-def images_table(source, records: dict[int, ImageRecord], listed: dict | None = None) -> dict[str, np.ndarray]:
+def images_table(source, records: Records, listed: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One row per source file in path order (see ``store.write.images_table``); ``listed``:
-    index -> (size, mtime_ns, ctime_ns) of the files this invocation listed (``jobs.update``)."""
-    rows = []
-    listed = listed or {}
-    for i, path in enumerate(source.paths):
-        r = records[i]
-        used = r.ok or r.reason == "duplicate"
-        rows.append((source.relpath(path), r.sha256, r.key, None if used else f"skipped: {r.reason}",
-                     r.width, r.height, source.label(i), listed.get(i)))
+    (N, 3) (size, mtime_ns, ctime_ns) of the files this invocation listed, -1 for the others
+    (``jobs.update``)."""
+    n = len(source.paths)
+    missing = records.missing(n)
+    if len(missing):
+        raise KeyError(int(missing[0]))
+    idx = np.arange(n)
+    used = (records.ok[:n] | records.reason_mask(idx, "duplicate")).tolist()
+    texts, codes = records.reasons, records.reason[:n].tolist()
+    meta = np.full((n, 3), -1, np.int64) if listed is None else listed
+    rows = [(source.relpath(path), records.hexes(idx[i:i + 1])[0], int(records.key[i]),
+             None if used[i] else f"skipped: {texts[codes[i]]}", int(records.width[i]), int(records.height[i]),
+             source.label(i), tuple(meta[i].tolist())) for i, path in enumerate(source.paths)]
     return store_images_table(rows)
 
 
@@ -119,13 +125,19 @@ def _warn(msg: str) -> None:
     log.warning(msg)
 
 
-def _warn_skipped(source, records: dict[int, ImageRecord], shown: int = 5) -> None:
+def _warn_skipped(source, records: Records, shown: int = 5) -> None:
     """One warning line for the files this pass skipped: how many, why, the first few names."""
-    bad = [(i, r.reason) for i, r in sorted(records.items()) if r.reason not in ("", KNOWN, "duplicate")]
-    if not bad:
+    idx = records.indices()
+    bad = idx[~records.reason_mask(idx, "", KNOWN, "duplicate")]
+    if not len(bad):
         return
-    why = Counter(reason.split(":")[0] for _, reason in bad)
-    names = ", ".join(f"{source.relpath(source.paths[i])} ({reason})" for i, reason in bad[:shown])
+    codes = records.reason[bad]
+    used, first, counts = np.unique(codes, return_index=True, return_counts=True)
+    why = Counter()  # in order of first appearance, as most_common breaks ties
+    for j in np.argsort(first, kind="stable").tolist():
+        why[records.reasons[int(used[j])].split(":")[0]] += int(counts[j])
+    first = [(i, records.reasons[c]) for i, c in zip(bad[:shown].tolist(), codes[:shown].tolist())]
+    names = ", ".join(f"{source.relpath(source.paths[i])} ({reason})" for i, reason in first)
     _warn(f"{len(bad)} of {len(source.paths)} images skipped ({', '.join(f'{n} {w}' for w, n in why.most_common())}): "
           f"{names}{f' and {len(bad) - shown} more' if len(bad) > shown else ''}; the store's /images/status "
           f"records each")
@@ -282,7 +294,7 @@ def _run_locked(job: Job) -> RunResult:
     ck = job.strategy.load_checkpoints(job.path, job.cfg.discard_checkpoint)  # every rank reads every one
     run_config = config_of_run(job.net, job.prep, job.cfg.k, job.layers, job.cfg.precision, job.pooled)
     source = job.source
-    fingerprint = {**run_config, "images": image_list_id(str(source.root), [source.relpath(p) for p in source.paths]),
+    fingerprint = {**run_config, "images": image_list_id(str(source.root), (source.relpath(p) for p in source.paths)),
                    "base": None}
     if _already_complete(job, ck, fingerprint):
         return _finish_complete(job)
@@ -323,7 +335,7 @@ class _Base:
 
     store: Store | None = None
     part: Part | None = None
-    known: set = field(default_factory=set)  # the keys of the contents it holds
+    known: KeySet = field(default_factory=KeySet)  # the keys of the contents it holds
     path: Path | None = None
 
     @classmethod
@@ -422,13 +434,14 @@ def _mine(job: Job, mined: _Pass) -> Combined:
     source, base = job.source, mined.base
     # File metadata of what this invocation reads (this rank's share), taken before any read;
     # rows restored from a checkpoint get none (jobs.update).
-    listed = list_stats(source, [i for i in range(len(source.paths)) if i not in mined.state.records
-                                 and job.strategy.owns(source, i)])
+    todo = mined.state.records.missing(len(source.paths))
+    listed = list_stats(source, todo[np.fromiter((job.strategy.owns(source, i) for i in todo.tolist()), bool,
+                                                 count=len(todo))])
     skip = (unchanged(source, listed, base.part.table, base.store.attrs)
-            if base.part is not None and not job.cfg.rehash else {})
+            if base.part is not None and not job.cfg.rehash else Records())
+    del todo
     for attempt in (1, 2):
-        for i, r in skip.items():  # --update: unchanged files are known without being read
-            mined.state.records.setdefault(i, r)
+        mined.state.records.merge_from(skip)  # --update: unchanged files are known without being read
         _Streaming(job, mined).run()
         # every rank gets the global top-k and records
         job.strategy.combine_stream(mined.state, job.stats, source, job.prep, job.net, job.cfg.precision)
@@ -445,14 +458,14 @@ def _mine(job: Job, mined: _Pass) -> Combined:
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
-def _parts(job: Job, mined: _Pass, listed: dict) -> list[Part]:
+def _parts(job: Job, mined: _Pass, listed: np.ndarray) -> list[Part]:
     """The base store (--update) and this pass as parts for ``combine``; the images table counted."""
     source, state, strategy = job.source, mined.state, job.strategy
     if strategy.rank == 0:
         _warn_skipped(source, state.records)
-    table = images_table(source, state.records, {i: m for p in strategy.gather_all(listed) for i, m in p.items()})
-    job.stats.images_known = sum(r.reason == KNOWN for r in state.records.values())
-    job.stats.images_skipped = sum(r.reason not in ("", KNOWN, "duplicate") for r in state.records.values())
+    table = images_table(source, state.records, _gather_listed(strategy, listed))
+    job.stats.images_known = state.records.count_reason(KNOWN)
+    job.stats.images_skipped = len(state.records) - state.records.count_reason("", KNOWN, "duplicate")
     base = mined.base.part
     if base is not None:
         table = resolve_known_rows(table, base.table)
@@ -460,6 +473,15 @@ def _parts(job: Job, mined: _Pass, listed: dict) -> list[Part]:
     # torchrun: each kept image read by the rank that owns its file, sent where finalize needs it
     strategy.serve_kept(parts, job.layers, job.cfg.k, job.net, source, job.prep)
     return parts
+
+
+def _gather_listed(strategy, listed: np.ndarray) -> np.ndarray:
+    """The file metadata every rank listed (each rank lists its own files; -1 for files not listed)."""
+    rows = np.flatnonzero((listed != -1).any(axis=1))
+    out = np.array(listed, copy=True)
+    for idx, meta in strategy.gather_all((rows, listed[rows])):
+        out[idx] = meta
+    return out
 
 
 def _start_over(job: Job, e: KeptImagesChanged, attempt: int) -> None:
@@ -529,11 +551,12 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
     since, from a duplicate that still holds it; finalize checks what comes back against
     the key (``KeptImagesChanged`` when no file holds the content any more).
     """
-    files: dict[int, list[int]] = {}  # key -> indices holding it, the mined ("ok") file first
-    for i in sorted(state.records, key=lambda i: (not state.records[i].ok, i)):
-        r = state.records[i]
-        if r.ok or r.reason == "duplicate":
-            files.setdefault(r.key, []).append(i)
+    records = state.records
+    idx = records.indices()
+    idx = idx[records.ok[idx] | records.reason_mask(idx, "duplicate")]
+    # the files holding each content, the mined ("ok") file first, then by index
+    idx = idx[np.lexsort((idx, ~records.ok[idx], records.key[idx]))]
+    keys = records.key[idx]
     dataset = ImageDataset(source, prep)
     cap = state.capture
 
@@ -541,14 +564,17 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
         px = cap.pixels(key) if cap is not None else None  # no second decode of a captured image
         if px is not None:  # the pixels mined: no check needed
             return {"ok": True, "reason": "", "pixels": torch.from_numpy(px)}
-        records = (dataset[i] for i in files[key])
-        first = next(records)
-        return first if first["key"] == key else next((r for r in records if r["key"] == key), first)
+        lo, hi = np.searchsorted(keys, key, side="left"), np.searchsorted(keys, key, side="right")
+        if lo == hi:
+            raise KeyError(key)
+        read = (dataset[i] for i in idx[lo:hi].tolist())
+        first = next(read)
+        return first if first["key"] == key else next((r for r in read if r["key"] == key), first)
 
     captured = {k: v for k, v in cap.items.items() if v[1] is not None} if cap is not None else {}
-    return Part("this run", spec, str(source.root), table, state.tops, record_of, set(files),
-                dict(state.pooled), state.total_stats(),
-                {r.key for r in state.records.values() if r.ok}, captured)
+    fed = records.indices()
+    return Part("this run", spec, str(source.root), table, state.tops, record_of, KeySet(keys),
+                dict(state.pooled), state.total_stats(), KeySet(records.key[fed[records.ok[fed]]]), captured)
 
 
 class _Streaming:
@@ -558,7 +584,7 @@ class _Streaming:
     def __init__(self, job: Job, mined: _Pass) -> None:
         self.job, self.mined, self.state = job, mined, mined.state
         self.total = len(job.source.paths)
-        self.todo = [i for i in range(self.total) if i not in self.state.records]
+        self.todo = self.state.records.missing(self.total)  # the indices without a record, ascending
         self.saved_at = self.state.batches
         self.meter, self.bytes0 = None, 0
         self.schedule = _Schedule(job.tally.every)

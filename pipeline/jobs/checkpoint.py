@@ -37,6 +37,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -44,8 +45,9 @@ import torch
 from ..durable import write_atomically
 from ..job_errors import CheckpointError
 from ..mining.pooled import PooledVectors
+from ..mining.records import Records
 from ..mining.stats import BINS_VERSION, NBINS, UnitStats
-from ..mining.stream import ImageRecord, StreamState
+from ..mining.stream import StreamState
 from ..mining.topk import RunningTopK
 from .output import write_error
 
@@ -64,7 +66,7 @@ class Checkpoint:
     fingerprint: dict
     complete: bool  # the streaming pass had finished (a crash came in finalize or later)
     batches: int
-    records: dict[int, ImageRecord]
+    records: Records  # by file index (``mining.records``)
     tops: dict[str, dict[str, torch.Tensor]]  # layer -> RunningTopK.state()
     pooled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # layer -> PooledVectors.state()
     stats: dict[str, dict[str, dict[str, torch.Tensor]]] | None = None  # id -> layer -> UnitStats.state()
@@ -77,11 +79,15 @@ def checkpoint_of(fingerprint: dict, complete: bool, state: StreamState) -> Chec
                       state.stats_parts())
 
 
-def image_list_id(root: str, relpaths: list[str]) -> dict:
+def image_list_id(root: str, relpaths: Iterable[str]) -> dict:
+    """The fingerprint's image list: root, count and a hash of the relative paths (any iterable:
+    no list of them is kept)."""
     h = hashlib.sha256(root.encode())
+    count = 0
     for p in relpaths:
         h.update(b"\0" + p.encode())
-    return {"root": root, "count": len(relpaths), "sha256": h.hexdigest()}
+        count += 1
+    return {"root": root, "count": count, "sha256": h.hexdigest()}
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -94,34 +100,38 @@ def differences(saved: dict, now: dict) -> list[str]:
     return [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
 
 
-def _records_to_arrays(records: dict[int, ImageRecord]) -> dict[str, np.ndarray]:
-    rs = [records[i] for i in sorted(records)]
-    sha = np.zeros((len(rs), 32), np.uint8)
-    for j, r in enumerate(rs):
-        if r.sha256:
-            sha[j] = np.frombuffer(bytes.fromhex(r.sha256), np.uint8)
-    reasons = [(j, r.reason) for j, r in enumerate(rs) if r.reason]
+def _records_to_arrays(records: Records | dict) -> dict[str, np.ndarray]:
+    """The ``rec_*`` and ``reason_*`` arrays of a checkpoint (rows in index order; a reason only for
+    the rows that have one); ``records`` may be a dict of ``ImageRecord`` too."""
+    if not isinstance(records, Records):
+        records = Records.of(records)
+    idx = records.indices()
+    codes = records.reason[idx]
+    rows = np.flatnonzero(codes != 0)  # code 0 is ""
+    used, at = np.unique(codes[rows], return_inverse=True)
+    texts = np.array([records.reasons[c] for c in used.tolist()], dtype=str)[at] if len(rows) else np.zeros(0, "U1")
+    has = records.has_sha[idx]
     return {
-        "rec_index": np.array([r.index for r in rs], np.int64),
-        "rec_key": np.array([r.key for r in rs], np.int64),
-        "rec_ok": np.array([r.ok for r in rs], bool),
-        "rec_width": np.array([r.width for r in rs], np.int64),
-        "rec_height": np.array([r.height for r in rs], np.int64),
-        "rec_has_sha": np.array([bool(r.sha256) for r in rs], bool),
-        "rec_sha": sha,
-        "reason_row": np.array([j for j, _ in reasons], np.int64),
-        "reason_text": np.array([t for _, t in reasons], dtype=str) if reasons else np.zeros(0, "U1"),
+        "rec_index": idx.astype(np.int64),
+        "rec_key": records.key[idx].astype(np.int64),
+        "rec_ok": records.ok[idx].astype(bool),
+        "rec_width": records.width[idx].astype(np.int64),
+        "rec_height": records.height[idx].astype(np.int64),
+        "rec_has_sha": has.astype(bool),
+        "rec_sha": np.where(has[:, None], records.sha[idx], 0).astype(np.uint8),
+        "reason_row": rows.astype(np.int64),
+        "reason_text": texts,
     }
 
 
-def _records_from_arrays(z) -> dict[int, ImageRecord]:
-    reasons = dict(zip(z["reason_row"].tolist(), z["reason_text"].tolist()))
-    out = {}
-    for j, (idx, key, ok, w, h, has) in enumerate(zip(
-            z["rec_index"].tolist(), z["rec_key"].tolist(), z["rec_ok"].tolist(), z["rec_width"].tolist(),
-            z["rec_height"].tolist(), z["rec_has_sha"].tolist())):
-        sha = z["rec_sha"][j].tobytes().hex() if has else ""
-        out[idx] = ImageRecord(idx, key, sha, ok, reasons.get(j, ""), w, h)
+def _records_from_arrays(z) -> Records:
+    index = np.asarray(z["rec_index"], np.int64)
+    reasons = [""] * len(index)
+    for j, text in zip(z["reason_row"].tolist(), z["reason_text"].tolist()):
+        reasons[j] = text
+    out = Records()
+    out.add_batch({"index": index, "key": z["rec_key"], "sha": z["rec_sha"], "has_sha": z["rec_has_sha"],
+                   "ok": z["rec_ok"], "reason": reasons, "width": z["rec_width"], "height": z["rec_height"]})
     return out
 
 

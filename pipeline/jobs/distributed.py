@@ -51,10 +51,8 @@ one process; ``jobs.strategy.Solo`` has the same methods for one process):
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
-import itertools
 import logging
 import os
 import socket
@@ -71,8 +69,9 @@ from ..devices import resolve_device
 from ..job_errors import CheckpointError, Interrupted
 from ..lock import StoreLock
 from ..mining.pooled import PooledVectors
+from ..mining.records import Records
 from ..mining.statistic import merge_layer_states, merge_states
-from ..mining.stream import ImageRecord, StreamState, unite_contributions
+from ..mining.stream import StreamState, fed_keys, unite_contributions
 from ..mining.topk import RunningTopK
 from .checkpoint import Checkpoint, checkpoint_path, differences, load_checkpoint
 from .combine import union_tops
@@ -143,16 +142,24 @@ def merge_checkpoints(cks: list[Checkpoint]) -> Checkpoint | None:
             diff = ", ".join(differences(cks[0].fingerprint, ck.fingerprint))
             raise CheckpointError(f"the checkpoints of this store belong to different runs ({diff} differ); "
                                   f"pass --discard-checkpoint to delete them and start over")
-    records: dict[int, ImageRecord] = {}
+    records = Records()
     for ck in cks:
-        for i, r in ck.records.items():
-            if r.reason != OTHER:
-                records.setdefault(i, r)
+        records.merge_from(ck.records, exclude=OTHER)  # setdefault by image, in checkpoint order
     complete = len(records) == int(cks[0].fingerprint["images"]["count"])
     return Checkpoint(cks[0].fingerprint, complete, max(ck.batches for ck in cks), records,
                       merge_layer_states(RunningTopK, [ck.tops for ck in cks]),
                       merge_layer_states(PooledVectors, [ck.pooled for ck in cks]),
                       unite_contributions([ck.stats for ck in cks]))
+
+
+def _extra_copies(records: Records) -> np.ndarray:
+    """The indices of the "ok" records whose content an "ok" record of a lower index holds, ascending."""
+    idx = records.indices()
+    idx = idx[records.ok[idx]]
+    _, first = np.unique(records.key[idx], return_index=True)
+    keep = np.zeros(len(idx), bool)
+    keep[first] = True
+    return idx[~keep]
 
 
 def owner(name: str, world: int) -> int:
@@ -186,8 +193,8 @@ class RankShare(SkipKnown):
 
     def __init__(self, source, prep, indices, known, share: Share | Dist, meter=None) -> None:
         owned = share.owners(source)
-        indices = range(len(source.paths)) if indices is None else indices
-        super().__init__(source, prep, [i for i in indices if owned[i] == share.rank], known, meter)
+        indices = np.arange(len(source.paths)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+        super().__init__(source, prep, indices[owned[indices] == share.rank], known, meter)
         self.rank, self.world = share.rank, share.world
 
 
@@ -209,7 +216,9 @@ class _Progress:
                         disable=not enabled or d.rank != 0, smoothing=0.1)
 
     def update(self, n: int) -> None:
-        mine = sum(r.reason != OTHER for r in itertools.islice(reversed(self.state.records.values()), n))
+        records = self.state.records
+        newest = records.newest(n)  # the last n records added: this batch's
+        mine = len(newest) - records.count_reason(OTHER, among=newest)
         done = None
         if self.store is not None:
             try:
@@ -237,7 +246,7 @@ class Dist:
     t0: float = field(default_factory=time.perf_counter)
     ranks: list[dict] = field(default_factory=list)
     _owned: tuple | None = None  # (source, owners(source)) cached
-    _todo: set = field(default_factory=set)  # this rank's files streamed by this invocation
+    _todo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # this rank's files streamed now
 
     # --- collectives that turn a lost peer into one clear error -----------------------
     def _call(self, fn, *args):
@@ -346,7 +355,7 @@ class Dist:
 
     def dataset(self, source, prep, todo, known, meter=None) -> RankShare:
         ds = RankShare(source, prep, todo, known, self, meter)
-        self._todo = set(ds.indices)
+        self._todo = np.asarray(ds.indices, np.int64)
         return ds
 
     def progress(self, state: StreamState, total: int, initial: int, enabled: bool) -> _Progress:
@@ -364,32 +373,26 @@ class Dist:
         ``prep``, ``net`` run those copies again), and rank 0 knows every rank's throughput
         (for the run record)."""
         seconds = time.perf_counter() - self.t0
-        own = [r for r in state.records.values() if r.reason != OTHER]
-        records: dict[int, ImageRecord] = {}
+        own = state.records.subset(state.records.indices())
+        records = Records()
         for recs in self.gather_all(own):
-            for r in recs:
-                records.setdefault(r.index, r)
-        fed: dict[int, list[int]] = {}
-        for i in sorted(records):
-            if records[i].ok:
-                fed.setdefault(records[i].key, []).append(i)
-        extra = sorted(i for idx in fed.values() for i in idx[1:])  # every copy but the first path's
-        again = [i for i in extra if source is not None and self.owns(source, i)]
+            records.merge_from(recs, exclude=OTHER)  # by image, the first rank's record
+        extra = _extra_copies(records)  # every copy but the first path's of a content fed twice
+        again = [i for i in extra.tolist() if source is not None and self.owns(source, i)]
         if again and state.stats is not None and net is not None:
-            lost = self._uncount(state, {i: records[i].key for i in again}, source, prep, net, precision)
+            lost = self._uncount(state, {i: int(records.key[i]) for i in again}, source, prep, net, precision)
             if lost:
                 log.warning("rank %d: %d duplicate image(s) changed since they were mined; the unit statistics "
                             "count them twice", self.rank, lost)
-        for i in extra:
-            records[i] = dataclasses.replace(records[i], ok=False, reason="duplicate")
-        fed_twice_now = sum(i in self._todo for i in again)
+        records.set_reason(extra, False, "duplicate")
+        fed_twice_now = int(np.isin(np.asarray(again, np.int64), self._todo).sum())
         self.merge_statistics(state)
         new = state.fed - fed_twice_now
         info = {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
                 "images_new": new, "bytes_read": stats.bytes_read, "seconds": round(seconds, 3),
                 "images_per_s": round(new / seconds, 3) if seconds > 0 else None}
         state.records = records
-        state.seen_keys = {r.key for r in records.values() if r.ok}
+        state.seen_keys = fed_keys(records)
         self.ranks = self.gather_all(info)
         stats.images_new = sum(i["images_new"] for i in self.ranks)
         stats.bytes_read = sum(i["bytes_read"] or 0 for i in self.ranks)

@@ -40,7 +40,7 @@ import torch
 
 from ..data import ImageDataset, image_key
 from ..data.safe_read import Unreadable
-from ..mining.stream import ImageRecord
+from ..mining.records import KeySet, Records, digests
 from ..store.schema import as_str
 from .combine import CONTENT_OK, STAT_COLUMNS
 
@@ -57,9 +57,21 @@ def racy(meta: tuple[int, int, int], now: int) -> bool:
     return max(meta[1], meta[2]) >= now - (RACY_COARSE_NS if coarse else RACY_NS)
 
 
-def list_stats(source, indices) -> dict[int, tuple[int, int, int]]:
-    """``index -> (size, mtime_ns, ctime_ns)`` of ``indices``, taken now (before any is read)."""
-    return {i: source.stat(i) for i in indices}
+def list_stats(source, indices) -> np.ndarray:
+    """(N, 3) int64 ``(size, mtime_ns, ctime_ns)`` of every file of ``source``, taken now (before any
+    is read) for ``indices`` and -1 for the others."""
+    out = np.full((len(source.paths), 3), -1, np.int64)
+    for i in np.asarray(indices, np.int64).tolist():
+        out[i] = source.stat(i)
+    return out
+
+
+def _lookup(paths, meta: np.ndarray) -> np.ndarray:
+    """One byte string a (path, size, mtime_ns, ctime_ns): the metadata as fixed-width hex, then the path
+    (no NUL anywhere, so numpy's byte-string order and equality are exact)."""
+    m = (1 << 64) - 1
+    return np.array([b"%016x%016x%016x" % (s & m, t & m, c & m) + p.encode("utf-8", "surrogatepass")
+                     for p, (s, t, c) in zip(paths, meta.tolist())], dtype="S")
 
 
 def listed_since(attrs: dict) -> int | None:
@@ -72,33 +84,40 @@ def listed_since(attrs: dict) -> int | None:
         return None
 
 
-def unchanged(source, stats: dict[int, tuple[int, int, int]], base: dict[str, np.ndarray],
-              base_attrs: dict) -> dict[int, ImageRecord]:
-    """Records (reason "known") of the files among ``stats`` that need not be read: the base
-    store has a used row of the same path whose size, mtime and ctime are theirs, and that file
-    had not changed just before the base store's job listed it (:func:`racy`)."""
+def unchanged(source, listed: np.ndarray, base: dict[str, np.ndarray], base_attrs: dict) -> Records:
+    """Records (reason "known") of the listed files (rows of ``listed`` not -1) that need not be read:
+    the base store has a used row of the same path whose size, mtime and ctime are theirs (the last
+    such row), and that file had not changed just before the base store's job listed it (:func:`racy`)."""
     since = listed_since(base_attrs)
     if since is None or not all(c in base for c in STAT_COLUMNS):
-        return {}  # a store written before it kept file metadata: every file is hashed once
-    by_path: dict[tuple[str, tuple[int, int, int]], tuple[int, str]] = {}
-    for j, (p, st) in enumerate(zip(base["path"], base["status"])):
-        meta = tuple(int(base[c][j]) for c in STAT_COLUMNS)
-        if as_str(st) in CONTENT_OK and meta[0] >= 0 and meta[1] >= 0 and not racy(meta, since):
-            by_path[(as_str(p), meta)] = (int(base["key"][j]), as_str(base["sha256"][j]))
-    out = {}
-    for i, meta in stats.items():
-        if meta[0] < 0:
-            continue
-        hit = by_path.get((source.relpath(source.paths[i]), meta))
-        if hit is not None:
-            out[i] = ImageRecord(i, hit[0], hit[1], False, KNOWN, 0, 0)
+        return Records()  # a store written before it kept file metadata: every file is hashed once
+    meta = np.stack([np.asarray(base[c], np.int64) for c in STAT_COLUMNS], axis=1).reshape(-1, 3)
+    content = np.array([as_str(st) in CONTENT_OK for st in base["status"]], bool)
+    rows = np.flatnonzero(content & (meta[:, 0] >= 0) & (meta[:, 1] >= 0))
+    rows = rows[[not racy(m, since) for m in meta[rows].tolist()]]
+    have = _lookup((as_str(base["path"][j]) for j in rows.tolist()), meta[rows])
+    order = np.argsort(have, kind="stable")
+    have = have[order]
+    idx = np.flatnonzero(listed[:, 0] >= 0)
+    want = _lookup((source.relpath(source.paths[i]) for i in idx.tolist()), listed[idx])
+    at = np.searchsorted(have, want, side="right") - 1  # the last equal row, as a dict by (path, meta) kept
+    hit = at >= 0
+    hit[hit] = have[at[hit]] == want[hit]
+    src = rows[order[at[hit]]]
+    sha, has = digests(as_str(base["sha256"][j]) for j in src.tolist())
+    out = Records()
+    n = len(src)
+    out.add_batch({"index": idx[hit], "key": np.asarray(base["key"], np.int64)[src], "sha": sha, "has_sha": has,
+                   "ok": np.zeros(n, bool), "reason": [KNOWN] * n, "width": np.zeros(n, np.int32),
+                   "height": np.zeros(n, np.int32)})
     return out
 
 
-def known_keys(table: dict[str, np.ndarray]) -> set[int]:
+def known_keys(table: dict[str, np.ndarray]) -> KeySet:
     """Keys of the contents a store has mined (rows "ok"/"duplicate"; not the skipped ones,
     which are tried again: the file may have been repaired or the decoder improved)."""
-    return {int(k) for k, s in zip(table["key"], table["status"]) if as_str(s) in CONTENT_OK}
+    content = np.array([as_str(s) in CONTENT_OK for s in table["status"]], bool)
+    return KeySet(np.asarray(table["key"], np.int64).reshape(-1)[content])
 
 
 class SkipKnown(ImageDataset):
@@ -132,14 +151,15 @@ class SkipKnown(ImageDataset):
 
 def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of this pass that were skipped as known become content rows ("ok"; the union
-    decides ok/duplicate) with the size the base store recorded for that content."""
-    size = {}
-    for k, s, w, h in zip(base["key"], base["status"], base["width"], base["height"]):
-        if as_str(s) in CONTENT_OK:
-            size.setdefault(int(k), (int(w), int(h)))
+    decides ok/duplicate) with the size the base store recorded for that content (its first row)."""
+    content = np.array([as_str(s) in CONTENT_OK for s in base["status"]], bool)
+    keys, first = np.unique(np.asarray(base["key"], np.int64).reshape(-1)[content], return_index=True)
+    width, height = (np.asarray(base[c]).reshape(-1)[content][first] for c in ("width", "height"))
     out = {c: np.array(v, copy=True) for c, v in table.items()}
-    for j, st in enumerate(out["status"]):
-        if st == f"skipped: {KNOWN}":
-            out["status"][j] = "ok"
-            out["width"][j], out["height"][j] = size[int(out["key"][j])]
+    rows = np.flatnonzero(np.array([st == f"skipped: {KNOWN}" for st in out["status"]], bool))
+    at = np.searchsorted(keys, out["key"][rows]).clip(max=max(len(keys) - 1, 0))
+    if len(rows) and not (keys[at] == out["key"][rows]).all():
+        raise KeyError(int(out["key"][rows][keys[at] != out["key"][rows]][0]))
+    out["status"][rows] = "ok"
+    out["width"][rows], out["height"][rows] = width[at], height[at]
     return out

@@ -11,32 +11,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 
 from ..data.preprocess import Preprocessing, to_device
 from ..models.network import Network
 from .pooled import PooledVectors
+from .records import ImageRecord, KeySet, Records, digests
 from .statistic import Statistic, merge_states
 from .stats import UnitStats
 from .taps import layer_stats
 from .topk import RunningTopK
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision of the pass
-
-
-@dataclass
-class ImageRecord:
-    """What the images table keeps for one file: provenance and whether it was used."""
-
-    index: int
-    key: int
-    sha256: str
-    ok: bool
-    reason: str
-    width: int
-    height: int
 
 
 def new_contribution_id() -> str:
@@ -63,8 +52,8 @@ class StreamState:
 
     tops: dict[str, RunningTopK]
     stats: dict[str, UnitStats] | None = None
-    records: dict[int, ImageRecord] = field(default_factory=dict)
-    seen_keys: set[int] = field(default_factory=set)
+    records: Records = field(default_factory=Records)  # by file index, as columns (``mining.records``)
+    seen_keys: KeySet = field(default_factory=KeySet)  # the content keys fed so far
     dirty: bool = False
     batches: int = 0
     fed: int = 0  # images run through the network by this process (not restored)
@@ -79,7 +68,7 @@ class StreamState:
         (``stats_parts``), which unite by id rather than merge."""
         return {"tops": self.tops, "pooled": self.pooled}
 
-    def restore(self, records: dict[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None,
+    def restore(self, records: Records | Mapping[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None,
                 stats: dict[str, dict[str, dict]] | None = None) -> None:
         """Load a checkpoint into a fresh state: records, the ``state()`` of each layer's top-k and
         pooled vectors (merged into the fresh statistics), statistics contributions (id -> layer ->
@@ -94,8 +83,8 @@ class StreamState:
             self.stats = None
         else:
             self.stats_base = dict(stats)
-        self.records = dict(records)
-        self.seen_keys = {r.key for r in records.values() if r.ok}
+        self.records = Records.of(records)
+        self.seen_keys = fed_keys(self.records)
 
     def stats_parts(self) -> dict[str, dict[str, dict]] | None:
         """What a checkpoint saves: every contribution, this process's own included."""
@@ -119,6 +108,12 @@ class StreamState:
             return None
         parts = list(self.stats_parts().values())
         return {n: merge_states(UnitStats(s.channels), (part[n] for part in parts)) for n, s in self.stats.items()}
+
+
+def fed_keys(records: Records) -> KeySet:
+    """The keys of the records that were fed ("ok"): the seen keys a state restored from them has."""
+    idx = records.indices()
+    return KeySet(records.key[idx[records.ok[idx]]])
 
 
 def unite_contributions(many: list[dict[str, dict[str, dict]] | None]) -> dict[str, dict[str, dict]] | None:
@@ -214,23 +209,24 @@ def stream(net: Network, state: StreamState, batches: Iterable[dict], prep: Prep
     return state
 
 
-def _sort_out(batch: dict, state: StreamState) -> tuple[torch.Tensor, list[ImageRecord], set[int]]:
-    """The batch's records and which of its images are fed: (ok mask, records, new keys). An image
-    whose content was seen before (in ``state`` or earlier in the batch) is a "duplicate"."""
+def _sort_out(batch: dict, state: StreamState) -> tuple[torch.Tensor, dict, np.ndarray]:
+    """The batch's records and which of its images are fed: (ok mask, records as columns for
+    ``Records.add_batch``, new keys). An image whose content was seen before (in ``state`` or
+    earlier in the batch) is a "duplicate"."""
     ok = batch["ok"].clone()
-    records, new_keys = [], set()
-    for i in range(len(ok)):
-        idx, key = int(batch["index"][i]), int(batch["key"][i])
-        good = bool(ok[i])
-        reason = batch["reason"][i]
-        if good and (key in state.seen_keys or key in new_keys):
-            good, reason = False, "duplicate"
-            ok[i] = False
-        elif good:
-            new_keys.add(key)
-        records.append(ImageRecord(idx, key, batch["sha256"][i], good, reason,
-                                   int(batch["width"][i]), int(batch["height"][i])))
-    return ok, records, new_keys
+    good = ok.numpy().astype(bool)
+    keys = batch["key"].numpy().astype(np.int64)
+    fresh = good & ~state.seen_keys.contains(keys)
+    new_keys, first = np.unique(keys[fresh], return_index=True)  # a key's first fresh image is fed
+    fed = np.zeros(len(keys), bool)
+    fed[np.flatnonzero(fresh)[first]] = True
+    dup = good & ~fed
+    reasons = ["duplicate" if d else r for d, r in zip(dup.tolist(), batch["reason"])]
+    ok[torch.from_numpy(dup)] = False
+    sha, has = digests(batch["sha256"])
+    rows = {"index": batch["index"].numpy().astype(np.int64), "key": keys, "sha": sha, "has_sha": has, "ok": fed,
+            "reason": reasons, "width": batch["width"].numpy(), "height": batch["height"].numpy()}
+    return ok, rows, new_keys
 
 
 def _forward(run: _Pass, state: StreamState, batch: dict, ok: torch.Tensor) -> _Forward:
@@ -266,7 +262,7 @@ def _forward(run: _Pass, state: StreamState, batch: dict, ok: torch.Tensor) -> _
     return found
 
 
-def _commit(state: StreamState, found: _Forward, records: list[ImageRecord], new_keys: set[int]) -> None:
+def _commit(state: StreamState, found: _Forward, records: dict, new_keys: np.ndarray) -> None:
     """Fold a computed batch into ``state``: top-k, statistics, pooled rows, then records and seen
     keys (``state.dirty`` meanwhile)."""
     state.dirty = True
@@ -278,9 +274,8 @@ def _commit(state: StreamState, found: _Forward, records: list[ImageRecord], new
             state.stats[name].commit(values)
     for name, rows in found.vectors.items():
         state.pooled[name].add(kd, rows)
-    for r in records:
-        state.records[r.index] = r
-    state.seen_keys |= new_keys
+    state.records.add_batch(records)
+    state.seen_keys.update(new_keys)
     state.batches += 1
     state.fed += len(new_keys)
     state.dirty = False
