@@ -103,22 +103,51 @@ def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
     return Path(f"mine-{cfg.model}-{tag}-{images}.h5")
 
 
+TABLE_CHUNK = 65536  # rows made into tuples at a time for the images table
+
+
 def images_table(source, records: Records, listed: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One row per source file in path order (see ``store.write.images_table``); ``listed``:
     (N, 3) (size, mtime_ns, ctime_ns) of the files this invocation listed, -1 for the others
-    (``jobs.update``)."""
+    (``jobs.update``). Made :data:`TABLE_CHUNK` rows at a time (no tuple per file of the
+    collection alive at once): the status of a used file is decided here, by the store's rule (the
+    first path of a content is "ok", the others "duplicate"), so chunks need not see each other."""
     n = len(source.paths)
     missing = records.missing(n)
     if len(missing):
         raise KeyError(int(missing[0]))
-    idx = np.arange(n)
-    used = (records.ok[:n] | records.reason_mask(idx, "duplicate")).tolist()
-    texts, codes = records.reasons, records.reason[:n].tolist()
     meta = np.full((n, 3), -1, np.int64) if listed is None else listed
-    rows = [(source.relpath(path), records.hexes(idx[i:i + 1])[0], int(records.key[i]),
-             None if used[i] else f"skipped: {texts[codes[i]]}", int(records.width[i]), int(records.height[i]),
-             source.label(i), tuple(meta[i].tolist())) for i, path in enumerate(source.paths)]
-    return store_images_table(rows)
+    status = _statuses(records, n)
+    parts = [_table_rows(source, records, status, meta, range(lo, min(lo + TABLE_CHUNK, n)))
+             for lo in range(0, n, TABLE_CHUNK)] or [store_images_table([])]
+    if any("label" in p for p in parts):  # a source with labels: "" for none, as in one table
+        for p in parts:
+            p.setdefault("label", np.full(len(p["key"]), "", dtype=object))
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+
+
+def _statuses(records: Records, n: int) -> list[str]:
+    """Each file's /images/status: "ok" for the first path of each content used, "duplicate" for
+    the others, "skipped: <reason>" (one str object a reason) for the rest."""
+    key = records.key[:n]
+    used = np.flatnonzero(records.ok[:n] | records.reason_mask(np.arange(n), "duplicate"))
+    ok = np.zeros(n, bool)
+    ok[used[np.unique(key[used], return_index=True)[1]]] = True
+    texts = [f"skipped: {t}" for t in records.reasons]
+    codes = records.reason[:n].tolist()
+    is_used = np.zeros(n, bool)
+    is_used[used] = True
+    return [("ok" if o else "duplicate") if u else texts[c]
+            for o, u, c in zip(ok.tolist(), is_used.tolist(), codes)]
+
+
+def _table_rows(source, records: Records, status: list[str], meta: np.ndarray, rows: range) -> dict:
+    """``store.write.images_table`` of the files ``rows``."""
+    has = records.has_sha[rows.start:rows.stop].tolist()
+    return store_images_table([
+        (source.relpath(source.paths[i]), records.sha[i].tobytes().hex() if has[j] else "", int(records.key[i]),
+         status[i], int(records.width[i]), int(records.height[i]), source.label(i), meta[i])
+        for j, i in enumerate(rows)])
 
 
 def _warn(msg: str) -> None:
@@ -368,6 +397,7 @@ class _Base:
 def _new_state(job: Job) -> StreamState:
     """An empty streaming state; one process captures what finalize needs (``mining.capture``)."""
     state = new_state(job.net, job.layers, job.cfg.k, job.strategy.device, job.pooled)
+    state.records.reserve(len(job.source.paths))
     state.capture = job.strategy.capture(lambda: new_capture(job.net, job.layers, job.prep, job.strategy.device,
                                                              job.cfg))
     return state
@@ -379,6 +409,7 @@ def _resume_or_start(job: Job, ck: Checkpoint | None, fingerprint: dict, base: _
     state, complete, ck = _new_state(job), False, _usable(job, ck, fingerprint)
     if ck is not None:
         state.restore(ck.records, ck.tops, ck.pooled, ck.stats)
+        state.records.reserve(len(job.source.paths))
         if ck.stats is None:
             _warn(f"{job.ck_path} was written before mine kept unit statistics; the store will have none "
                   f"(re-run with --force to get them)")
@@ -435,8 +466,8 @@ def _mine(job: Job, mined: _Pass) -> Combined:
     # File metadata of what this invocation reads (this rank's share), taken before any read;
     # rows restored from a checkpoint get none (jobs.update).
     todo = mined.state.records.missing(len(source.paths))
-    listed = list_stats(source, todo[np.fromiter((job.strategy.owns(source, i) for i in todo.tolist()), bool,
-                                                 count=len(todo))])
+    todo = todo[np.fromiter((job.strategy.owns(source, int(i)) for i in todo), bool, count=len(todo))]
+    listed = list_stats(source, todo)
     skip = (unchanged(source, listed, base.part.table, base.store.attrs)
             if base.part is not None and not job.cfg.rehash else Records())
     del todo

@@ -146,3 +146,62 @@ def test_a_batch_is_sorted_out_as_one_image_at_a_time():
         state.seen_keys.update(new)
         assert sorted(state.seen_keys) == sorted(seen)
     assert dict(state.records.items()) == ref
+
+
+def test_reserve_keeps_the_records_and_their_order():
+    rng = np.random.default_rng(5)
+    cols, ref = fill(rng, span=300)
+    cols.reserve(5000)
+    assert dict(cols.items()) == ref and cols.newest(len(ref)).tolist() == list(reversed(ref))
+    more, ref_more = fill(rng, span=5000)
+    for i, r in ref_more.items():
+        cols[i] = ref[i] = r
+    assert dict(cols.items()) == ref and cols.newest(len(ref)).tolist() == list(reversed(ref))
+    assert len(cols.present) == 5000  # no doubling past what was reserved
+
+
+class _Source:
+    """What images_table asks of a source: paths, relpath, label."""
+
+    def __init__(self, n: int, labels: dict[int, str]) -> None:
+        self.paths = [f"/r/f{i:03d}.png" for i in range(n)]
+        self.labels = labels
+
+    def relpath(self, p: str) -> str:
+        return p[len("/r/"):]
+
+    def label(self, i: int):
+        return self.labels.get(i) if self.labels else None
+
+
+def _reference_table(source, ref: dict[int, ImageRecord], listed: np.ndarray) -> dict:
+    """The images table as main made it: one row per file, the store's own ok/duplicate rule."""
+    from pipeline.store.write import images_table
+
+    rows = []
+    for i, p in enumerate(source.paths):
+        r = ref[i]
+        used = r.ok or r.reason == "duplicate"
+        meta = tuple(listed[i].tolist()) if listed[i, 0] != -1 else None
+        rows.append((source.relpath(p), r.sha256, r.key, None if used else f"skipped: {r.reason}", r.width,
+                     r.height, source.label(i), meta))
+    return images_table(rows)
+
+
+def test_images_table_in_chunks_equals_the_one_table(monkeypatch):
+    from pipeline import runner
+
+    rng = np.random.default_rng(6)
+    for n, labels, chunk in ((40, {}, 7), (40, {3: "cat", 30: "dog"}, 7), (25, {20: "x"}, 100), (0, {}, 5)):
+        monkeypatch.setattr(runner, "TABLE_CHUNK", chunk)
+        cols, ref = Records(), {}
+        for i in rng.permutation(n).tolist():
+            r = random_record(rng, i)
+            r.key = int(rng.integers(0, 8))  # contents shared by several files
+            cols[i] = ref[i] = r
+        listed = np.where(rng.random((n, 1)) < 0.5, rng.integers(0, 10**12, (n, 3)), -1)
+        got, want = runner.images_table(_Source(n, labels), cols, listed), _reference_table(_Source(n, labels), ref,
+                                                                                            listed)
+        assert sorted(got) == sorted(want)
+        for c in want:
+            assert got[c].dtype == want[c].dtype and got[c].tolist() == want[c].tolist(), c

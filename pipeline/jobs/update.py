@@ -61,8 +61,8 @@ def list_stats(source, indices) -> np.ndarray:
     """(N, 3) int64 ``(size, mtime_ns, ctime_ns)`` of every file of ``source``, taken now (before any
     is read) for ``indices`` and -1 for the others."""
     out = np.full((len(source.paths), 3), -1, np.int64)
-    for i in np.asarray(indices, np.int64).tolist():
-        out[i] = source.stat(i)
+    for i in np.asarray(indices, np.int64).reshape(-1):
+        out[i] = source.stat(int(i))
     return out
 
 

@@ -71,17 +71,23 @@ class Records:
         self._codes: dict[str, int] = {"": 0}
 
     # --- storage -------------------------------------------------------------------------------
-    def _grow(self, size: int) -> None:
-        """Room for indices below ``size`` (capacity doubles: amortised O(1) a record)."""
+    def _grow(self, size: int, exact: bool = False) -> None:
+        """Room for indices below ``size`` (capacity doubles unless ``exact``: amortised O(1) a record)."""
         if size <= self._cap:
             return
-        cap = max(size, 2 * self._cap, 1024)
+        cap = size if exact else max(size, 2 * self._cap, 1024)
         for name in self.COLUMNS:
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), old.dtype)
             new[:len(old)] = old
             setattr(self, name, new)
         self._cap = cap
+
+    def reserve(self, n: int) -> None:
+        """Room for the records of indices below ``n`` at once (a run knows its file count: no doubling)."""
+        self._grow(n, exact=True)
+        if n > len(self._order):
+            self._order = np.concatenate([self._order[:self._n], np.zeros(n - self._n, np.int64)])
 
     def _grow_order(self, size: int) -> None:
         if size > len(self._order):

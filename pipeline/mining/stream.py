@@ -70,9 +70,10 @@ class StreamState:
 
     def restore(self, records: Records | Mapping[int, ImageRecord], tops: dict[str, dict], pooled: dict | None = None,
                 stats: dict[str, dict[str, dict]] | None = None) -> None:
-        """Load a checkpoint into a fresh state: records, the ``state()`` of each layer's top-k and
-        pooled vectors (merged into the fresh statistics), statistics contributions (id -> layer ->
-        state); seen keys follow from the records."""
+        """Load a checkpoint into a fresh state: records (a ``Records`` is taken as it is, not copied;
+        a dict of ``ImageRecord`` is converted), the ``state()`` of each layer's top-k and pooled
+        vectors (merged into the fresh statistics), statistics contributions (id -> layer -> state);
+        seen keys follow from the records."""
         if set(tops) != set(self.tops):
             raise ValueError(f"checkpoint layers {sorted(tops)} differ from {sorted(self.tops)}")
         saved = {"tops": tops, "pooled": pooled or {}}
@@ -83,7 +84,7 @@ class StreamState:
             self.stats = None
         else:
             self.stats_base = dict(stats)
-        self.records = Records.of(records)
+        self.records = records if isinstance(records, Records) else Records.of(records)
         self.seen_keys = fed_keys(self.records)
 
     def stats_parts(self) -> dict[str, dict[str, dict]] | None:
