@@ -103,7 +103,7 @@ def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
     return Path(f"mine-{cfg.model}-{tag}-{images}.h5")
 
 
-TABLE_CHUNK = 65536  # rows made into tuples at a time for the images table
+TABLE_CHUNK = 8192  # rows made into tuples at a time for the images table
 
 
 def images_table(source, records: Records, listed: np.ndarray | None = None) -> dict[str, np.ndarray]:
