@@ -49,7 +49,7 @@ from .models.weights import load_network
 from .signals import InterruptGuard
 from .store.read import Store
 from .store.schema import StoreError
-from .store.write import images_table as store_images_table
+from .store.write import images_columns as store_images_columns
 from .store.write import write_store
 from .versions import versions
 
@@ -103,51 +103,42 @@ def default_store_path(cfg: RunConfig, layers: list[str]) -> Path:
     return Path(f"mine-{cfg.model}-{tag}-{images}.h5")
 
 
-TABLE_CHUNK = 8192  # rows made into tuples at a time for the images table
+TABLE_CHUNK = 8192  # rows whose text (name, digest, label) is made at a time
 
 
 def images_table(source, records: Records, listed: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """One row per source file in path order (see ``store.write.images_table``); ``listed``:
-    (N, 3) (size, mtime_ns, ctime_ns) of the files this invocation listed, -1 for the others
-    (``jobs.update``). Made :data:`TABLE_CHUNK` rows at a time (no tuple per file of the
-    collection alive at once): the status of a used file is decided here, by the store's rule (the
-    first path of a content is "ok", the others "duplicate"), so chunks need not see each other."""
+    """One row per source file in path order (see ``store.write.images_columns``: the first path of
+    each content used is "ok", the others "duplicate"); ``listed``: (N, 3) (size, mtime_ns, ctime_ns)
+    of the files this invocation listed, -1 for the others (``jobs.update``). Built as columns: no
+    tuple per file, and the text columns are filled :data:`TABLE_CHUNK` rows at a time."""
     n = len(source.paths)
     missing = records.missing(n)
     if len(missing):
         raise KeyError(int(missing[0]))
     meta = np.full((n, 3), -1, np.int64) if listed is None else listed
-    status = _statuses(records, n)
-    parts = [_table_rows(source, records, status, meta, range(lo, min(lo + TABLE_CHUNK, n)))
-             for lo in range(0, n, TABLE_CHUNK)] or [store_images_table([])]
-    if any("label" in p for p in parts):  # a source with labels: "" for none, as in one table
-        for p in parts:
-            p.setdefault("label", np.full(len(p["key"]), "", dtype=object))
-    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    path, sha, label = (np.empty(n, dtype=object) for _ in range(3))
+    for lo in range(0, n, TABLE_CHUNK):
+        rows = range(lo, min(lo + TABLE_CHUNK, n))
+        path[lo:rows.stop] = [source.relname(i) for i in rows]
+        sha[lo:rows.stop] = records.hexes(np.arange(lo, rows.stop))
+        label[lo:rows.stop] = [source.label(i) for i in rows]
+    labelled = np.fromiter((v is not None for v in label), bool, count=n)
+    label[~labelled] = ""
+    return store_images_columns({
+        "path": path, "sha256": sha, "key": records.key[:n].copy(), "status": _statuses(records, n),
+        "width": records.width[:n].copy(), "height": records.height[:n].copy(), **({"label": label} if labelled.any() else {}),
+        "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2]})
 
 
-def _statuses(records: Records, n: int) -> list[str]:
-    """Each file's /images/status: "ok" for the first path of each content used, "duplicate" for
-    the others, "skipped: <reason>" (one str object a reason) for the rest."""
-    key = records.key[:n]
-    used = np.flatnonzero(records.ok[:n] | records.reason_mask(np.arange(n), "duplicate"))
-    ok = np.zeros(n, bool)
-    ok[used[np.unique(key[used], return_index=True)[1]]] = True
-    texts = [f"skipped: {t}" for t in records.reasons]
-    codes = records.reason[:n].tolist()
-    is_used = np.zeros(n, bool)
-    is_used[used] = True
-    return [("ok" if o else "duplicate") if u else texts[c]
-            for o, u, c in zip(ok.tolist(), is_used.tolist(), codes)]
-
-
-def _table_rows(source, records: Records, status: list[str], meta: np.ndarray, rows: range) -> dict:
-    """``store.write.images_table`` of the files ``rows``."""
-    has = records.has_sha[rows.start:rows.stop].tolist()
-    return store_images_table([
-        (source.relpath(source.paths[i]), records.sha[i].tobytes().hex() if has[j] else "", int(records.key[i]),
-         status[i], int(records.width[i]), int(records.height[i]), source.label(i), meta[i])
-        for j, i in enumerate(rows)])
+def _statuses(records: Records, n: int) -> np.ndarray:
+    """Each file's status for ``store.write.images_columns``: None for a content used ("ok" or
+    "duplicate", decided there), "skipped: <reason>" (one str object a reason) for the rest."""
+    status = np.empty(n, dtype=object)  # None
+    texts = np.empty(len(records.reasons), dtype=object)
+    texts[:] = [f"skipped: {t}" for t in records.reasons]
+    skipped = ~(records.ok[:n] | records.reason_mask(np.arange(n), "duplicate"))
+    status[skipped] = texts[records.reason[:n][skipped]]
+    return status
 
 
 def _warn(msg: str) -> None:
@@ -166,7 +157,7 @@ def _warn_skipped(source, records: Records, shown: int = 5) -> None:
     for j in np.argsort(first, kind="stable").tolist():
         why[records.reasons[int(used[j])].split(":")[0]] += int(counts[j])
     first = [(i, records.reasons[c]) for i, c in zip(bad[:shown].tolist(), codes[:shown].tolist())]
-    names = ", ".join(f"{source.relpath(source.paths[i])} ({reason})" for i, reason in first)
+    names = ", ".join(f"{source.relname(i)} ({reason})" for i, reason in first)
     _warn(f"{len(bad)} of {len(source.paths)} images skipped ({', '.join(f'{n} {w}' for w, n in why.most_common())}): "
           f"{names}{f' and {len(bad) - shown} more' if len(bad) > shown else ''}; the store's /images/status "
           f"records each")
@@ -323,7 +314,7 @@ def _run_locked(job: Job) -> RunResult:
     ck = job.strategy.load_checkpoints(job.path, job.cfg.discard_checkpoint)  # every rank reads every one
     run_config = config_of_run(job.net, job.prep, job.cfg.k, job.layers, job.cfg.precision, job.pooled)
     source = job.source
-    fingerprint = {**run_config, "images": image_list_id(str(source.root), (source.relpath(p) for p in source.paths)),
+    fingerprint = {**run_config, "images": image_list_id(str(source.root), map(source.relname, range(len(source.paths)))),
                    "base": None}
     if _already_complete(job, ck, fingerprint):
         return _finish_complete(job)
@@ -605,7 +596,7 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
     captured = {k: v for k, v in cap.items.items() if v[1] is not None} if cap is not None else {}
     fed = records.indices()
     return Part("this run", spec, str(source.root), table, state.tops, record_of, KeySet(keys),
-                dict(state.pooled), state.total_stats(), KeySet(records.key[fed[records.ok[fed]]]), captured)
+                dict(state.pooled), state.total_stats(), np.unique(records.key[fed[records.ok[fed]]]), captured)
 
 
 class _Streaming:

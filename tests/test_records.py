@@ -170,6 +170,9 @@ class _Source:
     def relpath(self, p: str) -> str:
         return p[len("/r/"):]
 
+    def relname(self, i: int) -> str:
+        return self.relpath(self.paths[i])
+
     def label(self, i: int):
         return self.labels.get(i) if self.labels else None
 
@@ -205,3 +208,44 @@ def test_images_table_in_chunks_equals_the_one_table(monkeypatch):
         assert sorted(got) == sorted(want)
         for c in want:
             assert got[c].dtype == want[c].dtype and got[c].tolist() == want[c].tolist(), c
+
+
+def test_unchanged_matches_the_dict_by_path_and_metadata(monkeypatch):
+    """jobs.update.unchanged against the dict it replaces: (path, size, mtime, ctime) -> the last used
+    base row's (key, sha256); racy, skipped and metadata-less rows never match."""
+    from pipeline.jobs import update
+
+    monkeypatch.setattr(update, "CHUNK", 5)
+    rng = np.random.default_rng(7)
+    since = 10**8
+    monkeypatch.setattr(update, "listed_since", lambda attrs: since)
+    names = [f"d/ü{i}.png" for i in range(12)]
+    m = 30
+    base = {"path": np.array([names[j % 12] for j in range(m)], dtype=object),
+            "status": np.array(rng.choice(["ok", "duplicate", "skipped: truncated"], m), dtype=object),
+            "key": rng.integers(0, 2**62, m), "sha256": np.array([hashlib.sha256(bytes([j])).hexdigest()
+                                                                    for j in range(m)], dtype=object),
+            "size": rng.integers(-1, 3, m), "mtime_ns": rng.integers(-1, 3, m) * 10**5,
+            "ctime_ns": rng.integers(0, 3, m) * 10**5 + rng.choice([0, since], m)}
+    src = _Source(12, {})
+    src.relname = lambda i: names[i]
+    listed = np.stack([rng.integers(-1, 3, 12), rng.integers(0, 3, 12) * 10**5,
+                       rng.integers(0, 3, 12) * 10**5 + rng.choice([0, since], 12)], axis=1)
+    for i in range(12):  # most files listed as one of their base rows has them
+        if rng.random() < 0.8:
+            j = i + 12 * int(rng.integers(0, 2))
+            listed[i] = [base[c][j] for c in ("size", "mtime_ns", "ctime_ns")]
+    listed[3] = -1
+    by_path = {}
+    for j in range(m):
+        meta = tuple(int(base[c][j]) for c in ("size", "mtime_ns", "ctime_ns"))
+        if base["status"][j] in ("ok", "duplicate") and meta[0] >= 0 and meta[1] >= 0 and not update.racy(meta, since):
+            by_path[(base["path"][j], meta)] = (int(base["key"][j]), base["sha256"][j])
+    want = {}
+    for i in range(12):
+        meta = tuple(listed[i].tolist())
+        hit = by_path.get((names[i], meta)) if meta[0] >= 0 else None
+        if hit is not None:
+            want[i] = ImageRecord(i, hit[0], hit[1], False, "known", 0, 0)
+    got = update.unchanged(src, listed, base, {})
+    assert dict(got.items()) == want and want  # some files are known

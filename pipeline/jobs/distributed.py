@@ -171,7 +171,7 @@ def owner(name: str, world: int) -> int:
 
 def owners(source, world: int) -> np.ndarray:
     """(N,) int: the rank of every file of ``source`` (see :func:`owner`)."""
-    return np.fromiter((owner(source.relpath(p), world) for p in source.paths), dtype=np.int64,
+    return np.fromiter((owner(source.relname(i), world) for i in range(len(source.paths))), dtype=np.int64,
                        count=len(source.paths))
 
 

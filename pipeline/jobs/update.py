@@ -33,6 +33,7 @@ top-k. Start a fresh store (``--force``) to drop them.
 from __future__ import annotations
 
 import hashlib
+import struct
 from datetime import datetime
 
 import numpy as np
@@ -66,12 +67,30 @@ def list_stats(source, indices) -> np.ndarray:
     return out
 
 
-def _lookup(paths, meta: np.ndarray) -> np.ndarray:
-    """One byte string a (path, size, mtime_ns, ctime_ns): the metadata as fixed-width hex, then the path
-    (no NUL anywhere, so numpy's byte-string order and equality are exact)."""
-    m = (1 << 64) - 1
-    return np.array([b"%016x%016x%016x" % (s & m, t & m, c & m) + p.encode("utf-8", "surrogatepass")
-                     for p, (s, t, c) in zip(paths, meta.tolist())], dtype="S")
+CHUNK = 8192  # rows turned into Python objects at a time
+
+
+def _lookup(name, rows: np.ndarray, meta: np.ndarray) -> np.ndarray:
+    """One byte string a (path, size, mtime_ns, ctime_ns) of ``rows`` (``name(row)`` the path, ``meta``
+    one row each): the metadata as 24 big-endian bytes, then the path (never empty, no NUL: the
+    string never ends in a NUL, so numpy's byte-string order and equality are exact). Made
+    :data:`CHUNK` rows at a time."""
+    parts = [np.array([struct.pack(">qqq", *m) + name(j).encode("utf-8", "surrogatepass")
+                       for j, m in zip(rows[lo:lo + CHUNK].tolist(), meta[lo:lo + CHUNK].tolist())], dtype="S")
+             for lo in range(0, len(rows), CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros(0, "S1")
+
+
+def _trusted(base: dict[str, np.ndarray], since: int) -> tuple[np.ndarray, np.ndarray]:
+    """The base rows whose file metadata can be trusted (used content, known size and mtime, not
+    :func:`racy`), and every row's (size, mtime_ns, ctime_ns)."""
+    meta = np.stack([np.asarray(base[c], np.int64) for c in STAT_COLUMNS], axis=1).reshape(-1, 3)
+    content = np.fromiter((as_str(st) in CONTENT_OK for st in base["status"]), bool, count=len(meta))
+    rows = np.flatnonzero(content & (meta[:, 0] >= 0) & (meta[:, 1] >= 0))
+    keep = np.ones(len(rows), bool)
+    for lo in range(0, len(rows), CHUNK):
+        keep[lo:lo + CHUNK] = [not racy(tuple(m), since) for m in meta[rows[lo:lo + CHUNK]].tolist()]
+    return rows[keep], meta
 
 
 def listed_since(attrs: dict) -> int | None:
@@ -91,32 +110,33 @@ def unchanged(source, listed: np.ndarray, base: dict[str, np.ndarray], base_attr
     since = listed_since(base_attrs)
     if since is None or not all(c in base for c in STAT_COLUMNS):
         return Records()  # a store written before it kept file metadata: every file is hashed once
-    meta = np.stack([np.asarray(base[c], np.int64) for c in STAT_COLUMNS], axis=1).reshape(-1, 3)
-    content = np.array([as_str(st) in CONTENT_OK for st in base["status"]], bool)
-    rows = np.flatnonzero(content & (meta[:, 0] >= 0) & (meta[:, 1] >= 0))
-    rows = rows[[not racy(m, since) for m in meta[rows].tolist()]]
-    have = _lookup((as_str(base["path"][j]) for j in rows.tolist()), meta[rows])
+    rows, meta = _trusted(base, since)
+    have = _lookup(lambda j: as_str(base["path"][j]), rows, meta[rows])
     order = np.argsort(have, kind="stable")
     have = have[order]
-    idx = np.flatnonzero(listed[:, 0] >= 0)
-    want = _lookup((source.relpath(source.paths[i]) for i in idx.tolist()), listed[idx])
-    at = np.searchsorted(have, want, side="right") - 1  # the last equal row, as a dict by (path, meta) kept
-    hit = at >= 0
-    hit[hit] = have[at[hit]] == want[hit]
-    src = rows[order[at[hit]]]
+    listed_rows = np.flatnonzero(listed[:, 0] >= 0)
+    idx, src = [], []  # the listed files found, and their base rows
+    for lo in range(0, len(listed_rows), CHUNK):
+        part = listed_rows[lo:lo + CHUNK]
+        want = _lookup(source.relname, part, listed[part])
+        at = np.searchsorted(have, want, side="right") - 1  # the last equal row, as a dict by (path, meta) kept
+        hit = at >= 0
+        hit[hit] = have[at[hit]] == want[hit]
+        idx.append(part[hit])
+        src.append(rows[order[at[hit]]])
+    idx, src = np.concatenate(idx or [np.zeros(0, np.int64)]), np.concatenate(src or [np.zeros(0, np.int64)])
     sha, has = digests(as_str(base["sha256"][j]) for j in src.tolist())
     out = Records()
     n = len(src)
-    out.add_batch({"index": idx[hit], "key": np.asarray(base["key"], np.int64)[src], "sha": sha, "has_sha": has,
-                   "ok": np.zeros(n, bool), "reason": [KNOWN] * n, "width": np.zeros(n, np.int32),
-                   "height": np.zeros(n, np.int32)})
+    out.add_coded(idx, (np.asarray(base["key"], np.int64)[src], sha, has, np.zeros(n, bool),
+                             np.full(n, out.code(KNOWN), np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32)))
     return out
 
 
 def known_keys(table: dict[str, np.ndarray]) -> KeySet:
     """Keys of the contents a store has mined (rows "ok"/"duplicate"; not the skipped ones,
     which are tried again: the file may have been repaired or the decoder improved)."""
-    content = np.array([as_str(s) in CONTENT_OK for s in table["status"]], bool)
+    content = np.fromiter((as_str(s) in CONTENT_OK for s in table["status"]), bool, count=len(table["status"]))
     return KeySet(np.asarray(table["key"], np.int64).reshape(-1)[content])
 
 
@@ -152,11 +172,12 @@ class SkipKnown(ImageDataset):
 def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of this pass that were skipped as known become content rows ("ok"; the union
     decides ok/duplicate) with the size the base store recorded for that content (its first row)."""
-    content = np.array([as_str(s) in CONTENT_OK for s in base["status"]], bool)
+    content = np.fromiter((as_str(s) in CONTENT_OK for s in base["status"]), bool, count=len(base["status"]))
     keys, first = np.unique(np.asarray(base["key"], np.int64).reshape(-1)[content], return_index=True)
     width, height = (np.asarray(base[c]).reshape(-1)[content][first] for c in ("width", "height"))
     out = {c: np.array(v, copy=True) for c, v in table.items()}
-    rows = np.flatnonzero(np.array([st == f"skipped: {KNOWN}" for st in out["status"]], bool))
+    rows = np.flatnonzero(np.fromiter((st == f"skipped: {KNOWN}" for st in out["status"]), bool,
+                                      count=len(out["status"])))
     at = np.searchsorted(keys, out["key"][rows]).clip(max=max(len(keys) - 1, 0))
     if len(rows) and not (keys[at] == out["key"][rows]).all():
         raise KeyError(int(out["key"][rows][keys[at] != out["key"][rows]][0]))

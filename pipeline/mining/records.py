@@ -38,10 +38,12 @@ class ImageRecord:
 def digests(hexes: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     """(n, 32) uint8 raw digests and (n,) bool "has one" of hex sha256 strings ("" for none)."""
     hexes = list(hexes)
-    has = np.array([bool(h) for h in hexes], bool)
+    has = np.fromiter((bool(h) for h in hexes), bool, count=len(hexes))
     raw = np.zeros((len(hexes), 32), np.uint8)
-    if has.any():
-        raw[has] = np.frombuffer(bytes.fromhex("".join(h for h in hexes if h)), np.uint8).reshape(-1, 32)
+    for lo in range(0, len(hexes), 8192):  # one joined string of 8192 digests at a time
+        part = [h for h in hexes[lo:lo + 8192] if h]
+        if part:
+            raw[lo:lo + 8192][has[lo:lo + 8192]] = np.frombuffer(bytes.fromhex("".join(part)), np.uint8).reshape(-1, 32)
     return raw, has
 
 
