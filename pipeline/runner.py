@@ -42,7 +42,8 @@ from .jobs.unitstats import MiningSetup
 from .jobs.update import KNOWN, known_keys, list_stats, resolve_known_rows, unchanged
 from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
-from .mining.records import KeySet, Records
+from .mining.keyset import KeySet
+from .mining.records import Records
 from .mining.stream import DTYPES, PassOptions, StreamState, new_state, stream
 from .models.network import Network
 from .models.weights import load_network

@@ -8,7 +8,8 @@ import numpy as np
 
 from pipeline.jobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pipeline.jobs.distributed import OTHER, merge_checkpoints
-from pipeline.mining.records import ImageRecord, KeySet, Records
+from pipeline.mining.keyset import KeySet
+from pipeline.mining.records import ImageRecord, Records
 from pipeline.mining.stats import UnitStats
 from pipeline.mining.stream import StreamState, _sort_out
 from pipeline.mining.topk import RunningTopK

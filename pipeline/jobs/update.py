@@ -41,7 +41,8 @@ import torch
 
 from ..data import ImageDataset, image_key
 from ..data.safe_read import Unreadable
-from ..mining.records import KeySet, Records, digests
+from ..mining.keyset import KeySet
+from ..mining.records import Records, digests
 from ..store.schema import as_str
 from .combine import CONTENT_OK, STAT_COLUMNS
 

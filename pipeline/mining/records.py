@@ -1,9 +1,8 @@
-"""The streaming pass's per-image records and seen content keys as compact numpy columns.
+"""The streaming pass's per-image records as compact numpy columns.
 
 A run keeps one record per file of the collection (``ImageRecord``: key, sha256, ok, reason,
-size) and the set of content keys it fed. As Python objects (a dataclass, a dict entry, a
-64-character hex string, a set entry) that is ~0.7 KB a file: 7 GB at 10 M files. Here they
-are columns indexed by file index, ~60 bytes a file:
+size). As Python objects (a dataclass, a dict entry, a 64-character hex string) that is
+~0.6 KB a file, 6 GB at 10 M files. Here they are columns indexed by file index, ~60 bytes a file:
 
 * :class:`Records`: present mask, key int64, the digest as 32 raw bytes, ok, reason as a code
   into a table of the distinct reason strings, width/height int32, and the order the records
@@ -11,8 +10,8 @@ are columns indexed by file index, ~60 bytes a file:
   dict API the call sites use (``i in records``, ``records[i]`` -> ``ImageRecord``,
   ``records[i] = r``, ``setdefault``, ``len``, iteration in index order, ``values()``) and adds
   vectorised ones (:meth:`Records.add_batch`, :meth:`Records.columns`, :meth:`Records.count_reason`).
-* :class:`KeySet`: a set of int64 keys as a few sorted disjoint arrays whose sizes halve
-  (merged as they fill, like a binary counter: O(log n) work per key), exact membership.
+
+The set of content keys a run has fed is a :class:`~pipeline.mining.keyset.KeySet`.
 """
 from __future__ import annotations
 
@@ -245,57 +244,3 @@ class Records:
 
     def items(self) -> Iterator[tuple[int, ImageRecord]]:
         return ((i, self[i]) for i in self)
-
-
-class KeySet:
-    """A set of int64 keys: sorted disjoint arrays, each at most half the size of the one before
-    (``add``/``update`` merge the small ones as they fill). ``k in s``, ``contains`` (vectorised),
-    ``len``, iteration in ascending order, ``|=``."""
-
-    def __init__(self, keys: Iterable[int] | np.ndarray = ()) -> None:
-        self._levels: list[np.ndarray] = []
-        self._n = 0
-        self.update(keys)
-
-    def contains(self, keys) -> np.ndarray:
-        """Whether each of ``keys`` is in the set (bool array)."""
-        keys = np.asarray(keys, np.int64).reshape(-1)
-        found = np.zeros(len(keys), bool)
-        for level in self._levels:
-            at = np.searchsorted(level, keys).clip(max=len(level) - 1)
-            found |= level[at] == keys
-        return found
-
-    def update(self, keys: Iterable[int] | np.ndarray) -> None:
-        if not isinstance(keys, np.ndarray):
-            keys = np.fromiter(keys, np.int64)
-        new = np.unique(np.asarray(keys, np.int64).reshape(-1))
-        new = new[~self.contains(new)]
-        if not len(new):
-            return
-        self._n += len(new)
-        while self._levels and len(self._levels[-1]) <= 2 * len(new):
-            new = np.sort(np.concatenate([self._levels.pop(), new]), kind="stable")
-        self._levels.append(new)
-
-    def add(self, key: int) -> None:
-        self.update(np.array([key], np.int64))
-
-    def __ior__(self, keys) -> "KeySet":
-        self.update(keys)
-        return self
-
-    def __contains__(self, key) -> bool:
-        return bool(self.contains([int(key)])[0])
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[int]:
-        keys = self.array()
-        for start in range(0, len(keys), 65536):  # Python ints a chunk at a time
-            yield from keys[start:start + 65536].tolist()
-
-    def array(self) -> np.ndarray:
-        """Every key, ascending."""
-        return np.sort(np.concatenate(self._levels)) if self._levels else np.zeros(0, np.int64)

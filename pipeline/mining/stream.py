@@ -18,8 +18,9 @@ import torch
 
 from ..data.preprocess import Preprocessing, to_device
 from ..models.network import Network
+from .keyset import KeySet
 from .pooled import PooledVectors
-from .records import ImageRecord, KeySet, Records, digests
+from .records import ImageRecord, Records, digests
 from .statistic import Statistic, merge_states
 from .stats import UnitStats
 from .taps import layer_stats
