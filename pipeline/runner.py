@@ -44,7 +44,7 @@ from .mining.capture import Capture, batch_invariant
 from .mining.finalize import KeptImagesChanged
 from .mining.keyset import KeySet
 from .mining.records import Records
-from .mining.stream import DTYPES, PassOptions, StreamState, new_state, stream
+from .mining.stream import DTYPES, PassOptions, StreamState, fed_keys, new_state, stream
 from .models.network import Network
 from .models.weights import load_network
 from .signals import InterruptGuard
@@ -595,9 +595,8 @@ def fresh_part(spec: str, source, prep: Preprocessing, state: StreamState, table
         return first if first["key"] == key else next((r for r in read if r["key"] == key), first)
 
     captured = {k: v for k, v in cap.items.items() if v[1] is not None} if cap is not None else {}
-    fed = records.indices()
     return Part("this run", spec, str(source.root), table, state.tops, record_of, KeySet(keys),
-                dict(state.pooled), state.total_stats(), np.unique(records.key[fed[records.ok[fed]]]), captured)
+                dict(state.pooled), state.total_stats(), fed_keys(records).array(), captured)
 
 
 class _Streaming:

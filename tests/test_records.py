@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from table_reference import images_table_of_rows
 
 from pipeline.jobs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pipeline.jobs.distributed import OTHER, merge_checkpoints
@@ -180,8 +181,6 @@ class _Source:
 
 def _reference_table(source, ref: dict[int, ImageRecord], listed: np.ndarray) -> dict:
     """The images table as main made it: one row per file, the store's own ok/duplicate rule."""
-    from pipeline.store.write import images_table
-
     rows = []
     for i, p in enumerate(source.paths):
         r = ref[i]
@@ -189,7 +188,7 @@ def _reference_table(source, ref: dict[int, ImageRecord], listed: np.ndarray) ->
         meta = tuple(listed[i].tolist()) if listed[i, 0] != -1 else None
         rows.append((source.relpath(p), r.sha256, r.key, None if used else f"skipped: {r.reason}", r.width,
                      r.height, source.label(i), meta))
-    return images_table(rows)
+    return images_table_of_rows(rows)
 
 
 def test_images_table_in_chunks_equals_the_one_table(monkeypatch):

@@ -1,5 +1,5 @@
 """combine.union_table (columns, numpy) against a brute-force Python union of the parts' rows,
-and store.write.images_columns against the row form images_table."""
+and store.write.images_columns against a row-by-row build (tests/table_reference.py)."""
 from __future__ import annotations
 
 import os
@@ -8,10 +8,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from table_reference import images_table_of_rows
 
 from pipeline.jobs.combine import Part, pooled_columns, union_table
 from pipeline.mining.pooled import PooledVectors
-from pipeline.store.write import images_columns, images_table
+from pipeline.store.write import images_columns
 
 STATS = ("size", "mtime_ns", "ctime_ns")
 
@@ -106,7 +107,7 @@ def test_columns_equal_rows(labels):
     rows = [(f"p{i:03d}.png", f"{k:064x}", k, rng.choice([None, None, "skipped: corrupt"]), i, i + 1,
              rng.choice([None, "a"]) if labels else None, rng.choice([None, (i, i * 2, i * 3)]))
             for i, k in enumerate(rng.randint(0, 6) for _ in range(40))]
-    by_rows = images_table(rows)
+    by_rows = images_table_of_rows(rows)
     meta = [r[7] or (-1, -1, -1) for r in rows]
     by_cols = images_columns({
         "path": [r[0] for r in rows], "sha256": [r[1] for r in rows], "key": [r[2] for r in rows],
@@ -119,7 +120,7 @@ def test_columns_equal_rows(labels):
     firsts = {}
     expected = [r[3] or ("ok" if firsts.setdefault(r[2], i) == i else "duplicate") for i, r in enumerate(rows)]
     assert by_cols["status"].tolist() == expected
-    assert images_table([])["path"].shape == (0,) and images_columns(
+    assert images_columns(
         {c: [] for c in ("path", "sha256", "key", "status", "width", "height")})["size"].shape == (0,)
 
 

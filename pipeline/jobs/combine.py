@@ -61,6 +61,12 @@ NO_STAT = (-1, -1, -1)
 LABEL = "label"  # optional column: an array/Dataset source's labels
 
 
+def content_mask(status) -> np.ndarray:
+    """Which rows of an images table's ``status`` column hold a content that was used ("ok" or
+    "duplicate"; the store's text may come back as ``bytes``)."""
+    return np.fromiter((as_str(s) in CONTENT_OK for s in status), dtype=bool, count=len(status))
+
+
 @dataclass
 class Part:
     """One mined part (see module docstring). ``record_of(key)`` returns a dataset record.
@@ -151,7 +157,7 @@ def _decoded(values: np.ndarray, repeated: bool) -> np.ndarray:
 
 def pooled_from_store(store, table: dict) -> dict[str, PooledVectors]:
     """A store's pooled vectors by image key (the rows of used contents)."""
-    used = np.array([as_str(s) in CONTENT_OK for s in table["status"]], bool)
+    used = content_mask(table["status"])
     keys = np.asarray(table["key"], np.int64)[used]
     return {layer: PooledVectors.from_state({"keys": keys, "rows": store.pooled(layer)[used]}, name=layer, warn=False)
             for layer in store.attrs.get("pooled") or []}
@@ -168,7 +174,7 @@ def pooled_columns(parts: list[Part], table: dict) -> dict[str, np.ndarray]:
         keys, rows = union.result()
         col = np.full((len(table["key"]), 2, rows.shape[-1] if len(keys) else 0), np.nan, np.float16)
         at, hit = _rows_of(np.asarray(keys, np.int64), np.asarray(table["key"], np.int64))
-        hit &= np.fromiter((as_str(s) in CONTENT_OK for s in table["status"]), dtype=bool, count=len(hit))
+        hit &= content_mask(table["status"])
         col[hit] = rows[at[hit]]
         cols[f"{POOLED}{layer}"] = col
     return cols
@@ -236,7 +242,7 @@ def union_table(parts: list[Part]) -> tuple[str, dict[str, np.ndarray]]:
     first, last = order[starts], order[ends]
     del order, starts, ends
     status = joined("status", first)
-    status[np.fromiter((s in CONTENT_OK for s in status), dtype=bool, count=len(status))] = None
+    status[content_mask(status)] = None
     label = joined(LABEL, first) if any(LABEL in p.table for p in parts) else None
     table = images_columns({
         "path": paths[first], "sha256": joined("sha256", first), "key": keys[first], "status": status,

@@ -44,7 +44,7 @@ from ..data.safe_read import Unreadable
 from ..mining.keyset import KeySet
 from ..mining.records import Records, digests
 from ..store.schema import as_str
-from .combine import CONTENT_OK, STAT_COLUMNS
+from .combine import STAT_COLUMNS, content_mask
 
 KNOWN = "known"  # reason recorded for an image skipped because the store holds it
 RACY_NS = 10_000_000  # a file changed less than this before it was listed: its metadata is not trusted
@@ -86,7 +86,7 @@ def _trusted(base: dict[str, np.ndarray], since: int) -> tuple[np.ndarray, np.nd
     """The base rows whose file metadata can be trusted (used content, known size and mtime, not
     :func:`racy`), and every row's (size, mtime_ns, ctime_ns)."""
     meta = np.stack([np.asarray(base[c], np.int64) for c in STAT_COLUMNS], axis=1).reshape(-1, 3)
-    content = np.fromiter((as_str(st) in CONTENT_OK for st in base["status"]), bool, count=len(meta))
+    content = content_mask(base["status"])
     rows = np.flatnonzero(content & (meta[:, 0] >= 0) & (meta[:, 1] >= 0))
     keep = np.ones(len(rows), bool)
     for lo in range(0, len(rows), CHUNK):
@@ -137,7 +137,7 @@ def unchanged(source, listed: np.ndarray, base: dict[str, np.ndarray], base_attr
 def known_keys(table: dict[str, np.ndarray]) -> KeySet:
     """Keys of the contents a store has mined (rows "ok"/"duplicate"; not the skipped ones,
     which are tried again: the file may have been repaired or the decoder improved)."""
-    content = np.fromiter((as_str(s) in CONTENT_OK for s in table["status"]), bool, count=len(table["status"]))
+    content = content_mask(table["status"])
     return KeySet(np.asarray(table["key"], np.int64).reshape(-1)[content])
 
 
@@ -173,7 +173,7 @@ class SkipKnown(ImageDataset):
 def resolve_known_rows(table: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of this pass that were skipped as known become content rows ("ok"; the union
     decides ok/duplicate) with the size the base store recorded for that content (its first row)."""
-    content = np.fromiter((as_str(s) in CONTENT_OK for s in base["status"]), bool, count=len(base["status"]))
+    content = content_mask(base["status"])
     keys, first = np.unique(np.asarray(base["key"], np.int64).reshape(-1)[content], return_index=True)
     width, height = (np.asarray(base[c]).reshape(-1)[content][first] for c in ("width", "height"))
     out = {c: np.array(v, copy=True) for c, v in table.items()}

@@ -108,24 +108,6 @@ def _write_stats(f: h5py.File, stats: dict[str, dict]) -> None:
         lg.create_dataset("fires", data=np.asarray(r["fired"], np.int64), **CHECKED)
 
 
-def images_table(rows: list[tuple]) -> dict[str, np.ndarray]:
-    """The /images columns from rows (path, sha256, key, status, width, height[, label[, file]])
-    in path order; ``file`` is (size, mtime_ns, ctime_ns) as listed (``jobs.update``), -1 where
-    unknown. The same table as :func:`images_columns` makes from columns (see there).
-
-    ``label`` (text, None for none) makes a ``label`` column when some row has one: an array or
-    Dataset source's labels, ``mine embed``'s categories.
-    """
-    labels = [r[6] if len(r) > 6 else None for r in rows]
-    meta = np.array([r[7] if len(r) > 7 and r[7] is not None else (-1, -1, -1) for r in rows],
-                    dtype=np.int64).reshape(len(rows), 3)
-    return images_columns({
-        "path": [r[0] for r in rows], "sha256": [r[1] for r in rows], "key": [r[2] for r in rows],
-        "status": [r[3] for r in rows], "width": [r[4] for r in rows], "height": [r[5] for r in rows],
-        **({"label": ["" if v is None else v for v in labels]} if any(v is not None for v in labels) else {}),
-        "size": meta[:, 0], "mtime_ns": meta[:, 1], "ctime_ns": meta[:, 2]})
-
-
 def images_columns(cols: dict) -> dict[str, np.ndarray]:
     """The /images columns from columns in path order: ``path``, ``sha256`` (text), ``key``,
     ``status``, ``width``, ``height``, optionally ``label`` (text, "" for none; the column is
