@@ -163,6 +163,20 @@ def crash_in_stream(monkeypatch, after_batches: int, exc: BaseException | None =
     monkeypatch.setattr(run_module, "pause_point", fake_pause)
 
 
+def crashed_run(monkeypatch, config: RunConfig, net, after_batches: int = 2) -> None:
+    """Run ``config`` in process and let it crash after ``after_batches`` batches (see
+    :func:`crash_in_stream`; give it ``checkpoint_every="1"`` to leave a checkpoint behind), then
+    undo the test's monkeypatches, so the next run is a real one."""
+    import pytest
+
+    from pipeline import run
+
+    crash_in_stream(monkeypatch, after_batches)
+    with pytest.raises(RuntimeError):
+        run(config, net=net)
+    monkeypatch.undo()
+
+
 def one_line(res, code, *needles) -> str:
     """A CliRunner result that failed with exit ``code`` and exactly one ``error:`` line holding ``needles``."""
     assert res.exit_code == code, res.output

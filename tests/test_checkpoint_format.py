@@ -9,9 +9,8 @@ file of that layout to the uninterrupted run's store.
 import zlib
 
 import numpy as np
-import pytest
 import torch
-from jobs_util import assert_same_store, cfg, crash_in_stream
+from jobs_util import assert_same_store, cfg, crashed_run
 
 from pipeline import run
 from pipeline.jobs.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
@@ -89,10 +88,7 @@ def test_saved_arrays_are_the_reference_layout(tmp_path):
 def test_a_checkpoint_in_the_reference_layout_resumes_to_the_uninterrupted_store(images, net, full, tmp_path,
                                                                                 monkeypatch):
     out = tmp_path / "r.h5"
-    crash_in_stream(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
-        run(cfg(images, out, checkpoint_every="1"), net=net)
-    monkeypatch.undo()
+    crashed_run(monkeypatch, cfg(images, out, checkpoint_every="1"), net)
     ck_path = checkpoint_path(out)
     ck = load_checkpoint(ck_path)
     assert 0 < len(ck.records) < 16 and ck.stats is not None

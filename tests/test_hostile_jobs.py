@@ -17,7 +17,7 @@ from jobs_util import (
     assert_same_store,
     cfg,
     cli_args,
-    crash_in_stream,
+    crashed_run,
     leftovers,
     list_file,
     read_all,
@@ -108,10 +108,7 @@ def test_malicious_checkpoint_is_one_line_without_unsafe_advice(images, tmp_path
 
 def test_kept_file_edited_after_an_interruption_is_mined_again(mine_dir, net, tmp_path, monkeypatch):
     store = tmp_path / "s.h5"
-    crash_in_stream(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
-        run(cfg(mine_dir, store, checkpoint_every="1"), net=net)
-    monkeypatch.undo()
+    crashed_run(monkeypatch, cfg(mine_dir, store, checkpoint_every="1"), net)
     assert len(load_checkpoint(checkpoint_path(store)).records) == 2 * BATCH  # a/img01 is among them
     repaint(mine_dir / "a" / "img01.png", 99)  # every distinct image is kept at k=4 (see full)
     res = cli.invoke(app, cli_args(mine_dir, store))  # used to exit 7 on every re-run
@@ -126,10 +123,7 @@ def test_kept_file_edited_after_an_interruption_is_mined_again(mine_dir, net, tm
 def test_edited_original_of_a_duplicate_is_read_from_the_duplicate(mine_dir, net, full, tmp_path, monkeypatch,
                                                                    caplog):
     store = tmp_path / "s.h5"
-    crash_in_stream(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
-        run(cfg(mine_dir, store, checkpoint_every="1"), net=net)
-    monkeypatch.undo()
+    crashed_run(monkeypatch, cfg(mine_dir, store, checkpoint_every="1"), net)
     repaint(mine_dir / "a" / "img03.png", 98)  # mined already; b/copy_of_03.png still holds its content
     r = run(cfg(mine_dir, store), net=net)
     assert r.mode == "resume" and "mining all images again" not in caplog.text

@@ -16,7 +16,7 @@ from jobs_util import (
     assert_same_store,
     cfg,
     cli_args,
-    crash_in_stream,
+    crashed_run,
     leftovers,
     list_file,
     spawn,
@@ -235,10 +235,7 @@ def test_corrupt_checkpoint(images, net, full, tmp_path):
 
 def test_checkpoint_of_another_configuration(images, net, full, tmp_path, monkeypatch, caplog):
     store = tmp_path / "s.h5"
-    crash_in_stream(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
-        run(cfg(images, store, checkpoint_every="1"), net=net)
-    monkeypatch.undo()
+    crashed_run(monkeypatch, cfg(images, store, checkpoint_every="1"), net)
     res = cli.invoke(app, cli_args(images, store, "--k", "3"))
     assert res.exit_code == 2 and "different k" in res.stderr and "--discard-checkpoint" in res.stderr
     assert checkpoint_path(store).exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from jobs_util import assert_same_but_pooled_rounding, assert_same_store, cfg, crash_in_stream, list_file
+from jobs_util import assert_same_but_pooled_rounding, assert_same_store, cfg, crashed_run, list_file
 
 from pipeline import Store, run
 from pipeline.data import Preprocessing, decode_image, normalize, to_pixels
@@ -61,10 +61,7 @@ def test_pooled_equal_brute_force(pooled_full, net, images):
 
 def test_resume_after_a_crash_equals_uninterrupted(pooled_full, images, net, tmp_path, monkeypatch):
     store = tmp_path / "s.h5"
-    crash_in_stream(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
-        run(cfg(images, store, checkpoint_every="1", pooled=POOLED), net=net)
-    monkeypatch.undo()
+    crashed_run(monkeypatch, cfg(images, store, checkpoint_every="1", pooled=POOLED), net)
     assert run(cfg(images, store, pooled=POOLED), net=net).mode == "resume"
     assert_same_store(store, pooled_full)
 
